@@ -1,0 +1,343 @@
+/*
+ * publisher: open-loop gRPC publishing on gRPC C core. Calls go out at a
+ * fixed rate whatever the replies do (up to max_inflight unanswered calls),
+ * each a unary call on one HTTP/2 channel with a protobuf-c encoded request.
+ * The payload carries the *scheduled* send time (CLOCK_MONOTONIC ns), so a
+ * publisher that falls behind shows up as latency instead of hiding it
+ * (coordinated omission); how far behind it fell is reported separately.
+ */
+#include "lg.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "livehub/v1/hub.pb-c.h"
+
+struct pcall {
+	grpc_call *call;
+	grpc_metadata_array md_init, md_trail;
+	grpc_byte_buffer *send, *recv;
+	grpc_status_code status;
+	grpc_slice details;
+	uint64_t t0;
+	struct pcall *next_free;
+};
+
+struct pub {
+	const struct lg_opts *o;
+	grpc_channel *ch;
+	grpc_completion_queue *cq;
+	void *method;
+	struct pcall *pool, *free_list;
+	int inflight;
+	char *pad;
+	struct pstats st;
+	bool told_error;
+	pthread_mutex_t mu; /* guards the pool, inflight and st */
+};
+
+static gpr_timespec after_ns(uint64_t ns)
+{
+	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_nanos((int64_t)ns, GPR_TIMESPAN));
+}
+
+/* The Struct {t, tn, pad} every request carries. Points into the caller's
+ * storage. */
+struct payload {
+	Google__Protobuf__Struct s;
+	Google__Protobuf__Struct__FieldsEntry e[3], *ep[3];
+	Google__Protobuf__Value v[3];
+	char t[24];
+};
+
+static void payload_init(struct payload *p, const char *tenant, uint64_t t, const char *pad)
+{
+	static const char *keys[3] = { "t", "tn", "pad" };
+	google__protobuf__struct__init(&p->s);
+	snprintf(p->t, sizeof(p->t), "%llu", (unsigned long long)t);
+	const char *vals[3] = { p->t, tenant, pad };
+	size_t n = pad[0] ? 3 : 2;
+	for (size_t i = 0; i < n; i++) {
+		google__protobuf__struct__fields_entry__init(&p->e[i]);
+		google__protobuf__value__init(&p->v[i]);
+		p->v[i].kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE;
+		p->v[i].string_value = (char *)vals[i];
+		p->e[i].key = (char *)keys[i];
+		p->e[i].value = &p->v[i];
+		p->ep[i] = &p->e[i];
+	}
+	p->s.n_fields = n;
+	p->s.fields = p->ep;
+}
+
+/* Encodes request number i (scheduled at t) into buf; returns its length. */
+static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t cap)
+{
+	const struct lg_opts *o = p->o;
+	char tenant[32], job[32];
+	struct payload pl;
+
+	if (o->scenario == SC_BROADCAST) {
+		snprintf(tenant, sizeof(tenant), "bt%d", (int)(i % (uint64_t)o->tenants));
+		payload_init(&pl, tenant, t, p->pad);
+		Livehub__V1__BroadcastTenantRequest r = LIVEHUB__V1__BROADCAST_TENANT_REQUEST__INIT;
+		r.tenant_id = tenant;
+		r.type = "bench";
+		r.data = &pl.s;
+		if (livehub__v1__broadcast_tenant_request__get_packed_size(&r) > cap)
+			return 0;
+		return livehub__v1__broadcast_tenant_request__pack(&r, buf);
+	}
+	int g = (int)(i % (uint64_t)o->conns);
+	snprintf(tenant, sizeof(tenant), "bt%d", g % o->tenants);
+	snprintf(job, sizeof(job), "%d", g);
+	payload_init(&pl, tenant, t, p->pad);
+	Livehub__V1__JobProgress ev = LIVEHUB__V1__JOB_PROGRESS__INIT;
+	ev.job_id = job;
+	ev.kind = LIVEHUB__V1__JOB_KIND__JOB_KIND_SLICE;
+	ev.progress = (double)(i % 101);
+	ev.message = "slicing";
+	ev.details = &pl.s;
+	Livehub__V1__PublishJobProgressRequest r = LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
+	r.tenant_id = tenant;
+	r.event = &ev;
+	if (livehub__v1__publish_job_progress_request__get_packed_size(&r) > cap)
+		return 0;
+	return livehub__v1__publish_job_progress_request__pack(&r, buf);
+}
+
+static void call_release(struct pub *p, struct pcall *c)
+{
+	grpc_metadata_array_destroy(&c->md_init);
+	grpc_metadata_array_destroy(&c->md_trail);
+	if (c->send)
+		grpc_byte_buffer_destroy(c->send);
+	if (c->recv)
+		grpc_byte_buffer_destroy(c->recv);
+	grpc_slice_unref(c->details);
+	if (c->call)
+		grpc_call_unref(c->call);
+	memset(c, 0, sizeof(*c));
+	c->next_free = p->free_list;
+	p->free_list = c;
+	p->inflight--;
+}
+
+/* Starts call i on c (taken from the free list, p->mu not held); false
+ * when it could not be started (counted as failed). */
+static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
+{
+	uint8_t buf[8192];
+	size_t n = encode(p, i, due, buf, sizeof(buf));
+
+	c->details = grpc_empty_slice();
+	grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, n);
+	c->send = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	grpc_metadata_array_init(&c->md_init);
+	grpc_metadata_array_init(&c->md_trail);
+	c->t0 = now_ns();
+	c->call = grpc_channel_create_registered_call(p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
+						      p->method, after_ns(30000000000ull), NULL);
+	grpc_op ops[6];
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = c->send;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &c->recv;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trail;
+	ops[5].data.recv_status_on_client.status = &c->status;
+	ops[5].data.recv_status_on_client.status_details = &c->details;
+	if (!n || grpc_call_start_batch(c->call, ops, 6, c, NULL) != GRPC_CALL_OK) {
+		pthread_mutex_lock(&p->mu);
+		p->st.failed++;
+		call_release(p, c);
+		pthread_mutex_unlock(&p->mu);
+		return false;
+	}
+	return true;
+}
+
+static void complete(struct pub *p, grpc_event ev)
+{
+	struct pcall *c = ev.tag;
+	hist_add(&p->st.rpc, now_ns() - c->t0);
+	if (ev.success && c->status == GRPC_STATUS_OK) {
+		p->st.ok++;
+	} else {
+		p->st.failed++;
+		if (!p->told_error) {
+			char *d = grpc_slice_to_c_string(c->details);
+			fprintf(stderr, "lg: publish failed: status %d %s\n", (int)c->status, d);
+			gpr_free(d);
+			p->told_error = true;
+		}
+	}
+	call_release(p, c);
+}
+
+/* The completion thread: replies are counted here while the pacing thread
+ * sleeps precisely until each call's scheduled time (a deadline on
+ * grpc_completion_queue_next oversleeps by milliseconds). */
+static void *completer(void *arg)
+{
+	struct pub *p = arg;
+
+	for (;;) {
+		grpc_event ev = grpc_completion_queue_next(p->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			return NULL;
+		if (ev.type != GRPC_OP_COMPLETE || !ev.tag)
+			continue;
+		pthread_mutex_lock(&p->mu);
+		complete(p, ev);
+		pthread_mutex_unlock(&p->mu);
+	}
+}
+
+static void sleep_until(uint64_t t)
+{
+	struct timespec ts = { (time_t)(t / 1000000000u), (long)(t % 1000000000u) };
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+}
+
+/* Single-threaded alternative: handles completions that are ready without
+ * blocking, then sleeps until t. */
+static void poll_until(struct pub *p, uint64_t t)
+{
+	for (;;) {
+		grpc_event ev = grpc_completion_queue_next(p->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
+		if (ev.type != GRPC_OP_COMPLETE)
+			break;
+		if (!ev.tag)
+			continue;
+		pthread_mutex_lock(&p->mu);
+		complete(p, ev);
+		pthread_mutex_unlock(&p->mu);
+	}
+	sleep_until(t);
+}
+
+static void run(struct pub *p)
+{
+	const struct lg_opts *o = p->o;
+	uint64_t start = now_ns();
+	uint64_t interval = (uint64_t)(1e9 / o->rate);
+	uint64_t total = (uint64_t)(o->rate * o->duration);
+	pthread_t th;
+	bool inline_poll = getenv("LG_PUB_INLINE") != NULL;
+
+	if (!inline_poll)
+		pthread_create(&th, NULL, completer, p);
+	for (uint64_t i = 0; i < total; i++) {
+		uint64_t due = start + i * interval;
+		if (inline_poll)
+			poll_until(p, due);
+		else
+			sleep_until(due);
+		pthread_mutex_lock(&p->mu);
+		while (!p->free_list) { /* max_inflight reached: wait for replies */
+			pthread_mutex_unlock(&p->mu);
+			if (inline_poll)
+				poll_until(p, now_ns() + 100000);
+			else
+				sleep_until(now_ns() + 100000);
+			pthread_mutex_lock(&p->mu);
+		}
+		uint64_t now = now_ns();
+		if (now - due > 1000000)
+			p->st.late++;
+		if (now - due > p->st.max_lag_ns)
+			p->st.max_lag_ns = now - due;
+		struct pcall *c = p->free_list;
+		p->free_list = c->next_free;
+		p->inflight++;
+		p->st.issued++;
+		pthread_mutex_unlock(&p->mu);
+		issue(p, c, i, due);
+	}
+	uint64_t end_wait = now_ns() + 30000000000ull;
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		int left = p->inflight;
+		pthread_mutex_unlock(&p->mu);
+		if (!left || now_ns() > end_wait)
+			break;
+		if (inline_poll)
+			poll_until(p, now_ns() + 1000000);
+		else
+			sleep_until(now_ns() + 1000000);
+	}
+	pthread_mutex_lock(&p->mu);
+	p->st.elapsed_s = (double)(now_ns() - start) / 1e9;
+	p->st.failed += (uint64_t)p->inflight; /* never answered */
+	pthread_mutex_unlock(&p->mu);
+}
+
+/* Brings the channel to READY before the clock starts, so connection setup
+ * is not counted as publish latency. */
+static void connect_first(struct pub *p)
+{
+	static int tag;
+	uint64_t deadline = now_ns() + 5000000000ull;
+
+	for (;;) {
+		grpc_connectivity_state s = grpc_channel_check_connectivity_state(p->ch, 1);
+		if (s == GRPC_CHANNEL_READY || now_ns() > deadline)
+			return;
+		grpc_channel_watch_connectivity_state(p->ch, s, after_ns(1000000000ull), p->cq, &tag);
+		grpc_completion_queue_next(p->cq, after_ns(2000000000ull), NULL);
+	}
+}
+
+void publisher_main(const struct lg_opts *o, int to_parent)
+{
+	struct pub *p = calloc(1, sizeof(*p));
+	grpc_init();
+	p->o = o;
+	pthread_mutex_init(&p->mu, NULL);
+	grpc_channel_credentials *cred = grpc_insecure_credentials_create();
+	p->ch = grpc_channel_create(o->grpc_target, cred, NULL);
+	grpc_channel_credentials_release(cred);
+	p->cq = grpc_completion_queue_create_for_next(NULL);
+	p->method = grpc_channel_register_call(p->ch, o->scenario == SC_BROADCAST ?
+						     "/livehub.v1.HubService/BroadcastTenant" :
+						     "/livehub.v1.HubService/PublishJobProgress", NULL, NULL);
+	p->pool = calloc((size_t)o->max_inflight, sizeof(*p->pool));
+	for (int k = 0; k < o->max_inflight; k++) {
+		p->pool[k].next_free = p->free_list;
+		p->free_list = &p->pool[k];
+	}
+	int padlen = o->payload - 44; /* {"t":"<15 digits>","tn":"bt0","pad":""} */
+	if (padlen < 0)
+		padlen = 0;
+	p->pad = calloc(1, (size_t)padlen + 1);
+	memset(p->pad, 'x', (size_t)padlen);
+	connect_first(p);
+	run(p);
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	p->st.cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+		      (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+	write_all(to_parent, &p->st, sizeof(p->st));
+	_exit(0);
+}

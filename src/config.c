@@ -1,0 +1,249 @@
+/*
+ * config: defaults, then LIVEHUB_* environment variables, then flags.
+ *
+ * Every setting is one row of the table below, so the environment, the
+ * flags, the validation and --help cannot drift apart.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "log.h"
+
+enum kind { K_STR, K_INT };
+
+struct setting {
+	const char *flag; /* without "--" */
+	const char *env;
+	enum kind kind;
+	size_t off;  /* offset in struct lh_config */
+	size_t size; /* K_STR: buffer size */
+	long min, max; /* K_INT: accepted range */
+	const char *help;
+};
+
+/* clang-format off */
+#define STR(field, flag, env, help) \
+	{flag, env, K_STR, offsetof(struct lh_config, field), sizeof(((struct lh_config *)0)->field), 0, 0, help}
+#define INT(field, flag, env, lo, hi, help) \
+	{flag, env, K_INT, offsetof(struct lh_config, field), 0, lo, hi, help}
+
+static const struct setting settings[] = {
+	STR(ws_host, "ws-host", "LIVEHUB_WS_HOST", "address of the WebSocket/HTTP listener"),
+	INT(ws_port, "ws-port", "LIVEHUB_WS_PORT", 0, 65535, "WebSocket/HTTP port (0: any free port)"),
+	STR(grpc_host, "grpc-host", "LIVEHUB_GRPC_HOST", "address of the gRPC listener"),
+	INT(grpc_port, "grpc-port", "LIVEHUB_GRPC_PORT", 0, 65535, "gRPC port (0: any free port)"),
+	STR(jwt_secret, "jwt-secret", "LIVEHUB_JWT_SECRET", "HS256 secret for client tokens"),
+	STR(dev_secret_file, "dev-secret-file", "LIVEHUB_DEV_SECRET_FILE",
+	    "where the development secret is kept when no secret is set"),
+	STR(tenant_claim, "jwt-tenant-claim", "LIVEHUB_JWT_TENANT_CLAIM", "token claim naming the tenant"),
+	INT(jwt_leeway_s, "jwt-leeway", "LIVEHUB_JWT_LEEWAY", 0, 3600, "seconds of clock skew allowed on exp/nbf"),
+	INT(handoff_max, "handoff-max", "LIVEHUB_HANDOFF_MAX", 1, 10000000,
+	    "publications queued from gRPC to the hub before RESOURCE_EXHAUSTED"),
+	INT(max_subs_per_conn, "max-subscriptions", "LIVEHUB_MAX_SUBSCRIPTIONS", 1, 100000,
+	    "channels one connection may subscribe to"),
+	INT(sendq_max_frames, "sendq-max-frames", "LIVEHUB_SENDQ_MAX_FRAMES", 1, 10000000,
+	    "frames queued for one connection before it is closed as a slow consumer"),
+	INT(ping_interval_s, "ping-interval", "LIVEHUB_PING_INTERVAL", 1, 86400,
+	    "seconds between WebSocket pings to an idle client"),
+	INT(ping_timeout_s, "ping-timeout", "LIVEHUB_PING_TIMEOUT", 2, 86400,
+	    "seconds of silence after which a client is dropped"),
+	INT(shutdown_timeout_s, "shutdown-timeout", "LIVEHUB_SHUTDOWN_TIMEOUT", 0, 3600,
+	    "seconds a graceful shutdown may take"),
+	INT(rx_buffer_size, "rx-buffer", "LIVEHUB_RX_BUFFER", 128, 65536,
+	    "receive buffer per connection, bytes"),
+	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
+};
+/* clang-format on */
+#define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+static void defaults(struct lh_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	strcpy(cfg->ws_host, "0.0.0.0");
+	cfg->ws_port = 8080;
+	strcpy(cfg->grpc_host, "127.0.0.1");
+	cfg->grpc_port = 50051;
+	strcpy(cfg->dev_secret_file, ".livehub/dev-secret");
+	strcpy(cfg->tenant_claim, "tenant_id");
+	cfg->jwt_leeway_s = 30;
+	cfg->handoff_max = 65536;
+	cfg->max_subs_per_conn = 128;
+	cfg->sendq_max_frames = 4096;
+	cfg->ping_interval_s = 30;
+	cfg->ping_timeout_s = 90;
+	cfg->shutdown_timeout_s = 10;
+	cfg->rx_buffer_size = 512;
+	strcpy(cfg->log_level, "info");
+}
+
+/* Stores text as the value of s; from names where it came from. */
+static int apply(struct lh_config *cfg, const struct setting *s, const char *text, const char *from)
+{
+	char *field = (char *)cfg + s->off;
+	if (s->kind == K_STR) {
+		if (strlen(text) >= s->size) {
+			fprintf(stderr, "livehub: %s: longer than %zu characters\n", from, s->size - 1);
+			return -1;
+		}
+		strcpy(field, text);
+		return 0;
+	}
+	char *end;
+	errno = 0;
+	long v = strtol(text, &end, 10);
+	if (errno || end == text || *end || v < s->min || v > s->max) {
+		fprintf(stderr, "livehub: %s: \"%s\" is not a whole number from %ld to %ld\n", from,
+		        text, s->min, s->max);
+		return -1;
+	}
+	*(int *)field = (int)v;
+	return 0;
+}
+
+static int from_env(struct lh_config *cfg)
+{
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const char *v = getenv(settings[i].env);
+		if (v && apply(cfg, &settings[i], v, settings[i].env))
+			return -1;
+	}
+	return 0;
+}
+
+static int from_flags(struct lh_config *cfg, int argc, char **argv, bool *help)
+{
+	struct option opts[NSETTINGS + 2];
+	for (size_t i = 0; i < NSETTINGS; i++)
+		opts[i] = (struct option){settings[i].flag, required_argument, NULL, (int)i};
+	opts[NSETTINGS] = (struct option){"help", no_argument, NULL, 'h' + 1000};
+	opts[NSETTINGS + 1] = (struct option){NULL, 0, NULL, 0};
+	optind = 0; /* GNU: reinitialise, argv[0] is skipped */
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (c == 'h' + 1000) {
+			*help = true;
+			continue;
+		}
+		if (c < 0 || (size_t)c >= NSETTINGS) {
+			fprintf(stderr, "livehub: unknown or incomplete option \"%s\" (see --help)\n",
+			        argv[optind - 1]);
+			return -1;
+		}
+		char from[80];
+		snprintf(from, sizeof(from), "--%s", settings[c].flag);
+		if (apply(cfg, &settings[c], optarg, from))
+			return -1;
+	}
+	if (optind < argc) {
+		fprintf(stderr, "livehub: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+		return -1;
+	}
+	return 0;
+}
+
+static int check(struct lh_config *cfg)
+{
+	int lvl = log_level_parse(cfg->log_level);
+	if (lvl < 0) {
+		fprintf(stderr, "livehub: log level \"%s\" is not one of debug, info, warn, error\n",
+		        cfg->log_level);
+		return -1;
+	}
+	log_set_level((enum log_level)lvl);
+	if (cfg->ping_timeout_s <= cfg->ping_interval_s) {
+		fprintf(stderr, "livehub: LIVEHUB_PING_TIMEOUT (%d) must be greater than "
+		                "LIVEHUB_PING_INTERVAL (%d)\n", cfg->ping_timeout_s, cfg->ping_interval_s);
+		return -1;
+	}
+	cfg->jwt_secret_len = strlen(cfg->jwt_secret);
+	if (cfg->jwt_secret_len > 0 && cfg->jwt_secret_len < 32) {
+		fprintf(stderr, "livehub: LIVEHUB_JWT_SECRET must be at least 32 bytes for HS256 "
+		                "(got %zu)\n", cfg->jwt_secret_len);
+		return -1;
+	}
+	return 0;
+}
+
+int config_load(struct lh_config *cfg, int argc, char **argv, bool *help)
+{
+	*help = false;
+	defaults(cfg);
+	if (from_env(cfg) || from_flags(cfg, argc, argv, help))
+		return -1;
+	return *help ? 0 : check(cfg);
+}
+
+/* Reads the development secret, creating it (0600, in a 0700 directory)
+ * the first time. */
+int config_resolve_secret(struct lh_config *cfg)
+{
+	if (cfg->jwt_secret_len > 0)
+		return 0;
+	const char *path = cfg->dev_secret_file;
+	char dir[sizeof(cfg->dev_secret_file)];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash) {
+		*slash = '\0';
+		if (mkdir(dir, 0700) && errno != EEXIST) {
+			fprintf(stderr, "livehub: cannot create %s for the development secret: %s\n", dir,
+			        strerror(errno));
+			return -1;
+		}
+	}
+	int fd = open(path, O_RDONLY);
+	if (fd < 0 && errno == ENOENT) {
+		unsigned char raw[32];
+		char hex[65];
+		if (auth_random(raw, sizeof(raw)))
+			return -1;
+		for (size_t i = 0; i < sizeof(raw); i++)
+			snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+		int wfd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+		if (wfd >= 0) {
+			ssize_t w = write(wfd, hex, 64);
+			close(wfd);
+			if (w != 64)
+				unlink(path);
+		}
+		fd = open(path, O_RDONLY);
+	}
+	if (fd < 0) {
+		fprintf(stderr, "livehub: cannot read the development secret %s: %s\n", path,
+		        strerror(errno));
+		return -1;
+	}
+	ssize_t n = read(fd, cfg->jwt_secret, sizeof(cfg->jwt_secret) - 1);
+	close(fd);
+	while (n > 0 && (cfg->jwt_secret[n - 1] == '\n' || cfg->jwt_secret[n - 1] == '\r'))
+		n--;
+	if (n < 32) {
+		fprintf(stderr, "livehub: the development secret in %s is shorter than 32 bytes\n", path);
+		return -1;
+	}
+	cfg->jwt_secret[n] = '\0';
+	cfg->jwt_secret_len = (size_t)n;
+	cfg->jwt_secret_dev = true;
+	return 0;
+}
+
+void config_usage(FILE *out)
+{
+	fprintf(out, "usage: livehub [options]             run the hub\n"
+	             "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
+	             "                                     print a development token\n"
+	             "       livehub --version\n\n"
+	             "options (each also read from the environment variable shown):\n");
+	for (size_t i = 0; i < NSETTINGS; i++)
+		fprintf(out, "  --%-20s %-26s %s\n", settings[i].flag, settings[i].env, settings[i].help);
+}

@@ -1,0 +1,46 @@
+/*
+ * config: livehub's settings. Embedded defaults, overridden by LIVEHUB_*
+ * environment variables, overridden by command-line flags. docs/CONFIGURATION.md
+ * lists every setting.
+ */
+#ifndef LH_CONFIG_H
+#define LH_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+struct lh_config {
+	char ws_host[64];     /* LIVEHUB_WS_HOST, --ws-host; default 0.0.0.0 */
+	int ws_port;          /* LIVEHUB_WS_PORT, --ws-port; default 8080, 0 = any free */
+	char grpc_host[64];   /* LIVEHUB_GRPC_HOST, --grpc-host; default 127.0.0.1 */
+	int grpc_port;        /* LIVEHUB_GRPC_PORT, --grpc-port; default 50051, 0 = any free */
+	char jwt_secret[512]; /* LIVEHUB_JWT_SECRET, --jwt-secret; empty = development secret */
+	size_t jwt_secret_len;
+	bool jwt_secret_dev;  /* the secret is the generated development one */
+	char dev_secret_file[256]; /* LIVEHUB_DEV_SECRET_FILE; default .livehub/dev-secret */
+	char tenant_claim[64];     /* LIVEHUB_JWT_TENANT_CLAIM; default tenant_id */
+	int jwt_leeway_s;          /* LIVEHUB_JWT_LEEWAY; default 30 */
+	int handoff_max;           /* LIVEHUB_HANDOFF_MAX; gRPC -> hub queue bound; default 65536 */
+	int max_subs_per_conn;     /* LIVEHUB_MAX_SUBSCRIPTIONS; default 128 */
+	int sendq_max_frames;      /* LIVEHUB_SENDQ_MAX_FRAMES; default 4096 */
+	int ping_interval_s;       /* LIVEHUB_PING_INTERVAL; default 30 */
+	int ping_timeout_s;        /* LIVEHUB_PING_TIMEOUT; default 90 */
+	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
+	int rx_buffer_size;        /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 512 */
+	char log_level[16];        /* LIVEHUB_LOG_LEVEL; default info */
+};
+
+/* Fills cfg with the defaults, then the environment, then argv (argv[0] and
+ * a subcommand already skipped). Returns 0, or -1 after printing a message
+ * naming the bad setting to stderr. Sets *help when --help was given. */
+int config_load(struct lh_config *cfg, int argc, char **argv, bool *help);
+
+/* Fills in the JWT secret: the configured one, or the development secret
+ * read from (or created in) cfg->dev_secret_file. Returns 0 or -1 with a
+ * message on stderr. */
+int config_resolve_secret(struct lh_config *cfg);
+
+void config_usage(FILE *out);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * handoff: the bounded queue from publisher threads (gRPC) to the service
+ * thread. Many producers, one consumer, FIFO.
+ *
+ * A producer pushes and, when the queue was empty, calls the wake function
+ * (lws_cancel_service) so the service thread drains it; the consumer takes
+ * the whole list at once, so a burst costs one wake-up.
+ */
+#ifndef LH_HANDOFF_H
+#define LH_HANDOFF_H
+
+#include <stddef.h>
+
+struct publication;
+struct handoff;
+
+/* Returns a queue holding at most max publications, or NULL. */
+struct handoff *handoff_new(size_t max);
+/* Frees the queue; it must be empty. */
+void handoff_free(struct handoff *q);
+/* Sets the function called (from a producer thread) when work arrives. */
+void handoff_set_wake(struct handoff *q, void (*wake)(void *), void *arg);
+/* Any thread. Queues p; returns 0, or LH_EFULL when the queue is full or
+ * closed (then ownership stays with the caller). */
+int handoff_push(struct handoff *q, struct publication *p);
+/* Consumer. Takes every queued publication, oldest first (linked by ->next);
+ * NULL when empty. */
+struct publication *handoff_take(struct handoff *q);
+/* Any thread. How many are queued now (for stats). */
+size_t handoff_depth(struct handoff *q);
+/* After close, pushes fail with LH_EFULL. */
+void handoff_close(struct handoff *q);
+
+#endif

@@ -1,0 +1,765 @@
+/*
+ * hub: channels, subscriptions, tenants, users and the per-connection send
+ * queues. See hub.h.
+ *
+ * Data layout. Channels live in a dict under "tenant\x1fname". A channel
+ * holds an array of its subscribers and each connection an array of its
+ * channels; every entry on one side records its index on the other side, so
+ * a subscription is removed from both arrays in O(1) by swapping the last
+ * entry into its place and fixing that entry's back-index. Entry 0 of a
+ * connection's array is its "$tenant" channel, entry 1 its "$user:{user}"
+ * channel, explicit subscriptions follow.
+ *
+ * Memory. A connection is about 140 bytes plus 16 per channel it is on (one
+ * entry in the channel's array); the first three channel entries and the
+ * first two queue slots live inside struct hub_conn. The tenant and user
+ * strings are not copied per connection: they are read from the keys of the
+ * connection's "$tenant" and "$user:" channels.
+ */
+#include "hub.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "dict.h"
+#include "livehub.h"
+#include "names.h"
+
+#define KEY_MAX (LH_TENANT_MAX + 1 + LH_CHANNEL_MAX)
+#define USER_PREFIX "$user:"
+#define USER_PREFIX_LEN (sizeof(USER_PREFIX) - 1)
+#define TENANT_NAME "$tenant"
+
+#define SUB_TENANT 0 /* index of the tenant channel in hub_conn.subs */
+#define SUB_USER 1   /* index of the user channel */
+#define SUB_FIRST 2  /* first explicit subscription */
+#define CONN_INLINE_SUBS 3
+#define CONN_INLINE_Q 2 /* a power of two, like every ring capacity */
+#define QUEUE_KEEP 8     /* ring slots kept when the queue drains */
+#define CLOSE_SLOW_CONSUMER 4000
+#define CLOSE_INTERNAL 1011
+
+enum chan_kind { CHAN_PLAIN, CHAN_TENANT, CHAN_USER };
+
+/* A subscriber of a channel; cidx is the channel's index in conn->subs. */
+struct sub {
+	struct hub_conn *conn;
+	uint32_t cidx;
+};
+
+/* A channel of a connection; sidx is the connection's index in ch->subs. */
+struct csub {
+	struct chan *ch;
+	uint32_t sidx;
+};
+
+struct chan {
+	struct sub *subs; /* &one while cap is 1, else heap */
+	uint32_t nsubs, cap;
+	uint64_t next;    /* offset of the next publication, from 1 */
+	uint64_t epoch;   /* random; shown as 16 hex digits */
+	int64_t last_ms;  /* last publication, creation or loss of the last subscriber */
+	struct sub one;
+	uint16_t klen;    /* key bytes, without the NUL */
+	uint8_t tlen;     /* tenant bytes at the start of the key */
+	uint8_t kind;     /* enum chan_kind */
+	/* "tenant\x1fname\0"; a CHAN_TENANT record appends "tenant\0" so that
+	 * hub_conn_tenant() has a NUL-terminated string to return. */
+	char key[];
+};
+
+struct hub_conn {
+	void *tctx;
+	struct csub *subs; /* inl while subcap is CONN_INLINE_SUBS, else heap */
+	struct frame **q;  /* ring; qinl while qcap is CONN_INLINE_Q, else heap */
+	uint32_t nsubs, subcap;
+	uint32_t qhead, qlen, qcap;
+	bool dead;         /* killed: nothing more is queued */
+	char id[23];       /* "c5f1e2a3-17" */
+	struct csub inl[CONN_INLINE_SUBS];
+	struct frame *qinl[CONN_INLINE_Q];
+};
+
+struct hub {
+	struct hub_limits lim;
+	struct hub_transport tr;
+	struct dict *chans; /* key -> struct chan */
+	uint64_t rng;       /* splitmix64 state */
+	uint64_t conn_seq;
+	char id_prefix[9];  /* 'c', 7 hex digits, '-' */
+	struct hub_stats st;
+};
+
+/* ------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------ */
+
+/* Counters have one writer (the service thread): a relaxed load and store
+ * is enough and cheaper than an atomic read-modify-write. */
+static void stat_add(_Atomic uint64_t *v, int64_t d)
+{
+	uint64_t x = atomic_load_explicit(v, memory_order_relaxed);
+	atomic_store_explicit(v, x + (uint64_t)d, memory_order_relaxed);
+}
+
+static uint64_t rng_next(struct hub *h)
+{
+	uint64_t z = (h->rng += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static uint64_t seed_random(void)
+{
+	uint64_t s = 0;
+	if (getrandom(&s, sizeof(s), 0) == (ssize_t)sizeof(s))
+		return s;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)(uintptr_t)&s;
+}
+
+/* Wall-clock milliseconds, the clock of p->ts_ms and of hub_sweep's now. */
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *put(char *o, const char *s, size_t n)
+{
+	memcpy(o, s, n);
+	return o + n;
+}
+
+#define PUTS(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+static char *put_u64(char *o, uint64_t v)
+{
+	char tmp[20];
+	size_t i = sizeof(tmp);
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	return put(o, tmp + i, sizeof(tmp) - i);
+}
+
+static char *put_i64(char *o, int64_t v)
+{
+	if (v < 0) {
+		*o++ = '-';
+		return put_u64(o, (uint64_t)0 - (uint64_t)v);
+	}
+	return put_u64(o, (uint64_t)v);
+}
+
+/* Writes v as n lowercase hex digits (no NUL). */
+static char *put_hex(char *o, uint64_t v, int n)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (int i = n - 1; i >= 0; i--) {
+		o[i] = hex[v & 15];
+		v >>= 4;
+	}
+	return o + n;
+}
+
+/* Writes "tenant\x1fname" into buf (KEY_MAX bytes); returns its length. */
+static size_t make_key(char *buf, const char *tenant, size_t tlen, const char *name, size_t nlen)
+{
+	char *o = put(buf, tenant, tlen);
+	*o++ = LH_KEY_SEP;
+	o = put(o, name, nlen);
+	return (size_t)(o - buf);
+}
+
+/* ------------------------------------------------------------------------
+ * Channels
+ * ------------------------------------------------------------------------ */
+
+static const char *chan_name(const struct chan *ch)
+{
+	return ch->key + ch->tlen + 1;
+}
+
+static size_t chan_name_len(const struct chan *ch)
+{
+	return (size_t)ch->klen - ch->tlen - 1;
+}
+
+static enum chan_kind kind_of(const char *name, size_t n)
+{
+	if (n == sizeof(TENANT_NAME) - 1 && memcmp(name, TENANT_NAME, n) == 0)
+		return CHAN_TENANT;
+	if (n > USER_PREFIX_LEN && memcmp(name, USER_PREFIX, USER_PREFIX_LEN) == 0)
+		return CHAN_USER;
+	return CHAN_PLAIN;
+}
+
+/* Creates the channel keyed key[0..klen) whose tenant is key[0..tlen) and
+ * adds it to the dict. Returns it, or NULL when out of memory. */
+static struct chan *chan_new(struct hub *h, const char *key, size_t klen, size_t tlen)
+{
+	enum chan_kind kind = kind_of(key + tlen + 1, klen - tlen - 1);
+	size_t extra = kind == CHAN_TENANT ? tlen + 1 : 0;
+	struct chan *ch = calloc(1, sizeof(*ch) + klen + 1 + extra);
+	if (!ch)
+		return NULL;
+	memcpy(ch->key, key, klen);
+	if (kind == CHAN_TENANT)
+		memcpy(ch->key + klen + 1, key, tlen);
+	ch->klen = (uint16_t)klen;
+	ch->tlen = (uint8_t)tlen;
+	ch->kind = (uint8_t)kind;
+	ch->subs = &ch->one;
+	ch->cap = 1;
+	ch->next = 1;
+	ch->epoch = rng_next(h);
+	ch->last_ms = wall_ms();
+	if (dict_put(h->chans, ch->key, klen, ch) != 0) {
+		free(ch);
+		return NULL;
+	}
+	stat_add(&h->st.channels, 1);
+	return ch;
+}
+
+static struct chan *chan_get(struct hub *h, const char *key, size_t klen, size_t tlen)
+{
+	struct chan *ch = dict_get(h->chans, key, klen);
+	return ch ? ch : chan_new(h, key, klen, tlen);
+}
+
+/* Removes ch from the dict and frees it; it has no subscriber. */
+static void chan_free(struct hub *h, struct chan *ch)
+{
+	dict_del(h->chans, ch->key, ch->klen);
+	if (ch->subs != &ch->one)
+		free(ch->subs);
+	free(ch);
+	stat_add(&h->st.channels, -1);
+}
+
+/* Makes room for one more subscriber. Returns 0 or LH_ENOMEM. */
+static int chan_reserve(struct chan *ch)
+{
+	if (ch->nsubs < ch->cap)
+		return 0;
+	if (ch->cap > UINT32_MAX / 2)
+		return LH_ENOMEM;
+	uint32_t cap = ch->cap * 2;
+	struct sub *s;
+	if (ch->subs == &ch->one) {
+		s = malloc(cap * sizeof(*s));
+		if (s)
+			s[0] = ch->one;
+	} else {
+		s = realloc(ch->subs, cap * sizeof(*s));
+	}
+	if (!s)
+		return LH_ENOMEM;
+	ch->subs = s;
+	ch->cap = cap;
+	return 0;
+}
+
+/* Counts tenants and users online: the implicit channels with a subscriber. */
+static void count_presence(struct hub *h, const struct chan *ch, int d)
+{
+	if (ch->kind == CHAN_TENANT)
+		stat_add(&h->st.tenants, d);
+	else if (ch->kind == CHAN_USER)
+		stat_add(&h->st.users, d);
+}
+
+/* Removes subscriber i from ch, moving the last one into its place. An
+ * emptied channel gives back its array and starts its idle time. */
+static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
+{
+	uint32_t last = --ch->nsubs;
+	if (i != last) {
+		struct sub *s = &ch->subs[i];
+		*s = ch->subs[last];
+		s->conn->subs[s->cidx].sidx = i;
+	}
+	if (ch->nsubs > 0)
+		return;
+	if (ch->subs != &ch->one) {
+		free(ch->subs);
+		ch->subs = &ch->one;
+		ch->cap = 1;
+	}
+	ch->last_ms = wall_ms();
+	count_presence(h, ch, -1);
+}
+
+/* ------------------------------------------------------------------------
+ * Connections and subscriptions
+ * ------------------------------------------------------------------------ */
+
+/* Makes room for one more channel in c->subs. Returns 0 or LH_ENOMEM. */
+static int conn_reserve(struct hub_conn *c)
+{
+	if (c->nsubs < c->subcap)
+		return 0;
+	if (c->subcap > UINT32_MAX / 2)
+		return LH_ENOMEM;
+	uint32_t cap = c->subcap * 2;
+	struct csub *s;
+	if (c->subs == c->inl) {
+		s = malloc(cap * sizeof(*s));
+		if (s)
+			memcpy(s, c->inl, sizeof(c->inl));
+	} else {
+		s = realloc(c->subs, cap * sizeof(*s));
+	}
+	if (!s)
+		return LH_ENOMEM;
+	c->subs = s;
+	c->subcap = cap;
+	return 0;
+}
+
+/* Puts c on ch. Returns 0 or LH_ENOMEM. */
+static int link_chan(struct hub *h, struct hub_conn *c, struct chan *ch)
+{
+	if (conn_reserve(c) || chan_reserve(ch))
+		return LH_ENOMEM;
+	uint32_t k = c->nsubs++;
+	uint32_t i = ch->nsubs++;
+	c->subs[k] = (struct csub){ch, i};
+	ch->subs[i] = (struct sub){c, k};
+	if (i == 0)
+		count_presence(h, ch, 1);
+	return 0;
+}
+
+/* Removes explicit subscription k (>= SUB_FIRST) from both sides. */
+static void unlink_chan(struct hub *h, struct hub_conn *c, uint32_t k)
+{
+	chan_del_sub(h, c->subs[k].ch, c->subs[k].sidx);
+	uint32_t last = --c->nsubs;
+	if (k != last) {
+		struct csub *s = &c->subs[k];
+		*s = c->subs[last];
+		s->ch->subs[s->sidx].cidx = k;
+	}
+	/* Back to the inline array once only the implicit channels are left. */
+	if (c->nsubs == SUB_FIRST && c->subs != c->inl) {
+		memcpy(c->inl, c->subs, SUB_FIRST * sizeof(*c->subs));
+		free(c->subs);
+		c->subs = c->inl;
+		c->subcap = CONN_INLINE_SUBS;
+	}
+}
+
+/* Index of ch in c->subs, or -1. Scans the shorter of the connection's
+ * explicit subscriptions (bounded by max_subs_per_conn) and the channel's
+ * subscribers, so neither a busy channel nor a busy connection is slow. */
+static int64_t find_sub(const struct hub_conn *c, const struct chan *ch)
+{
+	if (c->nsubs - SUB_FIRST <= ch->nsubs) {
+		for (uint32_t k = SUB_FIRST; k < c->nsubs; k++)
+			if (c->subs[k].ch == ch)
+				return k;
+	} else {
+		for (uint32_t i = 0; i < ch->nsubs; i++)
+			if (ch->subs[i].conn == c)
+				return ch->subs[i].cidx;
+	}
+	return -1;
+}
+
+static void conn_set_id(struct hub *h, struct hub_conn *c)
+{
+	char *o = put(c->id, h->id_prefix, sizeof(h->id_prefix));
+	char tmp[24];
+	size_t n = (size_t)(put_u64(tmp, ++h->conn_seq) - tmp);
+	if (n > sizeof(c->id) - sizeof(h->id_prefix) - 1)
+		n = sizeof(c->id) - sizeof(h->id_prefix) - 1; /* past 10^13 connections */
+	o = put(o, tmp, n);
+	*o = '\0';
+}
+
+/* Drops every queued frame and returns the ring to its inline slots. */
+static void queue_clear(struct hub_conn *c)
+{
+	for (uint32_t i = 0; i < c->qlen; i++)
+		frame_unref(c->q[(c->qhead + i) & (c->qcap - 1)]);
+	if (c->q != c->qinl)
+		free(c->q);
+	c->q = c->qinl;
+	c->qcap = CONN_INLINE_Q;
+	c->qhead = c->qlen = 0;
+}
+
+/* Takes c off every channel and frees it; no stats but the presence ones. */
+static void conn_destroy(struct hub *h, struct hub_conn *c)
+{
+	for (uint32_t k = 0; k < c->nsubs; k++)
+		chan_del_sub(h, c->subs[k].ch, c->subs[k].sidx);
+	if (c->subs != c->inl)
+		free(c->subs);
+	queue_clear(c);
+	free(c);
+}
+
+struct hub_conn *hub_conn_open(struct hub *h, const char *tenant, const char *user, void *tctx)
+{
+	size_t tlen = strnlen(tenant, LH_TENANT_MAX + 1);
+	size_t ulen = strnlen(user, LH_USER_MAX + 1);
+	if (!name_tenant_ok(tenant, tlen) || !name_user_ok(user, ulen))
+		return NULL;
+	struct hub_conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->tctx = tctx;
+	c->subs = c->inl;
+	c->subcap = CONN_INLINE_SUBS;
+	c->q = c->qinl;
+	c->qcap = CONN_INLINE_Q;
+
+	char key[KEY_MAX], name[USER_PREFIX_LEN + LH_USER_MAX];
+	size_t klen = make_key(key, tenant, tlen, TENANT_NAME, sizeof(TENANT_NAME) - 1);
+	struct chan *ch = chan_get(h, key, klen, tlen);
+	if (!ch || link_chan(h, c, ch))
+		goto fail;
+	memcpy(name, USER_PREFIX, USER_PREFIX_LEN);
+	memcpy(name + USER_PREFIX_LEN, user, ulen);
+	klen = make_key(key, tenant, tlen, name, USER_PREFIX_LEN + ulen);
+	ch = chan_get(h, key, klen, tlen);
+	if (!ch || link_chan(h, c, ch))
+		goto fail;
+
+	conn_set_id(h, c);
+	stat_add(&h->st.connections, 1);
+	stat_add(&h->st.connections_total, 1);
+	return c;
+fail:
+	/* A channel created above stays empty until hub_sweep frees it. */
+	conn_destroy(h, c);
+	return NULL;
+}
+
+void hub_conn_close(struct hub *h, struct hub_conn *c)
+{
+	if (!c)
+		return;
+	stat_add(&h->st.subscriptions, -(int64_t)(c->nsubs - SUB_FIRST));
+	stat_add(&h->st.connections, -1);
+	conn_destroy(h, c);
+}
+
+const char *hub_conn_tenant(const struct hub_conn *c)
+{
+	const struct chan *ch = c->subs[SUB_TENANT].ch;
+	return ch->key + ch->klen + 1;
+}
+
+const char *hub_conn_user(const struct hub_conn *c)
+{
+	return chan_name(c->subs[SUB_USER].ch) + USER_PREFIX_LEN;
+}
+
+const char *hub_conn_id(const struct hub_conn *c)
+{
+	return c->id;
+}
+
+/* Looks up the channel c calls name, validated with name_channel_ok.
+ * Returns 0 and *out (NULL when absent and !create), or an LH_E* value. */
+static int conn_chan(struct hub *h, struct hub_conn *c, const char *name, bool create,
+		     struct chan **out)
+{
+	size_t nlen = strnlen(name, LH_CHANNEL_MAX + 1);
+	if (!name_channel_ok(name, nlen))
+		return LH_EINVAL;
+	const struct chan *tch = c->subs[SUB_TENANT].ch;
+	char key[KEY_MAX];
+	size_t klen = make_key(key, tch->key, tch->tlen, name, nlen);
+	*out = create ? chan_get(h, key, klen, tch->tlen) : dict_get(h->chans, key, klen);
+	return create && !*out ? LH_ENOMEM : 0;
+}
+
+int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name)
+{
+	struct chan *ch;
+	/* At the limit, only look: a client must not create channels it
+	 * cannot join. */
+	bool full = c->nsubs - SUB_FIRST >= h->lim.max_subs_per_conn;
+	int rc = conn_chan(h, c, name, !full, &ch);
+	if (rc)
+		return rc;
+	if (ch && find_sub(c, ch) >= 0)
+		return LH_EEXIST;
+	if (full)
+		return LH_ELIMIT;
+	rc = link_chan(h, c, ch);
+	if (rc)
+		return rc;
+	stat_add(&h->st.subscriptions, 1);
+	return 0;
+}
+
+int hub_unsubscribe(struct hub *h, struct hub_conn *c, const char *name)
+{
+	struct chan *ch;
+	int rc = conn_chan(h, c, name, false, &ch);
+	if (rc)
+		return rc;
+	int64_t k = ch ? find_sub(c, ch) : -1;
+	if (k < 0)
+		return LH_ENOENT;
+	unlink_chan(h, c, (uint32_t)k);
+	stat_add(&h->st.subscriptions, -1);
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Send queues
+ * ------------------------------------------------------------------------ */
+
+/* Marks c dead, frees its queue (it will never be written) and asks the
+ * transport to close it. */
+static void conn_kill(struct hub *h, struct hub_conn *c, int code, const char *reason)
+{
+	c->dead = true;
+	queue_clear(c);
+	h->tr.kill(c->tctx, code, reason);
+}
+
+/* Doubles the ring, unwrapping it to start at slot 0. */
+static int queue_grow(struct hub_conn *c)
+{
+	if (c->qcap > UINT32_MAX / 2)
+		return LH_ENOMEM;
+	uint32_t cap = c->qcap * 2;
+	struct frame **q = malloc(cap * sizeof(*q));
+	if (!q)
+		return LH_ENOMEM;
+	for (uint32_t i = 0; i < c->qlen; i++)
+		q[i] = c->q[(c->qhead + i) & (c->qcap - 1)];
+	if (c->q != c->qinl)
+		free(c->q);
+	c->q = q;
+	c->qcap = cap;
+	c->qhead = 0;
+	return 0;
+}
+
+/* Queues a reference to f on c. Past the bound (or out of memory) c is
+ * killed instead. Returns 0, LH_EFULL or LH_ENOMEM. The transport's kill
+ * must not call hub_conn_close() from inside (see hub.h). */
+static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f)
+{
+	if (c->dead)
+		return LH_EFULL;
+	if (c->qlen >= h->lim.sendq_max_frames) {
+		stat_add(&h->st.slow_consumers, 1);
+		conn_kill(h, c, CLOSE_SLOW_CONSUMER, "SLOW_CONSUMER");
+		return LH_EFULL;
+	}
+	if (c->qlen == c->qcap && queue_grow(c)) {
+		conn_kill(h, c, CLOSE_INTERNAL, "SERVER_ERROR");
+		return LH_ENOMEM;
+	}
+	c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = frame_ref(f);
+	if (c->qlen++ == 0)
+		h->tr.want_write(c->tctx);
+	return 0;
+}
+
+int hub_conn_send(struct hub *h, struct hub_conn *c, struct frame *f)
+{
+	return enqueue(h, c, f);
+}
+
+struct frame *hub_conn_peek(struct hub_conn *c)
+{
+	return c->qlen ? c->q[c->qhead] : NULL;
+}
+
+void hub_conn_pop(struct hub_conn *c)
+{
+	if (!c->qlen)
+		return;
+	frame_unref(c->q[c->qhead]);
+	c->qhead = (c->qhead + 1) & (c->qcap - 1);
+	/* A drained ring that grew large for a burst gives its memory back;
+	 * small ones are kept to avoid a malloc per burst. */
+	if (--c->qlen == 0 && c->qcap > QUEUE_KEEP)
+		queue_clear(c);
+}
+
+size_t hub_conn_queued(const struct hub_conn *c)
+{
+	return c->qlen;
+}
+
+/* ------------------------------------------------------------------------
+ * Publishing
+ * ------------------------------------------------------------------------ */
+
+/* Checks every name of p. Returns 0 or LH_EINVAL. */
+static int pub_check(const struct publication *p)
+{
+	if (p->nchannels < 1 || p->nchannels > LH_PUB_MAX_CHANNELS)
+		return LH_EINVAL;
+	if (!name_tenant_ok(p->tenant, strnlen(p->tenant, sizeof(p->tenant))) ||
+	    !name_type_ok(p->type, strnlen(p->type, sizeof(p->type))))
+		return LH_EINVAL;
+	for (int i = 0; i < p->nchannels; i++) {
+		const char *n = p->channels[i];
+		if (!name_channel_any_ok(n, strnlen(n, sizeof(p->channels[i]))))
+			return LH_EINVAL;
+	}
+	return 0;
+}
+
+/* Builds the event frame of p on ch at offset ch->next, written straight
+ * into the frame (names are validated charsets: no escaping needed).
+ * Returns it with one reference, or NULL when out of memory. */
+static struct frame *event_frame(const struct publication *p, const struct chan *ch)
+{
+	static const char fixed[] =
+		"{\"type\":\"\",\"channel\":\"\",\"offset\":,\"epoch\":\"\",\"ts\":,\"data\":}";
+	const char *data = p->data && p->data_len ? p->data : "{}";
+	size_t dlen = p->data && p->data_len ? p->data_len : 2;
+	size_t tlen = strlen(p->type), nlen = chan_name_len(ch);
+	struct frame *f = frame_new(sizeof(fixed) - 1 + tlen + nlen + 20 + 16 + 20 + dlen);
+	if (!f)
+		return NULL;
+	char *o = (char *)frame_payload(f);
+	char *start = o;
+	o = PUTS(o, "{\"type\":\"");
+	o = put(o, p->type, tlen);
+	o = PUTS(o, "\",\"channel\":\"");
+	o = put(o, chan_name(ch), nlen);
+	o = PUTS(o, "\",\"offset\":");
+	o = put_u64(o, ch->next);
+	o = PUTS(o, ",\"epoch\":\"");
+	o = put_hex(o, ch->epoch, 16);
+	o = PUTS(o, "\",\"ts\":");
+	o = put_i64(o, p->ts_ms);
+	o = PUTS(o, ",\"data\":");
+	o = put(o, data, dlen);
+	*o++ = '}';
+	f->len = (uint32_t)(o - start);
+	f->key = p->conflate_key;
+	return f;
+}
+
+/* Publishes p on its channel i. Returns 0 or LH_ENOMEM. */
+static int publish_one(struct hub *h, struct publication *p, int i)
+{
+	size_t tlen = strlen(p->tenant);
+	char key[KEY_MAX];
+	size_t klen = make_key(key, p->tenant, tlen, p->channels[i], strlen(p->channels[i]));
+	struct chan *ch = chan_get(h, key, klen, tlen);
+	if (!ch)
+		return LH_ENOMEM;
+	/* Nobody on the channel: the offset still advances, no frame is built. */
+	struct frame *f = NULL;
+	if (ch->nsubs > 0 && !(f = event_frame(p, ch)))
+		return LH_ENOMEM;
+	struct pub_position *pos = &p->pos[i];
+	pos->offset = ch->next++;
+	put_hex(pos->epoch, ch->epoch, 16);
+	pos->epoch[16] = '\0';
+	if (p->ts_ms > ch->last_ms)
+		ch->last_ms = p->ts_ms;
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	frame_unref(f);
+	pos->subscribers = n;
+	p->subscribers += n;
+	stat_add(&h->st.messages_published, 1);
+	stat_add(&h->st.messages_delivered, n);
+	return 0;
+}
+
+void hub_publish(struct hub *h, struct publication *p)
+{
+	p->subscribers = 0;
+	memset(p->pos, 0, sizeof(p->pos));
+	int rc = pub_check(p);
+	for (int i = 0; rc == 0 && i < p->nchannels; i++)
+		rc = publish_one(h, p, i);
+	p->status = rc;
+	if (p->on_done)
+		p->on_done(p);
+}
+
+/* ------------------------------------------------------------------------
+ * The hub
+ * ------------------------------------------------------------------------ */
+
+struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr)
+{
+	struct hub *h = calloc(1, sizeof(*h));
+	if (!h)
+		return NULL;
+	h->lim = *lim;
+	h->tr = *tr;
+	h->rng = seed_random();
+	h->chans = dict_new(rng_next(h));
+	if (!h->chans) {
+		free(h);
+		return NULL;
+	}
+	h->id_prefix[0] = 'c';
+	put_hex(h->id_prefix + 1, rng_next(h), 7);
+	h->id_prefix[8] = '-';
+	return h;
+}
+
+void hub_free(struct hub *h)
+{
+	if (!h)
+		return;
+	size_t pos = 0;
+	struct dict_entry e;
+	while (dict_next(h->chans, &pos, &e))
+		chan_free(h, e.val);
+	dict_free(h->chans);
+	free(h);
+}
+
+void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms)
+{
+	size_t pos = 0;
+	struct dict_entry e;
+	while (dict_next(h->chans, &pos, &e)) {
+		struct chan *ch = e.val;
+		if (ch->nsubs == 0 && now_ms - ch->last_ms > idle_ms)
+			chan_free(h, ch);
+	}
+}
+
+void hub_count_received(struct hub *h)
+{
+	stat_add(&h->st.messages_received, 1);
+}
+
+void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out)
+{
+#define LOAD(f) out->f = atomic_load_explicit(&h->st.f, memory_order_relaxed)
+	LOAD(connections);
+	LOAD(users);
+	LOAD(tenants);
+	LOAD(channels);
+	LOAD(subscriptions);
+	LOAD(connections_total);
+	LOAD(messages_published);
+	LOAD(messages_delivered);
+	LOAD(messages_received);
+	LOAD(slow_consumers);
+#undef LOAD
+}

@@ -1,0 +1,130 @@
+/*
+ * hub: channels, subscriptions, tenants, users and the per-connection send
+ * queues. Plain C with no I/O library headers; unit-tested alone.
+ *
+ * Threads: everything here runs on the service thread, except
+ * hub_stats_read(), which any thread may call.
+ *
+ * Channels: clients name channels without their tenant ("job:42"); the hub
+ * keys them as "tenant\x1fjob:42", so a name can only ever reach channels
+ * of the caller's own tenant. Every connection is also, implicitly, on its
+ * tenant channel "$tenant" and its user channel "$user:{user}".
+ *
+ * Transport: the hub asks the transport to write through want_write(); the
+ * transport then takes frames with hub_conn_peek()/hub_conn_pop().
+ */
+#ifndef LH_HUB_H
+#define LH_HUB_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+#include "publication.h"
+
+struct hub;
+struct hub_conn;
+
+struct hub_transport {
+	/* Frames were queued on an idle connection: ask for a write callback. */
+	void (*want_write)(void *tctx);
+	/* The connection must go (send queue overflow): close it with the
+	 * WebSocket close code and reason. The transport calls hub_conn_close()
+	 * later, from its own close callback. */
+	void (*kill)(void *tctx, int close_code, const char *reason);
+};
+
+struct hub_limits {
+	uint32_t max_subs_per_conn; /* explicit subscriptions per connection */
+	uint32_t sendq_max_frames;  /* frames queued per connection before SLOW_CONSUMER */
+};
+
+/* Counters, written by the service thread, read by any thread. */
+struct hub_stats {
+	_Atomic uint64_t connections;
+	_Atomic uint64_t users;
+	_Atomic uint64_t tenants;
+	_Atomic uint64_t channels;
+	_Atomic uint64_t subscriptions;
+	_Atomic uint64_t connections_total;
+	_Atomic uint64_t messages_published;
+	_Atomic uint64_t messages_delivered;
+	_Atomic uint64_t messages_received;
+	_Atomic uint64_t slow_consumers;
+};
+
+/* A plain copy of struct hub_stats. */
+struct hub_stats_snapshot {
+	uint64_t connections, users, tenants, channels, subscriptions;
+	uint64_t connections_total, messages_published, messages_delivered;
+	uint64_t messages_received, slow_consumers;
+};
+
+/* Returns a hub, or NULL. The hub keeps pointers to lim and tr's functions
+ * (copies the structs). */
+struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr);
+/* Frees the hub; every connection must be closed first. */
+void hub_free(struct hub *h);
+
+/* Opens a connection of (tenant, user) and puts it on the implicit tenant
+ * and user channels. tenant and user must pass name_tenant_ok/name_user_ok.
+ * tctx is the transport's handle, passed back to want_write/kill.
+ * Returns NULL when out of memory. */
+struct hub_conn *hub_conn_open(struct hub *h, const char *tenant, const char *user, void *tctx);
+/* Removes the connection from every channel, drops its queued frames and
+ * frees it. */
+void hub_conn_close(struct hub *h, struct hub_conn *c);
+
+const char *hub_conn_tenant(const struct hub_conn *c);
+const char *hub_conn_user(const struct hub_conn *c);
+/* The connection's process-unique id, e.g. "c4f2a9-17". */
+const char *hub_conn_id(const struct hub_conn *c);
+
+/* Subscribes c to the channel its client calls name (not reserved).
+ * Returns 0, LH_EEXIST (already subscribed), LH_EINVAL (bad name),
+ * LH_ELIMIT (too many subscriptions) or LH_ENOMEM. */
+int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name);
+/* Returns 0 or LH_ENOENT (not subscribed). */
+int hub_unsubscribe(struct hub *h, struct hub_conn *c, const char *name);
+
+/* Queues f (taking a new reference) on c, e.g. a reply. Returns 0, or
+ * LH_EFULL when the queue is over its bound (the connection is then killed
+ * with SLOW_CONSUMER). */
+int hub_conn_send(struct hub *h, struct hub_conn *c, struct frame *f);
+/*
+ * Write contract. The hub calls want_write() only when a connection's queue
+ * goes from empty to non-empty, never again while frames remain queued. So
+ * on each writable callback the transport writes hub_conn_peek()'s frame,
+ * then hub_conn_pop(), and asks for another callback itself while
+ * hub_conn_queued() > 0. A connection killed as a slow consumer has its
+ * queue emptied at once (peek returns NULL) and gets nothing more queued;
+ * it stays subscribed until the transport calls hub_conn_close(), which
+ * must not happen from inside kill() itself.
+ */
+/* The oldest queued frame, or NULL. */
+struct frame *hub_conn_peek(struct hub_conn *c);
+/* Drops the oldest queued frame (after the transport has written it). */
+void hub_conn_pop(struct hub_conn *c);
+/* Frames queued on c. */
+size_t hub_conn_queued(const struct hub_conn *c);
+
+/* Publishes p: gives it the next offset in each channel, builds its event
+ * frame once per channel and queues a reference on every subscriber. Fills
+ * p->status, p->subscribers and p->pos[], then calls p->on_done(p) if set. */
+void hub_publish(struct hub *h, struct publication *p);
+
+/* Frees channels that have had no subscriber and no publication for
+ * idle_ms. Channels live on while empty for a while so that offsets keep
+ * increasing across short gaps; a freed channel comes back with a new
+ * epoch. The service thread calls it every few seconds. */
+void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms);
+
+/* Counts one frame received from a client. */
+void hub_count_received(struct hub *h);
+
+/* Any thread: a consistent-enough copy of the counters. */
+void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out);
+
+#endif

@@ -1,0 +1,235 @@
+/*
+ * livehub's entry point: `livehub [options]` runs the hub, `livehub token`
+ * mints a development token.
+ *
+ * Threads: the main thread runs the libwebsockets service loop (it owns every
+ * connection and the hub); gRPC runs its completion-queue thread; one signal
+ * thread waits for SIGINT/SIGTERM. Shutdown order: stop gRPC first while the
+ * service thread still drains the hand-off queue (so calls in flight get
+ * their replies), then stop the service loop (clients get close 1001), then
+ * free. gRPC threads call lws_cancel_service(), so the lws context outlives
+ * them.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "auth.h"
+#include "config.h"
+#include "handoff.h"
+#include "livehub.h"
+#include "log.h"
+#include "publication.h"
+#include "rpc.h"
+#include "ws.h"
+
+struct run {
+	struct lh_config cfg;
+	struct ws *ws;
+	struct rpc *rpc;
+	sigset_t sigs;
+	_Atomic int stopped; /* the signal thread has stopped gRPC and the loop */
+};
+
+static void *signal_thread(void *arg)
+{
+	struct run *r = arg;
+	int sig = 0;
+	sigwait(&r->sigs, &sig);
+	log_info("msg=\"shutting down\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	int total_ms = r->cfg.shutdown_timeout_s * 1000;
+	rpc_stop(r->rpc, total_ms / 2);
+	r->rpc = NULL;
+	/* Before ws_stop(): once the loop ends, main reads this to tell a
+	 * requested stop from a failed loop. */
+	atomic_store(&r->stopped, 1);
+	ws_stop(r->ws);
+	return NULL;
+}
+
+/* Answers every publication still queued with LH_ECLOSED, so gRPC calls
+ * waiting for them can finish when the service loop is gone. */
+static void fail_queued(struct handoff *q)
+{
+	struct publication *p = handoff_take(q);
+	while (p) {
+		struct publication *next = p->next;
+		p->status = LH_ECLOSED;
+		if (p->on_done)
+			p->on_done(p);
+		p = next;
+	}
+}
+
+static void print_banner(const struct run *r, const char *argv0)
+{
+	const struct lh_config *c = &r->cfg;
+	const char *host = strcmp(c->ws_host, "0.0.0.0") == 0 ? "127.0.0.1" : c->ws_host;
+	int wsp = ws_port(r->ws);
+	fprintf(stderr,
+	        "\nlivehub %s\n"
+	        "  WebSocket  ws://%s:%d/ws?token=TOKEN   (health: http://%s:%d/healthz)\n"
+	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)\n",
+	        LH_VERSION, host, wsp, host, wsp, c->grpc_host, rpc_port(r->rpc));
+	if (c->jwt_secret_dev) {
+		char *demo = auth_mint(c->jwt_secret, c->jwt_secret_len, c->tenant_claim, "demo",
+		                       "alice", 86400);
+		fprintf(stderr,
+		        "  Tokens     development secret in %s (set LIVEHUB_JWT_SECRET in production)\n"
+		        "             mint one: %s token --tenant demo --user alice\n"
+		        "             tenant demo, user alice, 24 h: %s\n",
+		        c->dev_secret_file, argv0, demo ? demo : "(mint failed)");
+		free(demo);
+	}
+	fprintf(stderr, "\n");
+	/* The one machine-readable line, on stdout: tests and scripts wait for it. */
+	printf("livehub ready ws=%s:%d grpc=%s:%d\n", c->ws_host, wsp, c->grpc_host, rpc_port(r->rpc));
+	fflush(stdout);
+}
+
+static int serve(int argc, char **argv)
+{
+	struct run r = {0};
+	bool help;
+	if (config_load(&r.cfg, argc, argv, &help))
+		return 2;
+	if (help) {
+		config_usage(stdout);
+		return 0;
+	}
+	if (config_resolve_secret(&r.cfg))
+		return 2;
+	signal(SIGPIPE, SIG_IGN);
+	/* Before any thread exists, so every thread inherits the mask and only
+	 * the signal thread sees SIGINT/SIGTERM. */
+	sigemptyset(&r.sigs);
+	sigaddset(&r.sigs, SIGINT);
+	sigaddset(&r.sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &r.sigs, NULL);
+
+	int rc = 1;
+	struct auth_config ac = {r.cfg.jwt_secret, r.cfg.jwt_secret_len, r.cfg.tenant_claim,
+	                         r.cfg.jwt_leeway_s};
+	struct auth *auth = auth_new(&ac);
+	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max);
+	if (!auth || !q)
+		goto out;
+	r.ws = ws_new(&r.cfg, auth, q);
+	if (!r.ws)
+		goto out;
+	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q);
+	if (!r.rpc)
+		goto out;
+	print_banner(&r, argv[0]);
+
+	pthread_t sig_thread;
+	if (pthread_create(&sig_thread, NULL, signal_thread, &r)) {
+		log_error("msg=\"cannot start the signal thread\"");
+		goto out;
+	}
+	rc = ws_run(r.ws) == 0 ? 0 : 1;
+	if (!atomic_load(&r.stopped)) {
+		/* The loop ended on its own (a fatal lws error): stop gRPC the same
+		 * way, answering queued publications ourselves meanwhile. */
+		log_error("msg=\"service loop failed; stopping\"");
+		handoff_close(q);
+		pthread_kill(sig_thread, SIGTERM);
+		while (!atomic_load(&r.stopped)) {
+			fail_queued(q);
+			nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+		}
+		rc = 1;
+	}
+	pthread_join(sig_thread, NULL);
+	handoff_close(q);
+	fail_queued(q);
+	log_info("msg=\"stopped\"");
+out:
+	if (r.rpc)
+		rpc_stop(r.rpc, 0);
+	if (r.ws)
+		ws_free(r.ws);
+	if (q)
+		handoff_free(q);
+	auth_free(auth);
+	return rc;
+}
+
+/* Removes "--name value" from argv (in place) and returns value, or NULL. */
+static const char *take_opt(int *argc, char **argv, const char *name)
+{
+	for (int i = 1; i < *argc; i++) {
+		size_t n = strlen(name);
+		const char *v = NULL;
+		int used = 0;
+		if (strcmp(argv[i], name) == 0 && i + 1 < *argc)
+			v = argv[i + 1], used = 2;
+		else if (strncmp(argv[i], name, n) == 0 && argv[i][n] == '=')
+			v = argv[i] + n + 1, used = 1;
+		if (used) {
+			memmove(argv + i, argv + i + used, sizeof(char *) * (size_t)(*argc - i - used + 1));
+			*argc -= used;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+	const char *tenant = take_opt(&argc, argv, "--tenant");
+	const char *user = take_opt(&argc, argv, "--user");
+	const char *ttl_text = take_opt(&argc, argv, "--ttl");
+	struct lh_config cfg;
+	bool help;
+	if (config_load(&cfg, argc, argv, &help))
+		return 2;
+	if (help || !tenant || !user) {
+		fprintf(help ? stdout : stderr,
+		        "usage: livehub token --tenant T --user U [--ttl SECONDS] [--jwt-secret S]\n"
+		        "Prints an HS256 token for tenant T and user U (default lifetime 24 h;\n"
+		        "--ttl 0 for none), signed with the configured or development secret.\n");
+		return help ? 0 : 2;
+	}
+	if (!name_tenant_ok(tenant, strlen(tenant))) {
+		fprintf(stderr, "livehub: --tenant must be 1-%d characters of A-Z a-z 0-9 _ . -\n",
+		        LH_TENANT_MAX);
+		return 2;
+	}
+	if (!name_user_ok(user, strlen(user))) {
+		fprintf(stderr, "livehub: --user must be 1-%d characters of A-Z a-z 0-9 _ . : @ + -\n",
+		        LH_USER_MAX);
+		return 2;
+	}
+	char *end = NULL;
+	long long ttl = ttl_text ? strtoll(ttl_text, &end, 10) : 86400;
+	if (ttl_text && (*end || ttl < 0 || ttl > 10LL * 365 * 86400)) {
+		fprintf(stderr, "livehub: --ttl must be a number of seconds from 0 to 315360000\n");
+		return 2;
+	}
+	if (config_resolve_secret(&cfg))
+		return 2;
+	char *tok = auth_mint(cfg.jwt_secret, cfg.jwt_secret_len, cfg.tenant_claim, tenant, user, ttl);
+	if (!tok) {
+		fprintf(stderr, "livehub: minting the token failed\n");
+		return 1;
+	}
+	printf("%s\n", tok);
+	free(tok);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+		printf("livehub %s\n", LH_VERSION);
+		return 0;
+	}
+	if (argc > 1 && strcmp(argv[1], "token") == 0)
+		return cmd_token(argc - 1, argv + 1);
+	return serve(argc, argv);
+}

@@ -1,0 +1,50 @@
+/*
+ * A publication: one event on its way from a publisher (a gRPC call) to the
+ * hub's service thread, where it gets its offset and is queued on every
+ * subscriber of its channels.
+ *
+ * Ownership: the publisher allocates it and fills the input fields. After a
+ * successful handoff_push() the service thread owns it until it calls
+ * p->on_done(p) exactly once; from then on the publisher owns it again and
+ * frees it. The hub never frees a publication.
+ */
+#ifndef LH_PUBLICATION_H
+#define LH_PUBLICATION_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "names.h"
+
+#define LH_PUB_MAX_CHANNELS 2
+
+struct pub_position {
+	uint64_t offset;
+	char epoch[17];
+	uint32_t subscribers;
+};
+
+struct publication {
+	struct publication *next; /* hand-off queue link */
+
+	/* Input, set by the publisher. */
+	char tenant[LH_TENANT_MAX + 1];
+	char type[LH_TYPE_MAX + 1]; /* event type, e.g. "job:progress" */
+	int nchannels;              /* 1..LH_PUB_MAX_CHANNELS */
+	char channels[LH_PUB_MAX_CHANNELS][LH_CHANNEL_MAX + 1]; /* as clients name them */
+	char *data;                 /* JSON object text of the payload; publisher-owned */
+	size_t data_len;
+	int64_t ts_ms;              /* publish time, ms since the Unix epoch */
+	uint64_t conflate_key;      /* 0, or a key under which queued frames conflate */
+
+	/* Output, set by the service thread before on_done. */
+	int status;                 /* 0 or LH_E* */
+	uint32_t subscribers;       /* total frames queued */
+	struct pub_position pos[LH_PUB_MAX_CHANNELS];
+
+	/* Called once on the service thread when the publication is done. */
+	void (*on_done)(struct publication *p);
+	void *owner;                /* the publisher's context */
+};
+
+#endif

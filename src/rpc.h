@@ -1,0 +1,29 @@
+/*
+ * rpc: the gRPC server on the C core. The only module that includes
+ * grpc/grpc.h.
+ *
+ * Methods are registered generically from the protoc-c service descriptor;
+ * each call's request is decoded with its method's input descriptor,
+ * validated and turned into a publication pushed on the hand-off queue; the
+ * reply is sent when the service thread has queued it (rpc_methods.c).
+ */
+#ifndef LH_RPC_H
+#define LH_RPC_H
+
+#include "config.h"
+#include "handoff.h"
+#include "hub.h"
+
+struct rpc;
+
+/* Starts the server (grpc_init, bind, completion-queue thread). Returns
+ * NULL after logging why. Block SIGINT/SIGTERM before calling. */
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q);
+/* The bound gRPC port. */
+int rpc_port(const struct rpc *r);
+/* Stops accepting calls, lets calls in flight finish for up to drain_ms
+ * (the service thread must keep draining the hand-off queue meanwhile),
+ * cancels the rest and tears gRPC down. Frees r. */
+void rpc_stop(struct rpc *r, int drain_ms);
+
+#endif

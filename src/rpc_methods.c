@@ -1,0 +1,438 @@
+/*
+ * rpc_methods: validation of HubService requests, request -> publication,
+ * finished publication -> response. See rpc_methods.h.
+ */
+#include "rpc_methods.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "livehub.h"
+#include "livehub/v1/events.pb-c.h"
+#include "log.h"
+#include "names.h"
+#include "pbjson.h"
+#include "strbuf.h"
+
+/* The charsets of names.h, as error messages spell them. */
+#define CHANNEL_CHARS "[A-Za-z0-9_.:@+=/-]"
+#define TYPE_CHARS "[A-Za-z0-9_.:-]"
+
+/* Event types the client protocol uses for its own messages: an event of
+ * one of these types would be indistinguishable from a protocol reply. */
+static const char *const reserved_types[] = {
+	"connected", "subscribed", "unsubscribed", "pong", "error",
+};
+
+/* Fills err and returns -1, so a check can `return fail(...)`. */
+__attribute__((format(printf, 3, 4))) static int fail(struct rpc_error *err, enum rpc_code code,
+						      const char *fmt, ...)
+{
+	va_list ap;
+	err->code = code;
+	va_start(ap, fmt);
+	vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------------
+ * Field checks. Each fills err and returns -1 when the field is bad.
+ * ---------------------------------------------------------------------- */
+
+static int set_tenant(struct publication *p, const char *tenant, struct rpc_error *err)
+{
+	size_t n = strlen(tenant);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "tenant_id: required");
+	if (!name_tenant_ok(tenant, n))
+		return fail(err, RPC_INVALID_ARGUMENT, "tenant_id: must be 1-%d characters of [A-Za-z0-9_.-]",
+			    LH_TENANT_MAX);
+	memcpy(p->tenant, tenant, n + 1);
+	return 0;
+}
+
+/* Sets a type given by the caller (BroadcastTenant, SendToUser, Publish). */
+static int set_custom_type(struct publication *p, const char *type, struct rpc_error *err)
+{
+	size_t n = strlen(type);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "type: required");
+	if (!name_type_ok(type, n))
+		return fail(err, RPC_INVALID_ARGUMENT, "type: must be 1-%d characters of " TYPE_CHARS,
+			    LH_TYPE_MAX);
+	for (size_t i = 0; i < sizeof reserved_types / sizeof reserved_types[0]; i++)
+		if (strcmp(type, reserved_types[i]) == 0)
+			return fail(err, RPC_INVALID_ARGUMENT,
+				    "type: \"%s\" is reserved for the client protocol", type);
+	memcpy(p->type, type, n + 1);
+	return 0;
+}
+
+/* Appends the channel prefix+id, where id comes from the request field
+ * `field`. An empty id is an error when required, else nothing is added. */
+static int add_channel(struct publication *p, const char *prefix, const char *id, const char *field,
+		       bool required, struct rpc_error *err)
+{
+	size_t plen = strlen(prefix), n = strlen(id);
+	if (n == 0)
+		return required ? fail(err, RPC_INVALID_ARGUMENT, "%s: required", field) : 0;
+	char *dst = p->channels[p->nchannels];
+	bool ok = plen + n <= LH_CHANNEL_MAX;
+	if (ok) {
+		memcpy(dst, prefix, plen);
+		memcpy(dst + plen, id, n + 1);
+		ok = name_channel_any_ok(dst, plen + n);
+	}
+	if (!ok)
+		return fail(err, RPC_INVALID_ARGUMENT, "%s: must be 1-%zu characters of " CHANNEL_CHARS, field,
+			    (size_t)LH_CHANNEL_MAX - plen);
+	p->nchannels++;
+	return 0;
+}
+
+/* Copies pbjson's error path (lowerCamelCase, "resultUrl") to out with its
+ * first segment spelled as in the .proto ("result_url"), so that error
+ * messages name fields one way. Later segments are Struct keys or fields
+ * whose two spellings agree. */
+static void proto_path(const ProtobufCMessageDescriptor *d, const char *path, char *out, size_t n)
+{
+	size_t seg = strcspn(path, ".");
+	char camel[128];
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const char *name = d->fields[i].name;
+		if (strlen(name) >= sizeof camel || pbjson_camel(name, camel) != seg ||
+		    memcmp(camel, path, seg) != 0)
+			continue;
+		snprintf(out, n, "%s%s", name, path + seg);
+		return;
+	}
+	snprintf(out, n, "%s", path);
+}
+
+/* Sets p->data to the JSON of msg (an unset message, e.g. an unset Struct,
+ * becomes {}). field names msg in error messages ("event", "data"). */
+static int set_data(struct publication *p, const ProtobufCMessage *msg, const char *field,
+		    struct rpc_error *err)
+{
+	struct strbuf sb = STRBUF_INIT;
+	char path[128] = "";
+	int rc = 0;
+
+	if (msg)
+		rc = pbjson_write(&sb, msg, path, sizeof path);
+	else
+		sb_adds(&sb, "{}");
+	if (rc == 0 && sb.oom)
+		rc = LH_ENOMEM;
+	if (rc == 0) {
+		p->data = sb.buf;
+		p->data_len = sb.len;
+		return 0;
+	}
+	sb_free(&sb);
+	if (rc == LH_ENOMEM || !msg)
+		return fail(err, RPC_INTERNAL, "out of memory");
+	char where[160];
+	proto_path(msg->descriptor, path, where, sizeof where);
+	const char *dot = where[0] ? "." : "";
+	if (rc == LH_EUTF8)
+		return fail(err, RPC_INVALID_ARGUMENT, "%s%s%s: invalid UTF-8", field, dot, where);
+	if (rc == LH_EINVAL)
+		return fail(err, RPC_INVALID_ARGUMENT,
+			    "%s%s%s: value cannot be represented in JSON (NaN, Infinity or a Timestamp out of range)",
+			    field, dot, where);
+	return fail(err, RPC_INTERNAL, "publish failed: %s", lh_strerror(rc));
+}
+
+/* A key under which queued progress frames of one job (and sub-item)
+ * conflate: FNV-1a over tenant, job id and item id, never 0. */
+static uint64_t progress_key(const char *tenant, const char *job_id, const char *item_id)
+{
+	uint64_t h = 14695981039346656037ULL;
+	const char *parts[3] = {tenant, job_id, item_id};
+	for (int i = 0; i < 3; i++) {
+		for (const unsigned char *s = (const unsigned char *)parts[i]; *s; s++)
+			h = (h ^ *s) * 1099511628211ULL;
+		h = (h ^ LH_KEY_SEP) * 1099511628211ULL;
+	}
+	return h ? h : 1;
+}
+
+/* ------------------------------------------------------------------------
+ * The publishing methods.
+ * ---------------------------------------------------------------------- */
+
+/* The part the three job events share: tenant, event present, job and
+ * project channels, type. */
+static int job_common(struct publication *p, const char *tenant, const void *event, const char *job_id,
+		      const char *project_id, const char *type, struct rpc_error *err)
+{
+	if (set_tenant(p, tenant, err))
+		return -1;
+	if (!event)
+		return fail(err, RPC_INVALID_ARGUMENT, "event: required");
+	if (add_channel(p, "job:", job_id, "event.job_id", true, err) ||
+	    add_channel(p, "project:", project_id, "event.project_id", false, err))
+		return -1;
+	strcpy(p->type, type);
+	return 0;
+}
+
+static int prepare_job_progress(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishJobProgressRequest *r = (const void *)req;
+	const Livehub__V1__JobProgress *e = r->event;
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:progress", err))
+		return -1;
+	if (!isfinite(e->progress) || e->progress < 0 || e->progress > 100)
+		return fail(err, RPC_INVALID_ARGUMENT, "event.progress: must be between 0 and 100");
+	p->conflate_key = progress_key(p->tenant, e->job_id, e->item_id);
+	return set_data(p, &e->base, "event", err);
+}
+
+static int prepare_job_completed(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishJobCompletedRequest *r = (const void *)req;
+	const Livehub__V1__JobCompleted *e = r->event;
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:completed", err))
+		return -1;
+	return set_data(p, &e->base, "event", err);
+}
+
+static int prepare_job_failed(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishJobFailedRequest *r = (const void *)req;
+	const Livehub__V1__JobFailed *e = r->event;
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:failed", err))
+		return -1;
+	return set_data(p, &e->base, "event", err);
+}
+
+static int prepare_price_updated(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishPriceUpdatedRequest *r = (const void *)req;
+	const Livehub__V1__PriceUpdated *e = r->event;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	if (!e)
+		return fail(err, RPC_INVALID_ARGUMENT, "event: required");
+	if (e->item_id[0] == '\0')
+		return fail(err, RPC_INVALID_ARGUMENT, "event.item_id: required");
+	strcpy(p->type, "price:updated");
+	strcpy(p->channels[0], "$tenant");
+	p->nchannels = 1;
+	return set_data(p, &e->base, "event", err);
+}
+
+static int prepare_order_status(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishOrderStatusRequest *r = (const void *)req;
+	const Livehub__V1__OrderStatus *e = r->event;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	if (!e)
+		return fail(err, RPC_INVALID_ARGUMENT, "event: required");
+	if (add_channel(p, "order:", e->order_id, "event.order_id", true, err))
+		return -1;
+	strcpy(p->type, "order:status");
+	return set_data(p, &e->base, "event", err);
+}
+
+static int prepare_broadcast_tenant(const ProtobufCMessage *req, struct publication *p,
+				    struct rpc_error *err)
+{
+	const Livehub__V1__BroadcastTenantRequest *r = (const void *)req;
+	if (set_tenant(p, r->tenant_id, err) || set_custom_type(p, r->type, err))
+		return -1;
+	strcpy(p->channels[0], "$tenant");
+	p->nchannels = 1;
+	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
+}
+
+static int prepare_send_to_user(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__SendToUserRequest *r = (const void *)req;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	size_t n = strlen(r->user_id);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "user_id: required");
+	if (!name_user_ok(r->user_id, n))
+		return fail(err, RPC_INVALID_ARGUMENT, "user_id: must be 1-%d characters of [A-Za-z0-9_.:@+-]",
+			    LH_USER_MAX);
+	if (set_custom_type(p, r->type, err))
+		return -1;
+	/* "$user:" plus at most LH_USER_MAX bytes always fits a channel. */
+	snprintf(p->channels[0], sizeof p->channels[0], "$user:%s", r->user_id);
+	p->nchannels = 1;
+	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
+}
+
+static int prepare_publish(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__PublishRequest *r = (const void *)req;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	if (r->channel[0] == '$')
+		return fail(err, RPC_INVALID_ARGUMENT,
+			    "channel: names starting with $ are reserved; use BroadcastTenant or SendToUser");
+	if (add_channel(p, "", r->channel, "channel", true, err) || set_custom_type(p, r->type, err))
+		return -1;
+	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
+}
+
+/* ------------------------------------------------------------------------
+ * The method table.
+ * ---------------------------------------------------------------------- */
+
+#define PUBLISH(name, lower, fn)                                                                       \
+	{name, RPC_KIND_PUBLISH, &livehub__v1__##lower##_request__descriptor,                          \
+	 &livehub__v1__##lower##_response__descriptor, fn}
+
+static const struct rpc_method methods[] = {
+	PUBLISH("PublishJobProgress", publish_job_progress, prepare_job_progress),
+	PUBLISH("PublishJobCompleted", publish_job_completed, prepare_job_completed),
+	PUBLISH("PublishJobFailed", publish_job_failed, prepare_job_failed),
+	PUBLISH("PublishPriceUpdated", publish_price_updated, prepare_price_updated),
+	PUBLISH("PublishOrderStatus", publish_order_status, prepare_order_status),
+	PUBLISH("BroadcastTenant", broadcast_tenant, prepare_broadcast_tenant),
+	PUBLISH("SendToUser", send_to_user, prepare_send_to_user),
+	PUBLISH("Publish", publish, prepare_publish),
+	{"GetStats", RPC_KIND_STATS, &livehub__v1__get_stats_request__descriptor,
+	 &livehub__v1__get_stats_response__descriptor, NULL},
+};
+
+#define NMETHODS (sizeof methods / sizeof methods[0])
+
+const struct rpc_method *rpc_method_find(const char *name)
+{
+	for (size_t i = 0; i < NMETHODS; i++)
+		if (strcmp(methods[i].name, name) == 0)
+			return &methods[i];
+	return NULL;
+}
+
+/* True when d is shaped like PublishResponse: { PublishResult result = 1; }. */
+static bool publish_response_shaped(const ProtobufCMessageDescriptor *d)
+{
+	const ProtobufCFieldDescriptor *f = d->fields;
+	return d->sizeof_message == sizeof(Livehub__V1__PublishResponse) && d->n_fields == 1 &&
+	       f->id == 1 && f->type == PROTOBUF_C_TYPE_MESSAGE && f->label == PROTOBUF_C_LABEL_NONE &&
+	       f->descriptor == &livehub__v1__publish_result__descriptor &&
+	       f->offset == offsetof(Livehub__V1__PublishResponse, result);
+}
+
+int rpc_methods_check(const ProtobufCServiceDescriptor *svc)
+{
+	for (unsigned i = 0; i < svc->n_methods; i++) {
+		const ProtobufCMethodDescriptor *md = &svc->methods[i];
+		const struct rpc_method *m = rpc_method_find(md->name);
+		if (!m)
+			continue; /* answered UNIMPLEMENTED */
+		if (m->input != md->input || m->output != md->output ||
+		    (m->kind == RPC_KIND_PUBLISH && !publish_response_shaped(m->output))) {
+			log_error("msg=\"rpc method table does not match the service\" method=%s", md->name);
+			return LH_EINVAL;
+		}
+	}
+	return 0;
+}
+
+int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req, struct publication *p,
+		       struct rpc_error *err)
+{
+	memset(p, 0, sizeof *p);
+	err->code = RPC_OK;
+	err->msg[0] = '\0';
+	if (m->kind != RPC_KIND_PUBLISH || req->descriptor != m->input)
+		return fail(err, RPC_INTERNAL, "method is not a publish method");
+	if (m->prepare(req, p, err)) {
+		free(p->data);
+		p->data = NULL;
+		p->data_len = 0;
+		return -1;
+	}
+	p->ts_ms = now_ms();
+	return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Responses.
+ * ---------------------------------------------------------------------- */
+
+enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_error *err)
+{
+	err->code = RPC_OK;
+	err->msg[0] = '\0';
+	switch (p->status) {
+	case 0:
+		return RPC_OK;
+	case LH_ENOMEM:
+		fail(err, RPC_INTERNAL, "out of memory");
+		break;
+	case LH_ECLOSED:
+		fail(err, RPC_UNAVAILABLE, "livehub is shutting down");
+		break;
+	case LH_EINVAL:
+		fail(err, RPC_INVALID_ARGUMENT, "publication refused: %s", lh_strerror(p->status));
+		break;
+	default:
+		fail(err, RPC_INTERNAL, "publish failed: %s", lh_strerror(p->status));
+		break;
+	}
+	return err->code;
+}
+
+const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out, const struct rpc_method *m,
+					       struct publication *p)
+{
+	livehub__v1__publish_response__init(&out->msg);
+	out->msg.base.descriptor = m->output;
+	out->msg.result = &out->result;
+
+	livehub__v1__publish_result__init(&out->result);
+	out->result.offset = p->pos[0].offset;
+	out->result.epoch = p->pos[0].epoch;
+	out->result.subscribers = p->subscribers;
+	out->result.n_channels = (size_t)p->nchannels;
+	out->result.channels = out->pos_ptr;
+	for (int i = 0; i < p->nchannels && i < LH_PUB_MAX_CHANNELS; i++) {
+		Livehub__V1__ChannelPosition *cp = &out->pos[i];
+		livehub__v1__channel_position__init(cp);
+		cp->channel = p->channels[i];
+		cp->offset = p->pos[i].offset;
+		cp->epoch = p->pos[i].epoch;
+		cp->subscribers = p->pos[i].subscribers;
+		out->pos_ptr[i] = cp;
+	}
+	return &out->msg.base;
+}
+
+void rpc_stats_reply_init(Livehub__V1__GetStatsResponse *out, const struct hub_stats_snapshot *s,
+			  uint64_t uptime_s)
+{
+	livehub__v1__get_stats_response__init(out);
+	out->connections = s->connections;
+	out->users = s->users;
+	out->tenants = s->tenants;
+	out->channels = s->channels;
+	out->subscriptions = s->subscriptions;
+	out->connections_total = s->connections_total;
+	out->messages_published = s->messages_published;
+	out->messages_delivered = s->messages_delivered;
+	out->messages_received = s->messages_received;
+	out->uptime_seconds = uptime_s;
+	out->version = (char *)LH_VERSION;
+}

@@ -1,0 +1,99 @@
+/*
+ * rpc_methods: what each HubService method does, without gRPC.
+ *
+ * rpc.c decodes a request with its method's input descriptor and hands it
+ * here: a publishing method validates the request and fills a publication
+ * (tenant, type, channels, timestamp, JSON data); when the hub has published
+ * it, the response message is built from the finished publication. GetStats
+ * is answered from the hub's counters. No grpc header is included here, so
+ * all of this is unit-tested alone.
+ *
+ * Threads: every function here is pure (no shared state) and may run on any
+ * thread.
+ */
+#ifndef LH_RPC_METHODS_H
+#define LH_RPC_METHODS_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdint.h>
+
+#include "hub.h"
+#include "livehub/v1/hub.pb-c.h"
+#include "publication.h"
+
+/* gRPC status codes, with the numbers of the gRPC specification (rpc.c
+ * checks they match grpc_status_code). */
+enum rpc_code {
+	RPC_OK = 0,
+	RPC_INVALID_ARGUMENT = 3,
+	RPC_RESOURCE_EXHAUSTED = 8,
+	RPC_UNIMPLEMENTED = 12,
+	RPC_INTERNAL = 13,
+	RPC_UNAVAILABLE = 14,
+};
+
+#define RPC_ERRMSG_MAX 256
+
+/* Why a call failed: a status code and a message naming the bad field
+ * ("event.progress: must be between 0 and 100"). */
+struct rpc_error {
+	enum rpc_code code;
+	char msg[RPC_ERRMSG_MAX];
+};
+
+enum rpc_kind {
+	RPC_KIND_PUBLISH, /* turns the request into a publication */
+	RPC_KIND_STATS,   /* answered at once from hub_stats_read */
+};
+
+struct rpc_method {
+	const char *name; /* as in the service descriptor, "PublishJobProgress" */
+	enum rpc_kind kind;
+	const ProtobufCMessageDescriptor *input;
+	const ProtobufCMessageDescriptor *output;
+	/* RPC_KIND_PUBLISH only: validates req and fills p; see rpc_method_prepare. */
+	int (*prepare)(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err);
+};
+
+/* The method called name, or NULL when livehub does not implement it. */
+const struct rpc_method *rpc_method_find(const char *name);
+
+/* Checks that the method table matches the service descriptor (same input
+ * and output types, publish responses shaped { PublishResult result = 1; }).
+ * Returns 0, or LH_EINVAL after logging the mismatch. */
+int rpc_methods_check(const ProtobufCServiceDescriptor *svc);
+
+/* Validates req (a message of m->input) and fills p's input fields: zeroes
+ * p first, then sets tenant, type, channels, ts_ms, conflate_key and data.
+ * Returns 0 with p->data a malloc'd NUL-terminated JSON object that the
+ * caller frees with free(); or -1 with err filled and p->data NULL. */
+int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req, struct publication *p,
+		       struct rpc_error *err);
+
+/* The response of a publishing method, built in place: every pointer in it
+ * points into the storage itself or into the publication it was built from,
+ * so it must not outlive that publication and is never freed. */
+struct rpc_publish_reply {
+	/* Every publish response is { PublishResult result = 1; }: one struct
+	 * type serves them all, with the method's own descriptor. */
+	Livehub__V1__PublishResponse msg;
+	Livehub__V1__PublishResult result;
+	Livehub__V1__ChannelPosition pos[LH_PUB_MAX_CHANNELS];
+	Livehub__V1__ChannelPosition *pos_ptr[LH_PUB_MAX_CHANNELS];
+};
+
+/* Turns a publication the hub has finished into a status: RPC_OK, or an
+ * error code with a message (p->status != 0). */
+enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_error *err);
+
+/* Fills out with m's response for the successful publication p; returns the
+ * message to serialize (&out->msg.base). */
+const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out, const struct rpc_method *m,
+					       struct publication *p);
+
+/* Fills out (a GetStatsResponse) from the hub's counters. out->version
+ * points to a static string. */
+void rpc_stats_reply_init(Livehub__V1__GetStatsResponse *out, const struct hub_stats_snapshot *s,
+			  uint64_t uptime_s);
+
+#endif

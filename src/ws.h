@@ -1,0 +1,35 @@
+/*
+ * ws: the WebSocket and HTTP front on libwebsockets. The only module that
+ * includes libwebsockets.h.
+ *
+ * Serves /ws (JWT checked before the upgrade: HTTP 401 without a valid
+ * token) and /healthz on one port, runs the lws service thread that owns
+ * every connection and the hub, and drains the hand-off queue there.
+ */
+#ifndef LH_WS_H
+#define LH_WS_H
+
+#include "auth.h"
+#include "config.h"
+#include "handoff.h"
+#include "hub.h"
+
+struct ws;
+
+/* Creates the lws context and binds the port. The hub is created inside,
+ * owned by the service thread. Returns NULL after logging why. */
+struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q);
+/* The bound WebSocket/HTTP port. */
+int ws_port(const struct ws *w);
+/* The hub, for hub_stats_read() from other threads. */
+struct hub *ws_hub(struct ws *w);
+/* Runs the service loop on the calling thread until ws_stop(); then closes
+ * every client (1001) and returns. */
+int ws_run(struct ws *w);
+/* Any thread: asks the service loop to finish. */
+void ws_stop(struct ws *w);
+/* Any thread: wakes the service thread (the hand-off queue's wake hook). */
+void ws_wake(void *w);
+void ws_free(struct ws *w);
+
+#endif

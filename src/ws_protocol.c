@@ -1,0 +1,298 @@
+/* ws_protocol: client messages in, reply frames out. See ws_protocol.h. */
+#include "ws_protocol.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "livehub.h"
+#include "strbuf.h"
+
+/* ------------------------------------------------------------------------
+ * Parsing
+ * ------------------------------------------------------------------------ */
+
+static int fail(struct wsp_error *err, enum wsp_code code, const char *message)
+{
+	err->code = code;
+	err->message = message;
+	return -1;
+}
+
+/* Parses the message. An integer beyond 64 bits makes jansson refuse the
+ * whole document; it is valid JSON though, so it is parsed again with
+ * integers as reals, which lets the field checks name the bad field. */
+static json_t *load(const void *buf, size_t len)
+{
+	json_error_t e;
+	json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &e);
+	if (!root && json_error_code(&e) == json_error_numeric_overflow)
+		root = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &e);
+	return root;
+}
+
+static bool type_from_name(const char *s, size_t n, enum wsp_type *type)
+{
+	static const struct {
+		const char *name;
+		enum wsp_type type;
+	} types[] = {
+	        {"subscribe", WSP_SUBSCRIBE}, {"unsubscribe", WSP_UNSUBSCRIBE}, {"ping", WSP_PING},
+	        {"auth", WSP_AUTH},           {"refresh", WSP_REFRESH},
+	};
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		if (strlen(types[i].name) == n && memcmp(types[i].name, s, n) == 0) {
+			*type = types[i].type;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Stores the JSON text of a valid id in req. Returns false when the id is
+ * there but is neither a short string nor an integer; true otherwise. */
+static bool take_id(const json_t *id, struct wsp_request *req)
+{
+	if (!id)
+		return true;
+	if (json_is_integer(id)) {
+		int n = snprintf(req->id, sizeof(req->id), "%" JSON_INTEGER_FORMAT,
+		                 json_integer_value(id));
+		req->id_len = (size_t)n;
+		return true;
+	}
+	if (!json_is_string(id) || json_string_length(id) > WSP_ID_STR_MAX)
+		return false;
+	struct strbuf sb = STRBUF_INIT;
+	sb_add_json_str(&sb, json_string_value(id), json_string_length(id));
+	bool ok = !sb.oom && sb.len <= WSP_ID_JSON_MAX;
+	if (ok) {
+		memcpy(req->id, sb.buf, sb.len);
+		req->id[sb.len] = '\0';
+		req->id_len = sb.len;
+	}
+	sb_free(&sb);
+	return ok;
+}
+
+/* Fills req->channel from projectId (seed 004: "project:" + projectId). */
+static int take_project(const json_t *pid, struct wsp_request *req, struct wsp_error *err)
+{
+	if (!json_is_string(pid))
+		return fail(err, WSP_BAD_REQUEST, "\"projectId\" must be a string");
+	const char *s = json_string_value(pid);
+	size_t n = json_string_length(pid);
+	if (n == 0 || n > LH_CHANNEL_MAX - WSP_PROJECT_PREFIX_LEN)
+		goto bad;
+	memcpy(req->channel, WSP_PROJECT_PREFIX, WSP_PROJECT_PREFIX_LEN);
+	memcpy(req->channel + WSP_PROJECT_PREFIX_LEN, s, n);
+	req->channel_len = WSP_PROJECT_PREFIX_LEN + n;
+	req->channel[req->channel_len] = '\0';
+	if (!name_channel_ok(req->channel, req->channel_len))
+		goto bad;
+	req->project_alias = true;
+	return 0;
+bad:
+	req->channel[0] = '\0';
+	req->channel_len = 0;
+	return fail(err, WSP_BAD_REQUEST,
+	            "\"projectId\" must be 1-152 characters of A-Z a-z 0-9 _ . : @ + = / -");
+}
+
+/* Fills req->channel from "channel" or "projectId" (exactly one of them). */
+static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_error *err)
+{
+	const json_t *ch = json_object_get(root, "channel");
+	const json_t *pid = json_object_get(root, "projectId");
+	bool sub = req->type == WSP_SUBSCRIBE;
+	if (ch && pid)
+		return fail(err, WSP_BAD_REQUEST, "give \"channel\" or \"projectId\", not both");
+	if (pid)
+		return take_project(pid, req, err);
+	if (!json_is_string(ch))
+		return fail(err, WSP_BAD_REQUEST,
+		            sub ? "subscribe needs a string \"channel\""
+		                : "unsubscribe needs a string \"channel\"");
+	const char *s = json_string_value(ch);
+	size_t n = json_string_length(ch);
+	if (n > 0 && s[0] == '$')
+		return fail(err, WSP_CHANNEL_ACCESS_DENIED,
+		            "\"channel\": names starting with \"$\" are reserved");
+	if (!name_channel_ok(s, n))
+		return fail(err, WSP_BAD_REQUEST,
+		            "\"channel\" must be 1-160 characters of A-Z a-z 0-9 _ . : @ + = / -");
+	memcpy(req->channel, s, n);
+	req->channel[n] = '\0';
+	req->channel_len = n;
+	return 0;
+}
+
+int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err)
+{
+	req->type = WSP_PING;
+	req->channel[0] = '\0';
+	req->channel_len = 0;
+	req->project_alias = false;
+	req->id[0] = '\0';
+	req->id_len = 0;
+	json_t *root = load(buf, len);
+	if (!root)
+		return fail(err, WSP_PROTOCOL_ERROR, "the message is not valid JSON");
+	int rc = -1;
+	if (!json_is_object(root)) {
+		fail(err, WSP_PROTOCOL_ERROR, "the message must be a JSON object");
+		goto out;
+	}
+	/* The id is taken first so that every later error can echo it. */
+	bool id_ok = take_id(json_object_get(root, "id"), req);
+	const json_t *type = json_object_get(root, "type");
+	if (!json_is_string(type)) {
+		fail(err, WSP_PROTOCOL_ERROR, "the message needs a string \"type\"");
+		goto out;
+	}
+	if (!type_from_name(json_string_value(type), json_string_length(type), &req->type)) {
+		fail(err, WSP_PROTOCOL_ERROR, "unknown \"type\"");
+		goto out;
+	}
+	if (!id_ok) {
+		fail(err, WSP_BAD_REQUEST,
+		     "\"id\" must be a string of at most 128 bytes or an integer");
+		goto out;
+	}
+	switch (req->type) {
+	case WSP_SUBSCRIBE:
+	case WSP_UNSUBSCRIBE: rc = take_channel(root, req, err); break;
+	case WSP_PING: rc = 0; break;
+	case WSP_AUTH:
+		fail(err, WSP_BAD_REQUEST,
+		     "\"auth\" is not supported yet: pass the token when connecting");
+		break;
+	case WSP_REFRESH:
+		fail(err, WSP_BAD_REQUEST,
+		     "\"refresh\" is not supported yet: reconnect with a new token");
+		break;
+	}
+out:
+	json_decref(root);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Replies
+ * ------------------------------------------------------------------------ */
+
+const char *wsp_code_name(enum wsp_code code)
+{
+	switch (code) {
+	case WSP_AUTH_FAILED: return "AUTH_FAILED";
+	case WSP_TOKEN_EXPIRED: return "TOKEN_EXPIRED";
+	case WSP_PERMISSION_DENIED: return "PERMISSION_DENIED";
+	case WSP_CHANNEL_ACCESS_DENIED: return "CHANNEL_ACCESS_DENIED";
+	case WSP_RATE_LIMITED: return "RATE_LIMITED";
+	case WSP_PROTOCOL_ERROR: return "PROTOCOL_ERROR";
+	case WSP_BAD_REQUEST: return "BAD_REQUEST";
+	case WSP_LIMIT_EXCEEDED: return "LIMIT_EXCEEDED";
+	case WSP_TOO_MANY_CONNECTIONS: return "TOO_MANY_CONNECTIONS";
+	case WSP_SLOW_CONSUMER: return "SLOW_CONSUMER";
+	case WSP_SERVER_ERROR: return "SERVER_ERROR";
+	}
+	return "SERVER_ERROR";
+}
+
+/* Turns the built text into a frame and frees the buffer. */
+static struct frame *finish(struct strbuf *sb)
+{
+	struct frame *f = sb->oom ? NULL : frame_from(sb->buf, sb->len);
+	sb_free(sb);
+	return f;
+}
+
+static void add_str(struct strbuf *sb, const char *key, const char *s)
+{
+	sb_adds(sb, key);
+	sb_add_json_str(sb, s, strlen(s));
+}
+
+static void add_id(struct strbuf *sb, const struct wsp_request *req)
+{
+	if (req && req->id_len > 0) {
+		sb_adds(sb, ",\"id\":");
+		sb_add(sb, req->id, req->id_len);
+	}
+}
+
+struct frame *wsp_connected(const char *client_id, const char *tenant, const char *user,
+                            int ping_interval_s, int ping_timeout_s)
+{
+	struct strbuf sb = STRBUF_INIT;
+	add_str(&sb, "{\"type\":\"connected\",\"clientId\":", client_id);
+	sb_addf(&sb, ",\"version\":%d,\"server\":\"livehub/" LH_VERSION "\"", LH_PROTOCOL_VERSION);
+	add_str(&sb, ",\"tenant\":", tenant);
+	add_str(&sb, ",\"user\":", user);
+	sb_addf(&sb, ",\"heartbeat\":{\"pingInterval\":%d,\"pingTimeout\":%d}}", ping_interval_s,
+	        ping_timeout_s);
+	return finish(&sb);
+}
+
+/* subscribed/unsubscribed: the channel, the projectId when the client used
+ * that form, and the id. */
+static struct frame *channel_reply(const char *type, const struct wsp_request *req)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sb_adds(&sb, "{\"type\":\"");
+	sb_adds(&sb, type);
+	sb_adds(&sb, "\",\"channel\":");
+	sb_add_json_str(&sb, req->channel, req->channel_len);
+	if (req->project_alias) {
+		sb_adds(&sb, ",\"projectId\":");
+		sb_add_json_str(&sb, req->channel + WSP_PROJECT_PREFIX_LEN,
+		                req->channel_len - WSP_PROJECT_PREFIX_LEN);
+	}
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
+}
+
+struct frame *wsp_subscribed(const struct wsp_request *req)
+{
+	return channel_reply("subscribed", req);
+}
+
+struct frame *wsp_unsubscribed(const struct wsp_request *req)
+{
+	return channel_reply("unsubscribed", req);
+}
+
+struct frame *wsp_pong(const struct wsp_request *req)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sb_adds(&sb, "{\"type\":\"pong\"");
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
+}
+
+struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverable,
+                        const struct wsp_request *req)
+{
+	struct strbuf sb = STRBUF_INIT;
+	add_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
+	add_str(&sb, ",\"message\":", message);
+	sb_adds(&sb, recoverable ? ",\"recoverable\":true" : ",\"recoverable\":false");
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
+}
+
+struct frame *wsp_reply(const struct wsp_request *req)
+{
+	switch (req->type) {
+	case WSP_SUBSCRIBE: return wsp_subscribed(req);
+	case WSP_UNSUBSCRIBE: return wsp_unsubscribed(req);
+	case WSP_PING: return wsp_pong(req);
+	case WSP_AUTH:
+	case WSP_REFRESH: return NULL;
+	}
+	return NULL;
+}

@@ -1,0 +1,95 @@
+/*
+ * ws_protocol: the client side of docs/PROTOCOL.md without any I/O.
+ *
+ * Parses one client text message into a request, and builds the frames the
+ * hub sends back (connected, subscribed, unsubscribed, pong, error). Uses
+ * jansson for parsing; replies are built with strbuf so their bytes are
+ * exactly those the protocol document shows.
+ *
+ * Ownership: every builder returns a frame holding one reference that the
+ * caller owns (frame_unref), or NULL when out of memory.
+ */
+#ifndef LH_WS_PROTOCOL_H
+#define LH_WS_PROTOCOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "frame.h"
+#include "names.h"
+
+/* A string id is at most this many bytes (of UTF-8). */
+#define WSP_ID_STR_MAX 128
+/* Room for an id's JSON text: a string id escaped as \u00XX at worst. */
+#define WSP_ID_JSON_MAX (WSP_ID_STR_MAX * 6 + 2)
+/* "project:" in front of a seed-004 projectId. */
+#define WSP_PROJECT_PREFIX     "project:"
+#define WSP_PROJECT_PREFIX_LEN 8
+
+enum wsp_type {
+	WSP_SUBSCRIBE,
+	WSP_UNSUBSCRIBE,
+	WSP_PING,
+	WSP_AUTH,    /* recognised; answered BAD_REQUEST until supported */
+	WSP_REFRESH, /* recognised; answered BAD_REQUEST until supported */
+};
+
+/* The error codes of docs/PROTOCOL.md. */
+enum wsp_code {
+	WSP_AUTH_FAILED,
+	WSP_TOKEN_EXPIRED,
+	WSP_PERMISSION_DENIED,
+	WSP_CHANNEL_ACCESS_DENIED,
+	WSP_RATE_LIMITED,
+	WSP_PROTOCOL_ERROR,
+	WSP_BAD_REQUEST,
+	WSP_LIMIT_EXCEEDED,
+	WSP_TOO_MANY_CONNECTIONS,
+	WSP_SLOW_CONSUMER,
+	WSP_SERVER_ERROR,
+};
+
+/* One parsed client message. id is filled whenever the message carried a
+ * valid id, also when parsing failed later, so the error can echo it. */
+struct wsp_request {
+	enum wsp_type type;
+	char channel[LH_CHANNEL_MAX + 1]; /* validated, NUL-terminated; subscribe/unsubscribe */
+	size_t channel_len;
+	bool project_alias;           /* channel came from projectId ("project:" + projectId) */
+	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
+	size_t id_len;
+};
+
+/* Why a message was refused: a code and a static, client-safe message. */
+struct wsp_error {
+	enum wsp_code code;
+	const char *message;
+};
+
+/* Parses the len bytes at buf (one client message, already valid UTF-8 or
+ * not: jansson checks). Returns 0 with *req filled, or -1 with *err filled
+ * (and req->id set when the message had a valid id). */
+int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err);
+
+/* The code's name as the protocol spells it, e.g. "BAD_REQUEST". */
+const char *wsp_code_name(enum wsp_code code);
+
+/* {"type":"connected","clientId":…,"version":1,"server":"livehub/…",
+ * "tenant":…,"user":…,"heartbeat":{"pingInterval":…,"pingTimeout":…}} */
+struct frame *wsp_connected(const char *client_id, const char *tenant, const char *user,
+                            int ping_interval_s, int ping_timeout_s);
+/* {"type":"subscribed","channel":…[,"projectId":…][,"id":…]} */
+struct frame *wsp_subscribed(const struct wsp_request *req);
+/* {"type":"unsubscribed","channel":…[,"projectId":…][,"id":…]} */
+struct frame *wsp_unsubscribed(const struct wsp_request *req);
+/* {"type":"pong"[,"id":…]} */
+struct frame *wsp_pong(const struct wsp_request *req);
+/* {"type":"error","code":…,"message":…,"recoverable":…[,"id":…]}; req may
+ * be NULL (no id to echo). message must be valid UTF-8; it is escaped. */
+struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverable,
+                        const struct wsp_request *req);
+/* The success reply for a parsed request (subscribed, unsubscribed or
+ * pong), or NULL for a type that has none (auth, refresh). */
+struct frame *wsp_reply(const struct wsp_request *req);
+
+#endif

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# `make test`: every check livehub ships with, in order.
+#   1. format check (.clang-format)
+#   2. normal build + unit tests (ctest)
+#   3. ASan+UBSan build + unit tests
+#   4. integration tests (pytest, real gRPC and WebSocket peers) against the normal binary
+#   5. the same integration tests against the ASan+UBSan binary (leaks fail the run)
+#   6. fuzz smoke: each libFuzzer target briefly over its seed corpus
+# Ends with one line "checks: N passed, M failed"; exits non-zero when any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+JOBS=${JOBS:-$(nproc)}
+PY=/usr/bin/python3
+passed=0 failed=0 failures=()
+
+stage() { # stage NAME COMMAND...
+	local name=$1
+	shift
+	echo
+	echo "=== $name"
+	if "$@"; then
+		passed=$((passed + 1))
+	else
+		failed=$((failed + 1))
+		failures+=("$name")
+		echo "=== $name: FAILED"
+	fi
+}
+
+build() { # build DIR CMAKE_ARGS...
+	local dir=$1
+	shift
+	cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null &&
+		cmake --build "$dir" -j"$JOBS"
+}
+
+format_check() {
+	clang-format --dry-run --Werror src/*.c src/*.h include/*.h tests/unit/*.c fuzz/*.c
+}
+
+integration() { # integration BINARY
+	LIVEHUB_BIN=$1 $PY -m pytest tests/integration -q -p no:cacheprovider
+}
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=23}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp}
+
+stage "format" format_check
+stage "build" build build
+stage "unit" ctest --test-dir build --output-on-failure
+stage "build (asan+ubsan)" build build-asan -DLH_SANITIZE=ON
+stage "unit (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
+stage "integration" integration "$PWD/build/livehub"
+stage "integration (asan+ubsan)" integration "$PWD/build-asan/livehub"
+stage "fuzz smoke" bash tests/fuzz.sh "${FUZZ_SMOKE_SECONDS:-15}"
+
+echo
+for f in "${failures[@]}"; do echo "failed: $f"; done
+echo "checks: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,795 @@
+/* Unit tests of the hub (channels, subscriptions, send queues, stats) and
+ * of the dict it keys channels with. A fake transport records the calls. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "dict.h"
+#include "hub.h"
+#include "livehub.h"
+
+/* ------------------------------------------------------------------------
+ * Fixtures
+ * ------------------------------------------------------------------------ */
+
+struct fake {
+	int wants;
+	int kills;
+	int code;
+	char reason[32];
+};
+
+static void fake_want_write(void *tctx)
+{
+	((struct fake *)tctx)->wants++;
+}
+
+static void fake_kill(void *tctx, int code, const char *reason)
+{
+	struct fake *f = tctx;
+	f->kills++;
+	f->code = code;
+	snprintf(f->reason, sizeof(f->reason), "%s", reason);
+}
+
+static const struct hub_transport fake_tr = {fake_want_write, fake_kill};
+
+static struct hub *new_hub(uint32_t max_subs, uint32_t max_frames)
+{
+	struct hub_limits lim = {.max_subs_per_conn = max_subs, .sendq_max_frames = max_frames};
+	struct hub *h = hub_new(&lim, &fake_tr);
+	assert_non_null(h);
+	return h;
+}
+
+static int done_calls;
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_done(struct publication *p)
+{
+	(void)p;
+	done_calls++;
+}
+
+/* Fills p for a publication of type on one or two channels of tenant. */
+static void make_pub(struct publication *p, const char *tenant, const char *type,
+		     const char *ch0, const char *ch1, const char *data)
+{
+	memset(p, 0, sizeof(*p));
+	snprintf(p->tenant, sizeof(p->tenant), "%s", tenant);
+	snprintf(p->type, sizeof(p->type), "%s", type);
+	snprintf(p->channels[0], sizeof(p->channels[0]), "%s", ch0);
+	p->nchannels = 1;
+	if (ch1) {
+		snprintf(p->channels[1], sizeof(p->channels[1]), "%s", ch1);
+		p->nchannels = 2;
+	}
+	p->data = (char *)data;
+	p->data_len = data ? strlen(data) : 0;
+	p->ts_ms = now_ms();
+	p->on_done = on_done;
+}
+
+/* Publishes and returns p->status. */
+static int publish(struct hub *h, struct publication *p, const char *tenant, const char *ch,
+		   const char *data)
+{
+	make_pub(p, tenant, "test:event", ch, NULL, data);
+	int before = done_calls;
+	hub_publish(h, p);
+	assert_int_equal(done_calls, before + 1);
+	return p->status;
+}
+
+/* The payload of c's oldest queued frame as a NUL-terminated copy in buf. */
+static const char *head_text(struct hub_conn *c, char *buf, size_t size)
+{
+	struct frame *f = hub_conn_peek(c);
+	assert_non_null(f);
+	assert_true(f->len < size);
+	memcpy(buf, frame_payload(f), f->len);
+	buf[f->len] = '\0';
+	return buf;
+}
+
+static void drain(struct hub_conn *c)
+{
+	while (hub_conn_queued(c))
+		hub_conn_pop(c);
+}
+
+static struct hub_stats_snapshot stats(struct hub *h)
+{
+	struct hub_stats_snapshot s;
+	hub_stats_read(h, &s);
+	return s;
+}
+
+/* ------------------------------------------------------------------------
+ * Subscriptions
+ * ------------------------------------------------------------------------ */
+
+static void test_subscribe_codes(void **state)
+{
+	struct hub *h = new_hub(3, 16);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "alice", &fk);
+	assert_non_null(c);
+
+	assert_int_equal(hub_subscribe(h, c, "job:1"), 0);
+	assert_int_equal(hub_subscribe(h, c, "job:1"), LH_EEXIST);
+	assert_int_equal(stats(h).subscriptions, 1);
+	assert_int_equal(hub_unsubscribe(h, c, "job:1"), 0);
+	assert_int_equal(hub_unsubscribe(h, c, "job:1"), LH_ENOENT);
+	assert_int_equal(hub_unsubscribe(h, c, "never:seen"), LH_ENOENT);
+	assert_int_equal(stats(h).subscriptions, 0);
+
+	/* Reserved and malformed names. */
+	assert_int_equal(hub_subscribe(h, c, "$tenant"), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c, "$user:alice"), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c, "$user:bob"), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c, ""), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c, "a b"), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c, "a\x1f" "b"), LH_EINVAL);
+	assert_int_equal(hub_unsubscribe(h, c, "$tenant"), LH_EINVAL);
+	char longname[LH_CHANNEL_MAX + 2];
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	assert_int_equal(hub_subscribe(h, c, longname), LH_EINVAL);
+	longname[LH_CHANNEL_MAX] = '\0';
+	assert_int_equal(hub_subscribe(h, c, longname), 0);
+
+	/* The limit counts explicit subscriptions only. */
+	assert_int_equal(hub_subscribe(h, c, "b"), 0);
+	assert_int_equal(hub_subscribe(h, c, "c"), 0);
+	uint64_t nch = stats(h).channels;
+	assert_int_equal(hub_subscribe(h, c, "d"), LH_ELIMIT);
+	assert_int_equal(stats(h).channels, nch); /* nothing created */
+	assert_int_equal(hub_subscribe(h, c, "c"), LH_EEXIST);
+	assert_int_equal(hub_unsubscribe(h, c, "b"), 0);
+	assert_int_equal(hub_subscribe(h, c, "d"), 0);
+	assert_int_equal(stats(h).subscriptions, 3);
+
+	hub_conn_close(h, c);
+	assert_int_equal(stats(h).subscriptions, 0);
+	hub_free(h);
+}
+
+static void test_accessors_and_ids(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *a = hub_conn_open(h, "acme", "alice@x.io", &fk);
+	struct hub_conn *b = hub_conn_open(h, "acme", "bob", &fk);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_string_equal(hub_conn_tenant(a), "acme");
+	assert_string_equal(hub_conn_user(a), "alice@x.io");
+	assert_string_equal(hub_conn_user(b), "bob");
+
+	const char *ia = hub_conn_id(a), *ib = hub_conn_id(b);
+	assert_string_not_equal(ia, ib);
+	/* "c" and 7 hex digits fixed per hub, '-', a counter. */
+	assert_int_equal(ia[0], 'c');
+	assert_int_equal(ia[8], '-');
+	assert_int_equal(strncmp(ia, ib, 9), 0);
+	for (int i = 1; i < 8; i++)
+		assert_non_null(strchr("0123456789abcdef", ia[i]));
+
+	/* Bad names are refused. */
+	assert_null(hub_conn_open(h, "ac me", "x", &fk));
+	assert_null(hub_conn_open(h, "acme", "", &fk));
+
+	hub_conn_close(h, a);
+	hub_conn_close(h, b);
+	hub_free(h);
+}
+
+/* Closing connections takes them off every channel and zeroes the gauges;
+ * the channels themselves wait for the sweep. */
+static void test_close_cleanup(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c[4];
+	c[0] = hub_conn_open(h, "acme", "alice", &fk);
+	c[1] = hub_conn_open(h, "acme", "alice", &fk);
+	c[2] = hub_conn_open(h, "acme", "bob", &fk);
+	c[3] = hub_conn_open(h, "globex", "alice", &fk);
+	for (int i = 0; i < 4; i++) {
+		assert_non_null(c[i]);
+		assert_int_equal(hub_subscribe(h, c[i], "job:1"), 0);
+		assert_int_equal(hub_subscribe(h, c[i], i % 2 ? "odd" : "even"), 0);
+	}
+	struct hub_stats_snapshot s = stats(h);
+	assert_int_equal(s.connections, 4);
+	assert_int_equal(s.connections_total, 4);
+	assert_int_equal(s.users, 3);
+	assert_int_equal(s.tenants, 2);
+	assert_int_equal(s.subscriptions, 8);
+	/* acme: $tenant $user:alice $user:bob job:1 odd even; globex: $tenant
+	 * $user:alice job:1 odd. */
+	assert_int_equal(s.channels, 10);
+
+	hub_conn_close(h, c[1]);
+	s = stats(h);
+	assert_int_equal(s.users, 3);
+	hub_conn_close(h, c[0]);
+	hub_conn_close(h, c[3]);
+	hub_conn_close(h, c[2]);
+	s = stats(h);
+	assert_int_equal(s.connections, 0);
+	assert_int_equal(s.connections_total, 4);
+	assert_int_equal(s.users, 0);
+	assert_int_equal(s.tenants, 0);
+	assert_int_equal(s.subscriptions, 0);
+	assert_int_equal(s.channels, 10);
+
+	/* A publication reaches nobody now. */
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "job:1", NULL), 0);
+	assert_int_equal(p.subscribers, 0);
+
+	hub_sweep(h, p.ts_ms + 1000, 60000); /* recent: kept */
+	assert_int_equal(stats(h).channels, 10);
+	hub_sweep(h, INT64_MAX / 2, 60000);
+	assert_int_equal(stats(h).channels, 0);
+	hub_free(h);
+}
+
+/* ------------------------------------------------------------------------
+ * Routing
+ * ------------------------------------------------------------------------ */
+
+static void test_implicit_channels(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *d1 = hub_conn_open(h, "acme", "alice", &fk);
+	struct hub_conn *d2 = hub_conn_open(h, "acme", "alice", &fk);
+	struct hub_conn *bob = hub_conn_open(h, "acme", "bob", &fk);
+	struct hub_conn *other = hub_conn_open(h, "globex", "alice", &fk);
+	struct publication p;
+	char buf[512];
+
+	assert_int_equal(publish(h, &p, "acme", "$user:alice", "{\"n\":1}"), 0);
+	assert_int_equal(p.subscribers, 2);
+	assert_int_equal(p.pos[0].subscribers, 2);
+	assert_int_equal(hub_conn_queued(d1), 1);
+	assert_int_equal(hub_conn_queued(d2), 1);
+	assert_int_equal(hub_conn_queued(bob), 0);
+	assert_int_equal(hub_conn_queued(other), 0);
+	assert_non_null(strstr(head_text(d1, buf, sizeof(buf)), "\"channel\":\"$user:alice\""));
+
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(p.subscribers, 3);
+	assert_int_equal(hub_conn_queued(bob), 1);
+	assert_int_equal(hub_conn_queued(other), 0);
+	assert_int_equal(stats(h).subscriptions, 0);
+
+	assert_int_equal(publish(h, &p, "globex", "$tenant", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(hub_conn_queued(other), 1);
+
+	hub_conn_close(h, d1);
+	hub_conn_close(h, d2);
+	hub_conn_close(h, bob);
+	hub_conn_close(h, other);
+	hub_free(h);
+}
+
+static void test_tenant_isolation(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *a = hub_conn_open(h, "acme", "u1", &fk);
+	struct hub_conn *g = hub_conn_open(h, "globex", "u1", &fk);
+	assert_int_equal(hub_subscribe(h, a, "job:42"), 0);
+	assert_int_equal(hub_subscribe(h, g, "job:42"), 0);
+
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "job:42", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(hub_conn_queued(a), 1);
+	assert_int_equal(hub_conn_queued(g), 0);
+	/* Each tenant's channel counts its own offsets. */
+	assert_int_equal(publish(h, &p, "globex", "job:42", NULL), 0);
+	assert_int_equal(p.pos[0].offset, 1);
+	assert_int_equal(hub_conn_queued(a), 1);
+	assert_int_equal(hub_conn_queued(g), 1);
+
+	hub_conn_close(h, a);
+	hub_conn_close(h, g);
+	hub_free(h);
+}
+
+static void test_publish_validation(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct publication p;
+	make_pub(&p, "acme", "bad type", "job:1", NULL, NULL);
+	done_calls = 0;
+	hub_publish(h, &p);
+	assert_int_equal(p.status, LH_EINVAL);
+	assert_int_equal(done_calls, 1);
+	assert_int_equal(publish(h, &p, "ac/me", "job:1", NULL), LH_EINVAL);
+	assert_int_equal(publish(h, &p, "acme", "job 1", NULL), LH_EINVAL);
+	assert_int_equal(publish(h, &p, "acme", "$", NULL), LH_EINVAL);
+	make_pub(&p, "acme", "t", "job:1", NULL, NULL);
+	p.nchannels = 0;
+	hub_publish(h, &p);
+	assert_int_equal(p.status, LH_EINVAL);
+	/* Nothing was created by the failures. */
+	assert_int_equal(stats(h).channels, 0);
+	assert_int_equal(stats(h).messages_published, 0);
+	/* Reserved channels are fine for publishers; on_done may be NULL. */
+	make_pub(&p, "acme", "t", "$user:zed", NULL, NULL);
+	p.on_done = NULL;
+	hub_publish(h, &p);
+	assert_int_equal(p.status, 0);
+	assert_int_equal(p.pos[0].offset, 1);
+	hub_free(h);
+}
+
+/* ------------------------------------------------------------------------
+ * Offsets, epochs and frames
+ * ------------------------------------------------------------------------ */
+
+static void test_offsets(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "alice", &fk);
+	assert_int_equal(hub_subscribe(h, c, "a"), 0);
+	struct publication p;
+	for (uint64_t i = 1; i <= 3; i++) {
+		assert_int_equal(publish(h, &p, "acme", "a", NULL), 0);
+		assert_int_equal(p.pos[0].offset, i);
+	}
+	assert_int_equal(publish(h, &p, "acme", "b", NULL), 0);
+	assert_int_equal(p.pos[0].offset, 1);
+	assert_int_equal(p.pos[0].subscribers, 0);
+
+	/* Two channels in one publication: each gets its own offset and frame. */
+	make_pub(&p, "acme", "t", "a", "b", NULL);
+	hub_publish(h, &p);
+	assert_int_equal(p.status, 0);
+	assert_int_equal(p.pos[0].offset, 4);
+	assert_int_equal(p.pos[1].offset, 2);
+	assert_int_equal(p.subscribers, 1);
+	assert_string_not_equal(p.pos[0].epoch, p.pos[1].epoch);
+	assert_int_equal(strlen(p.pos[0].epoch), 16);
+	assert_int_equal(hub_conn_queued(c), 4);
+
+	/* Losing the last subscriber does not reset the channel. */
+	assert_int_equal(hub_unsubscribe(h, c, "a"), 0);
+	char epoch[17];
+	memcpy(epoch, p.pos[0].epoch, sizeof(epoch));
+	hub_sweep(h, p.ts_ms + 1000, 60000);
+	assert_int_equal(publish(h, &p, "acme", "a", NULL), 0);
+	assert_int_equal(p.pos[0].offset, 5);
+	assert_string_equal(p.pos[0].epoch, epoch);
+
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
+static void test_frame_bytes(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "alice", &fk);
+	assert_int_equal(hub_subscribe(h, c, "job:42"), 0);
+	struct publication p;
+	char buf[512], want[512];
+
+	make_pub(&p, "acme", "test:event", "job:42", NULL, "{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}");
+	p.ts_ms = 1763719200123;
+	hub_publish(h, &p);
+	assert_int_equal(p.status, 0);
+	snprintf(want, sizeof(want),
+		 "{\"type\":\"test:event\",\"channel\":\"job:42\",\"offset\":1,\"epoch\":\"%s\","
+		 "\"ts\":1763719200123,\"data\":{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}}",
+		 p.pos[0].epoch);
+	assert_string_equal(head_text(c, buf, sizeof(buf)), want);
+	for (int i = 0; i < 16; i++)
+		assert_non_null(strchr("0123456789abcdef", p.pos[0].epoch[i]));
+	hub_conn_pop(c);
+
+	/* No data is an empty object; a negative time prints as such. */
+	make_pub(&p, "acme", "job:progress", "job:42", NULL, NULL);
+	p.ts_ms = -5;
+	p.conflate_key = 77;
+	hub_publish(h, &p);
+	snprintf(want, sizeof(want),
+		 "{\"type\":\"job:progress\",\"channel\":\"job:42\",\"offset\":2,\"epoch\":\"%s\","
+		 "\"ts\":-5,\"data\":{}}",
+		 p.pos[0].epoch);
+	assert_string_equal(head_text(c, buf, sizeof(buf)), want);
+	assert_int_equal(hub_conn_peek(c)->key, 77);
+
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
+/* Every subscriber holds a reference to one and the same frame. */
+static void test_shared_frame(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c[3];
+	for (int i = 0; i < 3; i++) {
+		c[i] = hub_conn_open(h, "acme", "u", &fk);
+		assert_int_equal(hub_subscribe(h, c[i], "x"), 0);
+	}
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "x", NULL), 0);
+	assert_int_equal(p.subscribers, 3);
+	struct frame *f = hub_conn_peek(c[0]);
+	assert_ptr_equal(hub_conn_peek(c[1]), f);
+	assert_ptr_equal(hub_conn_peek(c[2]), f);
+	assert_int_equal(f->refs, 3);
+	hub_conn_pop(c[0]);
+	assert_int_equal(f->refs, 2);
+	hub_conn_close(h, c[1]); /* close drops its reference */
+	assert_int_equal(f->refs, 1);
+	hub_conn_pop(c[2]);
+	hub_conn_close(h, c[0]);
+	hub_conn_close(h, c[2]);
+	hub_free(h);
+}
+
+static void test_epoch_after_sweep(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "job:9", NULL), 0);
+	assert_int_equal(publish(h, &p, "acme", "job:9", NULL), 0);
+	assert_int_equal(p.pos[0].offset, 2);
+	char epoch[17];
+	memcpy(epoch, p.pos[0].epoch, sizeof(epoch));
+	assert_int_equal(stats(h).channels, 1);
+
+	hub_sweep(h, p.ts_ms + 60000, 60000); /* exactly idle_ms: kept */
+	assert_int_equal(stats(h).channels, 1);
+	hub_sweep(h, p.ts_ms + 60001, 60000);
+	assert_int_equal(stats(h).channels, 0);
+
+	assert_int_equal(publish(h, &p, "acme", "job:9", NULL), 0);
+	assert_int_equal(p.pos[0].offset, 1);
+	assert_string_not_equal(p.pos[0].epoch, epoch);
+	hub_free(h);
+}
+
+static void test_sweep_keeps_subscribed(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "alice", &fk);
+	assert_int_equal(hub_subscribe(h, c, "kept"), 0);
+	assert_int_equal(hub_subscribe(h, c, "dropped"), 0);
+	struct publication p;
+	for (int i = 0; i < 50; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "idle:%d", i);
+		assert_int_equal(publish(h, &p, "acme", name, NULL), 0);
+	}
+	assert_int_equal(hub_unsubscribe(h, c, "dropped"), 0);
+	assert_int_equal(stats(h).channels, 4 + 50);
+	hub_sweep(h, INT64_MAX / 2, 1000);
+	/* $tenant, $user:alice and kept remain. */
+	assert_int_equal(stats(h).channels, 3);
+	assert_int_equal(publish(h, &p, "acme", "kept", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(p.pos[0].offset, 1);
+	assert_int_equal(publish(h, &p, "acme", "$user:alice", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
+/* ------------------------------------------------------------------------
+ * Send queues
+ * ------------------------------------------------------------------------ */
+
+static void test_want_write_edges(void **state)
+{
+	struct hub *h = new_hub(8, 100);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "alice", &fk);
+	struct publication p;
+	assert_int_equal(hub_conn_queued(c), 0);
+	assert_null(hub_conn_peek(c));
+	hub_conn_pop(c); /* harmless when empty */
+
+	for (int i = 0; i < 10; i++)
+		assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(fk.wants, 1);
+	assert_int_equal(hub_conn_queued(c), 10);
+	/* FIFO across ring growth. */
+	char buf[512];
+	for (int i = 1; i <= 4; i++) {
+		char want[32];
+		snprintf(want, sizeof(want), "\"offset\":%d,", i);
+		assert_non_null(strstr(head_text(c, buf, sizeof(buf)), want));
+		hub_conn_pop(c);
+	}
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(fk.wants, 1);
+	drain(c);
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(fk.wants, 2);
+
+	/* hub_conn_send follows the same rule and takes its own reference. */
+	struct frame *f = frame_from("{\"type\":\"pong\"}", 15);
+	assert_int_equal(hub_conn_send(h, c, f), 0);
+	assert_int_equal(fk.wants, 2);
+	assert_int_equal(f->refs, 2);
+	drain(c);
+	assert_int_equal(f->refs, 1);
+	assert_int_equal(hub_conn_send(h, c, f), 0);
+	assert_int_equal(fk.wants, 3);
+	frame_unref(f);
+	hub_conn_close(h, c); /* frees the frame */
+	hub_free(h);
+}
+
+static void test_slow_consumer(void **state)
+{
+	struct hub *h = new_hub(8, 3);
+	struct fake slow = {0}, fast = {0};
+	struct hub_conn *s = hub_conn_open(h, "acme", "slow", &slow);
+	struct hub_conn *f = hub_conn_open(h, "acme", "fast", &fast);
+	struct publication p;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+		assert_int_equal(p.subscribers, 2);
+		drain(f);
+	}
+	assert_int_equal(hub_conn_queued(s), 3);
+	assert_int_equal(slow.kills, 0);
+
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(slow.kills, 1);
+	assert_int_equal(slow.code, 4000);
+	assert_string_equal(slow.reason, "SLOW_CONSUMER");
+	assert_int_equal(hub_conn_queued(s), 0);
+	assert_int_equal(stats(h).slow_consumers, 1);
+	assert_int_equal(fast.kills, 0);
+
+	/* Dead: nothing more is queued, no second kill, still subscribed. */
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(slow.kills, 1);
+	struct frame *fr = frame_from("x", 1);
+	assert_int_equal(hub_conn_send(h, s, fr), LH_EFULL);
+	frame_unref(fr);
+	assert_int_equal(stats(h).slow_consumers, 1);
+	assert_int_equal(stats(h).users, 2);
+
+	hub_conn_close(h, s);
+	assert_int_equal(stats(h).users, 1);
+	hub_conn_close(h, f);
+	hub_free(h);
+}
+
+static void test_stats(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *a = hub_conn_open(h, "acme", "alice", &fk);
+	struct hub_conn *b = hub_conn_open(h, "acme", "bob", &fk);
+	assert_int_equal(hub_subscribe(h, a, "x"), 0);
+	assert_int_equal(hub_subscribe(h, b, "x"), 0);
+	struct publication p;
+	make_pub(&p, "acme", "t", "x", "$user:alice", NULL);
+	hub_publish(h, &p);
+	assert_int_equal(p.subscribers, 3);
+	assert_int_equal(publish(h, &p, "acme", "nobody", NULL), 0);
+	hub_count_received(h);
+	hub_count_received(h);
+	struct hub_stats_snapshot s = stats(h);
+	assert_int_equal(s.messages_published, 3);
+	assert_int_equal(s.messages_delivered, 3);
+	assert_int_equal(s.messages_received, 2);
+	assert_int_equal(s.connections, 2);
+	assert_int_equal(s.users, 2);
+	assert_int_equal(s.tenants, 1);
+	assert_int_equal(s.subscriptions, 2);
+	assert_int_equal(s.channels, 5);
+	hub_conn_close(h, a);
+	hub_conn_close(h, b);
+	hub_free(h);
+}
+
+/* ------------------------------------------------------------------------
+ * Scale: swap-remove bookkeeping under many subscribers
+ * ------------------------------------------------------------------------ */
+
+static uint64_t rnd_state = 88172645463325252ULL;
+
+static uint64_t rnd(void)
+{
+	rnd_state ^= rnd_state << 13;
+	rnd_state ^= rnd_state >> 7;
+	rnd_state ^= rnd_state << 17;
+	return rnd_state;
+}
+
+/* 10k connections on shared channels, unsubscribed and closed in random
+ * order: every publication must reach exactly the remaining subscribers. */
+static void test_many_connections(void **state)
+{
+	enum { N = 10000 };
+	struct hub *h = new_hub(8, 1000);
+	struct fake fk = {0};
+	struct hub_conn **c = calloc(N, sizeof(*c));
+	bool *on_big = calloc(N, sizeof(*on_big));
+	char user[16];
+	for (int i = 0; i < N; i++) {
+		snprintf(user, sizeof(user), "u%d", i % 3000);
+		c[i] = hub_conn_open(h, "acme", user, &fk);
+		assert_non_null(c[i]);
+		assert_int_equal(hub_subscribe(h, c[i], "big"), 0);
+		assert_int_equal(hub_subscribe(h, c[i], i % 2 ? "odd" : "even"), 0);
+		on_big[i] = true;
+	}
+	assert_int_equal(stats(h).users, 3000);
+	int left = N;
+	for (int i = 0; i < N / 4; i++) {
+		int k = (int)(rnd() % N);
+		if (on_big[k]) {
+			assert_int_equal(hub_unsubscribe(h, c[k], "big"), 0);
+			on_big[k] = false;
+			left--;
+		}
+	}
+	/* Shuffle, then close half. */
+	for (int i = N - 1; i > 0; i--) {
+		int j = (int)(rnd() % (uint64_t)(i + 1));
+		struct hub_conn *t = c[i];
+		c[i] = c[j];
+		c[j] = t;
+		bool b = on_big[i];
+		on_big[i] = on_big[j];
+		on_big[j] = b;
+	}
+	for (int i = 0; i < N / 2; i++) {
+		left -= on_big[i];
+		hub_conn_close(h, c[i]);
+	}
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "big", NULL), 0);
+	assert_int_equal(p.subscribers, (uint32_t)left);
+	for (int i = N / 2; i < N; i++) {
+		assert_int_equal(hub_conn_queued(c[i]), on_big[i] ? 1 : 0);
+		drain(c[i]);
+	}
+	assert_int_equal(publish(h, &p, "acme", "$tenant", NULL), 0);
+	assert_int_equal(p.subscribers, N / 2);
+	for (int i = N / 2; i < N; i++)
+		hub_conn_close(h, c[i]);
+	struct hub_stats_snapshot s = stats(h);
+	assert_int_equal(s.connections, 0);
+	assert_int_equal(s.users, 0);
+	assert_int_equal(s.subscriptions, 0);
+	free(c);
+	free(on_big);
+	hub_free(h);
+}
+
+/* ------------------------------------------------------------------------
+ * dict
+ * ------------------------------------------------------------------------ */
+
+static void test_dict_basic(void **state)
+{
+	struct dict *d = dict_new(42);
+	assert_non_null(d);
+	int a = 1, b = 2;
+	assert_null(dict_get(d, "k", 1));
+	assert_int_equal(dict_put(d, "k", 1, &a), 0);
+	assert_int_equal(dict_put(d, "k", 1, &b), LH_EEXIST);
+	assert_int_equal(dict_put(d, "z", 1, NULL), LH_EINVAL);
+	assert_ptr_equal(dict_get(d, "k", 1), &a);
+	assert_null(dict_get(d, "k\0", 2)); /* lengths matter */
+	assert_int_equal(dict_put(d, "", 0, &b), 0); /* the empty key is a key */
+	assert_ptr_equal(dict_get(d, "", 0), &b);
+	assert_int_equal(dict_count(d), 2);
+	assert_ptr_equal(dict_del(d, "k", 1), &a);
+	assert_null(dict_del(d, "k", 1));
+	assert_int_equal(dict_count(d), 1);
+	dict_free(d);
+	dict_free(NULL);
+}
+
+/* Many keys; then removal of every other entry during an iteration, which
+ * must still visit every entry exactly once. */
+static void test_dict_many(void **state)
+{
+	enum { N = 100000 };
+	struct dict *d = dict_new(7);
+	char (*keys)[16] = calloc(N, sizeof(*keys));
+	int *vals = calloc(N, sizeof(*vals));
+	int *seen = calloc(N, sizeof(*seen));
+	for (int i = 0; i < N; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "acme\x1fk%d", i);
+		vals[i] = i;
+		assert_int_equal(dict_put(d, keys[i], strlen(keys[i]), &vals[i]), 0);
+	}
+	assert_int_equal(dict_count(d), N);
+	for (int i = 0; i < N; i++)
+		assert_ptr_equal(dict_get(d, keys[i], strlen(keys[i])), &vals[i]);
+
+	size_t pos = 0;
+	struct dict_entry e;
+	while (dict_next(d, &pos, &e)) {
+		int i = *(int *)e.val;
+		assert_int_equal(e.len, strlen(keys[i]));
+		assert_memory_equal(e.key, keys[i], e.len);
+		seen[i]++;
+		if (i % 2 == 0)
+			assert_ptr_equal(dict_del(d, e.key, e.len), &vals[i]);
+	}
+	for (int i = 0; i < N; i++)
+		assert_int_equal(seen[i], 1);
+	assert_int_equal(dict_count(d), N / 2);
+	for (int i = 0; i < N; i++)
+		assert_ptr_equal(dict_get(d, keys[i], strlen(keys[i])), i % 2 ? &vals[i] : NULL);
+
+	/* Remove the rest, then reuse the table (tombstones get cleared). */
+	for (int i = 1; i < N; i += 2)
+		assert_non_null(dict_del(d, keys[i], strlen(keys[i])));
+	assert_int_equal(dict_count(d), 0);
+	pos = 0;
+	assert_false(dict_next(d, &pos, &e));
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < N; i++)
+			assert_int_equal(dict_put(d, keys[i], strlen(keys[i]), &vals[i]), 0);
+		for (int i = 0; i < N; i++)
+			assert_ptr_equal(dict_del(d, keys[i], strlen(keys[i])), &vals[i]);
+	}
+	assert_int_equal(dict_count(d), 0);
+	free(keys);
+	free(vals);
+	free(seen);
+	dict_free(d);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_subscribe_codes),
+		cmocka_unit_test(test_accessors_and_ids),
+		cmocka_unit_test(test_close_cleanup),
+		cmocka_unit_test(test_implicit_channels),
+		cmocka_unit_test(test_tenant_isolation),
+		cmocka_unit_test(test_publish_validation),
+		cmocka_unit_test(test_offsets),
+		cmocka_unit_test(test_frame_bytes),
+		cmocka_unit_test(test_shared_frame),
+		cmocka_unit_test(test_epoch_after_sweep),
+		cmocka_unit_test(test_sweep_keeps_subscribed),
+		cmocka_unit_test(test_want_write_edges),
+		cmocka_unit_test(test_slow_consumer),
+		cmocka_unit_test(test_stats),
+		cmocka_unit_test(test_many_connections),
+		cmocka_unit_test(test_dict_basic),
+		cmocka_unit_test(test_dict_many),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
