@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
 done
 
 LIVEHUB_BIN=${LIVEHUB_BIN:-$ROOT/build/livehub}
-SECRET=bench-$RANDOM$RANDOM
+# livehub wants an HS256 secret of at least 32 bytes.
+SECRET=bench-secret-$(od -An -N16 -tx1 /dev/urandom | tr -d " \n")
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=$BENCH/results/$STAMP
 mkdir -p "$OUT"

@@ -180,7 +180,8 @@ static int check_claims(const struct auth *a, json_t *claims, struct auth_identi
 		*why = "sub claim missing or not a valid user id";
 		return LH_EAUTH;
 	}
-	if (!string_claim(claims, a->tenant_claim, name_tenant_ok, id->tenant, sizeof(id->tenant))) {
+	if (!string_claim(claims, a->tenant_claim, name_tenant_ok, id->tenant,
+	                  sizeof(id->tenant))) {
 		*why = "tenant claim missing or not a valid tenant id";
 		return LH_EAUTH;
 	}
@@ -209,7 +210,8 @@ int auth_verify(struct auth *a, const char *token, struct auth_identity *id, con
 		*why = "token algorithm is not HS256";
 		return LH_EAUTH;
 	}
-	if (!signature_ok(a, token, (size_t)(dot2 - token), dot2 + 1, n - (size_t)(dot2 + 1 - token))) {
+	if (!signature_ok(a, token, (size_t)(dot2 - token), dot2 + 1,
+	                  n - (size_t)(dot2 + 1 - token))) {
 		*why = "bad signature";
 		return LH_EAUTH;
 	}
@@ -222,8 +224,8 @@ int auth_verify(struct auth *a, const char *token, struct auth_identity *id, con
 	return rc;
 }
 
-char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim,
-                const char *tenant, const char *user, int64_t ttl_s)
+char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim, const char *tenant,
+                const char *user, int64_t ttl_s)
 {
 	jwt_t *jwt = NULL;
 	char *token = NULL;
@@ -231,7 +233,8 @@ char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim,
 	if (jwt_new(&jwt))
 		return NULL;
 	if (jwt_add_grant(jwt, "sub", user) ||
-	    jwt_add_grant(jwt, tenant_claim && *tenant_claim ? tenant_claim : "tenant_id", tenant) ||
+	    jwt_add_grant(jwt, tenant_claim && *tenant_claim ? tenant_claim : "tenant_id",
+	                  tenant) ||
 	    jwt_add_grant_int(jwt, "iat", (long)now) ||
 	    (ttl_s > 0 && jwt_add_grant_int(jwt, "exp", (long)(now + ttl_s))) ||
 	    jwt_set_alg(jwt, JWT_ALG_HS256, (const unsigned char *)secret, (int)secret_len))

@@ -18,7 +18,7 @@
 struct auth;
 
 struct auth_config {
-	const char *secret;       /* HS256 key bytes */
+	const char *secret; /* HS256 key bytes */
 	size_t secret_len;
 	const char *tenant_claim; /* claim naming the tenant, default "tenant_id" */
 	int leeway_s;             /* clock skew allowed on exp/nbf */
@@ -40,8 +40,8 @@ int auth_verify(struct auth *a, const char *token, struct auth_identity *id, con
 
 /* Mints an HS256 token for (tenant, user) valid for ttl_s seconds (0: no
  * exp). Returns a malloc'd string the caller frees, or NULL. */
-char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim,
-                const char *tenant, const char *user, int64_t ttl_s);
+char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim, const char *tenant,
+                const char *user, int64_t ttl_s);
 
 /* Fills out with n random bytes from the OS CSPRNG; returns 0 or LH_EIO. */
 int auth_random(void *out, size_t n);

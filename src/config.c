@@ -24,8 +24,8 @@ struct setting {
 	const char *flag; /* without "--" */
 	const char *env;
 	enum kind kind;
-	size_t off;  /* offset in struct lh_config */
-	size_t size; /* K_STR: buffer size */
+	size_t off;    /* offset in struct lh_config */
+	size_t size;   /* K_STR: buffer size */
 	long min, max; /* K_INT: accepted range */
 	const char *help;
 };
@@ -91,7 +91,8 @@ static int apply(struct lh_config *cfg, const struct setting *s, const char *tex
 	char *field = (char *)cfg + s->off;
 	if (s->kind == K_STR) {
 		if (strlen(text) >= s->size) {
-			fprintf(stderr, "livehub: %s: longer than %zu characters\n", from, s->size - 1);
+			fprintf(stderr, "livehub: %s: longer than %zu characters\n", from,
+			        s->size - 1);
 			return -1;
 		}
 		strcpy(field, text);
@@ -135,7 +136,8 @@ static int from_flags(struct lh_config *cfg, int argc, char **argv, bool *help)
 			continue;
 		}
 		if (c < 0 || (size_t)c >= NSETTINGS) {
-			fprintf(stderr, "livehub: unknown or incomplete option \"%s\" (see --help)\n",
+			fprintf(stderr,
+			        "livehub: unknown or incomplete option \"%s\" (see --help)\n",
 			        argv[optind - 1]);
 			return -1;
 		}
@@ -155,20 +157,25 @@ static int check(struct lh_config *cfg)
 {
 	int lvl = log_level_parse(cfg->log_level);
 	if (lvl < 0) {
-		fprintf(stderr, "livehub: log level \"%s\" is not one of debug, info, warn, error\n",
+		fprintf(stderr,
+		        "livehub: log level \"%s\" is not one of debug, info, warn, error\n",
 		        cfg->log_level);
 		return -1;
 	}
 	log_set_level((enum log_level)lvl);
 	if (cfg->ping_timeout_s <= cfg->ping_interval_s) {
-		fprintf(stderr, "livehub: LIVEHUB_PING_TIMEOUT (%d) must be greater than "
-		                "LIVEHUB_PING_INTERVAL (%d)\n", cfg->ping_timeout_s, cfg->ping_interval_s);
+		fprintf(stderr,
+		        "livehub: LIVEHUB_PING_TIMEOUT (%d) must be greater than "
+		        "LIVEHUB_PING_INTERVAL (%d)\n",
+		        cfg->ping_timeout_s, cfg->ping_interval_s);
 		return -1;
 	}
 	cfg->jwt_secret_len = strlen(cfg->jwt_secret);
 	if (cfg->jwt_secret_len > 0 && cfg->jwt_secret_len < 32) {
-		fprintf(stderr, "livehub: LIVEHUB_JWT_SECRET must be at least 32 bytes for HS256 "
-		                "(got %zu)\n", cfg->jwt_secret_len);
+		fprintf(stderr,
+		        "livehub: LIVEHUB_JWT_SECRET must be at least 32 bytes for HS256 "
+		        "(got %zu)\n",
+		        cfg->jwt_secret_len);
 		return -1;
 	}
 	return 0;
@@ -196,7 +203,8 @@ int config_resolve_secret(struct lh_config *cfg)
 	if (slash) {
 		*slash = '\0';
 		if (mkdir(dir, 0700) && errno != EEXIST) {
-			fprintf(stderr, "livehub: cannot create %s for the development secret: %s\n", dir,
+			fprintf(stderr,
+			        "livehub: cannot create %s for the development secret: %s\n", dir,
 			        strerror(errno));
 			return -1;
 		}
@@ -228,7 +236,8 @@ int config_resolve_secret(struct lh_config *cfg)
 	while (n > 0 && (cfg->jwt_secret[n - 1] == '\n' || cfg->jwt_secret[n - 1] == '\r'))
 		n--;
 	if (n < 32) {
-		fprintf(stderr, "livehub: the development secret in %s is shorter than 32 bytes\n", path);
+		fprintf(stderr, "livehub: the development secret in %s is shorter than 32 bytes\n",
+		        path);
 		return -1;
 	}
 	cfg->jwt_secret[n] = '\0';
@@ -245,5 +254,6 @@ void config_usage(FILE *out)
 	             "       livehub --version\n\n"
 	             "options (each also read from the environment variable shown):\n");
 	for (size_t i = 0; i < NSETTINGS; i++)
-		fprintf(out, "  --%-20s %-26s %s\n", settings[i].flag, settings[i].env, settings[i].help);
+		fprintf(out, "  --%-20s %-26s %s\n", settings[i].flag, settings[i].env,
+		        settings[i].help);
 }

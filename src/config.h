@@ -17,7 +17,7 @@ struct lh_config {
 	int grpc_port;        /* LIVEHUB_GRPC_PORT, --grpc-port; default 50051, 0 = any free */
 	char jwt_secret[512]; /* LIVEHUB_JWT_SECRET, --jwt-secret; empty = development secret */
 	size_t jwt_secret_len;
-	bool jwt_secret_dev;  /* the secret is the generated development one */
+	bool jwt_secret_dev;       /* the secret is the generated development one */
 	char dev_secret_file[256]; /* LIVEHUB_DEV_SECRET_FILE; default .livehub/dev-secret */
 	char tenant_claim[64];     /* LIVEHUB_JWT_TENANT_CLAIM; default tenant_id */
 	int jwt_leeway_s;          /* LIVEHUB_JWT_LEEWAY; default 30 */
@@ -27,8 +27,8 @@ struct lh_config {
 	int ping_interval_s;       /* LIVEHUB_PING_INTERVAL; default 30 */
 	int ping_timeout_s;        /* LIVEHUB_PING_TIMEOUT; default 90 */
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
-	int rx_buffer_size;        /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 512 */
-	char log_level[16];        /* LIVEHUB_LOG_LEVEL; default info */
+	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 512 */
+	char log_level[16]; /* LIVEHUB_LOG_LEVEL; default info */
 };
 
 /* Fills cfg with the defaults, then the environment, then argv (argv[0] and

@@ -21,11 +21,11 @@
 #define LH_FRAME_HEADROOM 16
 
 struct frame {
-	uint32_t refs; /* service thread */
-	uint32_t len;  /* payload bytes */
-	uint32_t cap;  /* payload capacity */
-	uint32_t flags; /* FRAME_F_* */
-	uint64_t key; /* conflation key (0 = none), see sendq.h */
+	uint32_t refs;       /* service thread */
+	uint32_t len;        /* payload bytes */
+	uint32_t cap;        /* payload capacity */
+	uint32_t flags;      /* FRAME_F_* */
+	uint64_t key;        /* conflation key (0 = none), see sendq.h */
 	unsigned char mem[]; /* LH_FRAME_HEADROOM bytes, then cap payload bytes */
 };
 

@@ -16,9 +16,9 @@ struct handoff {
 	struct publication *tail; /* lock */
 	_Atomic size_t count;     /* written under lock, read by anyone */
 	size_t max;
-	bool closed;              /* lock */
-	void (*wake)(void *);     /* lock */
-	void *wake_arg;           /* lock */
+	bool closed;          /* lock */
+	void (*wake)(void *); /* lock */
+	void *wake_arg;       /* lock */
 };
 
 struct handoff *handoff_new(size_t max)

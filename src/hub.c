@@ -27,19 +27,19 @@
 #include "livehub.h"
 #include "names.h"
 
-#define KEY_MAX (LH_TENANT_MAX + 1 + LH_CHANNEL_MAX)
-#define USER_PREFIX "$user:"
+#define KEY_MAX         (LH_TENANT_MAX + 1 + LH_CHANNEL_MAX)
+#define USER_PREFIX     "$user:"
 #define USER_PREFIX_LEN (sizeof(USER_PREFIX) - 1)
-#define TENANT_NAME "$tenant"
+#define TENANT_NAME     "$tenant"
 
-#define SUB_TENANT 0 /* index of the tenant channel in hub_conn.subs */
-#define SUB_USER 1   /* index of the user channel */
-#define SUB_FIRST 2  /* first explicit subscription */
-#define CONN_INLINE_SUBS 3
-#define CONN_INLINE_Q 2 /* a power of two, like every ring capacity */
-#define QUEUE_KEEP 8     /* ring slots kept when the queue drains */
+#define SUB_TENANT          0 /* index of the tenant channel in hub_conn.subs */
+#define SUB_USER            1 /* index of the user channel */
+#define SUB_FIRST           2 /* first explicit subscription */
+#define CONN_INLINE_SUBS    3
+#define CONN_INLINE_Q       2 /* a power of two, like every ring capacity */
+#define QUEUE_KEEP          8 /* ring slots kept when the queue drains */
 #define CLOSE_SLOW_CONSUMER 4000
-#define CLOSE_INTERNAL 1011
+#define CLOSE_INTERNAL      1011
 
 enum chan_kind { CHAN_PLAIN, CHAN_TENANT, CHAN_USER };
 
@@ -58,13 +58,13 @@ struct csub {
 struct chan {
 	struct sub *subs; /* &one while cap is 1, else heap */
 	uint32_t nsubs, cap;
-	uint64_t next;    /* offset of the next publication, from 1 */
-	uint64_t epoch;   /* random; shown as 16 hex digits */
-	int64_t last_ms;  /* last publication, creation or loss of the last subscriber */
+	uint64_t next;   /* offset of the next publication, from 1 */
+	uint64_t epoch;  /* random; shown as 16 hex digits */
+	int64_t last_ms; /* last publication, creation or loss of the last subscriber */
 	struct sub one;
-	uint16_t klen;    /* key bytes, without the NUL */
-	uint8_t tlen;     /* tenant bytes at the start of the key */
-	uint8_t kind;     /* enum chan_kind */
+	uint16_t klen; /* key bytes, without the NUL */
+	uint8_t tlen;  /* tenant bytes at the start of the key */
+	uint8_t kind;  /* enum chan_kind */
 	/* "tenant\x1fname\0"; a CHAN_TENANT record appends "tenant\0" so that
 	 * hub_conn_tenant() has a NUL-terminated string to return. */
 	char key[];
@@ -76,8 +76,8 @@ struct hub_conn {
 	struct frame **q;  /* ring; qinl while qcap is CONN_INLINE_Q, else heap */
 	uint32_t nsubs, subcap;
 	uint32_t qhead, qlen, qcap;
-	bool dead;         /* killed: nothing more is queued */
-	char id[23];       /* "c5f1e2a3-17" */
+	bool dead;   /* killed: nothing more is queued */
+	char id[23]; /* "c5f1e2a3-17" */
 	struct csub inl[CONN_INLINE_SUBS];
 	struct frame *qinl[CONN_INLINE_Q];
 };
@@ -88,7 +88,7 @@ struct hub {
 	struct dict *chans; /* key -> struct chan */
 	uint64_t rng;       /* splitmix64 state */
 	uint64_t conn_seq;
-	char id_prefix[9];  /* 'c', 7 hex digits, '-' */
+	char id_prefix[9]; /* 'c', 7 hex digits, '-' */
 	struct hub_stats st;
 };
 
@@ -474,7 +474,7 @@ const char *hub_conn_id(const struct hub_conn *c)
 /* Looks up the channel c calls name, validated with name_channel_ok.
  * Returns 0 and *out (NULL when absent and !create), or an LH_E* value. */
 static int conn_chan(struct hub *h, struct hub_conn *c, const char *name, bool create,
-		     struct chan **out)
+                     struct chan **out)
 {
 	size_t nlen = strnlen(name, LH_CHANNEL_MAX + 1);
 	if (!name_channel_ok(name, nlen))
@@ -627,7 +627,7 @@ static int pub_check(const struct publication *p)
 static struct frame *event_frame(const struct publication *p, const struct chan *ch)
 {
 	static const char fixed[] =
-		"{\"type\":\"\",\"channel\":\"\",\"offset\":,\"epoch\":\"\",\"ts\":,\"data\":}";
+	        "{\"type\":\"\",\"channel\":\"\",\"offset\":,\"epoch\":\"\",\"ts\":,\"data\":}";
 	const char *data = p->data && p->data_len ? p->data : "{}";
 	size_t dlen = p->data && p->data_len ? p->data_len : 2;
 	size_t tlen = strlen(p->type), nlen = chan_name_len(ch);

@@ -87,7 +87,8 @@ static void print_banner(const struct run *r, const char *argv0)
 	}
 	fprintf(stderr, "\n");
 	/* The one machine-readable line, on stdout: tests and scripts wait for it. */
-	printf("livehub ready ws=%s:%d grpc=%s:%d\n", c->ws_host, wsp, c->grpc_host, rpc_port(r->rpc));
+	printf("livehub ready ws=%s:%d grpc=%s:%d\n", c->ws_host, wsp, c->grpc_host,
+	       rpc_port(r->rpc));
 	fflush(stdout);
 }
 
@@ -171,7 +172,8 @@ static const char *take_opt(int *argc, char **argv, const char *name)
 		else if (strncmp(argv[i], name, n) == 0 && argv[i][n] == '=')
 			v = argv[i] + n + 1, used = 1;
 		if (used) {
-			memmove(argv + i, argv + i + used, sizeof(char *) * (size_t)(*argc - i - used + 1));
+			memmove(argv + i, argv + i + used,
+			        sizeof(char *) * (size_t)(*argc - i - used + 1));
 			*argc -= used;
 			return v;
 		}
@@ -201,7 +203,8 @@ static int cmd_token(int argc, char **argv)
 		return 2;
 	}
 	if (!name_user_ok(user, strlen(user))) {
-		fprintf(stderr, "livehub: --user must be 1-%d characters of A-Z a-z 0-9 _ . : @ + -\n",
+		fprintf(stderr,
+		        "livehub: --user must be 1-%d characters of A-Z a-z 0-9 _ . : @ + -\n",
 		        LH_USER_MAX);
 		return 2;
 	}
@@ -213,7 +216,8 @@ static int cmd_token(int argc, char **argv)
 	}
 	if (config_resolve_secret(&cfg))
 		return 2;
-	char *tok = auth_mint(cfg.jwt_secret, cfg.jwt_secret_len, cfg.tenant_claim, tenant, user, ttl);
+	char *tok =
+	        auth_mint(cfg.jwt_secret, cfg.jwt_secret_len, cfg.tenant_claim, tenant, user, ttl);
 	if (!tok) {
 		fprintf(stderr, "livehub: minting the token failed\n");
 		return 1;

@@ -12,11 +12,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define LH_TENANT_MAX 64   /* [A-Za-z0-9_.-] */
-#define LH_USER_MAX 128    /* [A-Za-z0-9_.:@+-] */
+#define LH_TENANT_MAX  64  /* [A-Za-z0-9_.-] */
+#define LH_USER_MAX    128 /* [A-Za-z0-9_.:@+-] */
 #define LH_CHANNEL_MAX 160 /* [A-Za-z0-9_.:@+=/-], '$' only as first byte */
-#define LH_TYPE_MAX 64     /* [A-Za-z0-9_.:-] */
-#define LH_KEY_SEP '\x1f'
+#define LH_TYPE_MAX    64  /* [A-Za-z0-9_.:-] */
+#define LH_KEY_SEP     '\x1f'
 
 bool name_tenant_ok(const char *s, size_t n);
 bool name_user_ok(const char *s, size_t n);

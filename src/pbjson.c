@@ -14,9 +14,14 @@
  *   type's default: {} for plain messages, null for a Value, and so on;
  * - a string field is read up to its first NUL (protobuf-c keeps strings
  *   NUL-terminated, so bytes after an embedded NUL are not visible);
- * - google.protobuf.Any is not special-cased (not among our generated WKTs).
- * Nesting of messages (Struct/Value/ListValue included) is limited to
- * PBJSON_MAX_DEPTH; deeper input is LH_EINVAL. protobuf-c's unpack has no
+ * - map entries are written in wire order; protobuf-c keeps repeated keys,
+ *   so a map (or Struct) sent with a key twice repeats it in the JSON, where
+ *   JSON.parse keeps the last one, as protobuf does;
+ * - google.protobuf.Any is not special-cased (not among our generated WKTs);
+ * - numbers go through snprintf("%g"), so LC_NUMERIC must stay "C".
+ * Nesting is limited to PBJSON_MAX_DEPTH levels, counting each message and
+ * each google.protobuf.Value (not map entries); deeper input is LH_EINVAL.
+ * pbjson_check_depth, at the end, guards protobuf-c's unpack, which has no
  * depth limit of its own.
  *
  * Error paths are dotted lowerCamelCase field names from the top message;
@@ -45,7 +50,7 @@
 #include "utf8.h"
 
 #define PBJSON_MAX_DEPTH 64
-#define PATH_MAX_LEN 256
+#define PATH_MAX_LEN     256
 
 struct ctx {
 	struct strbuf *sb;
@@ -55,7 +60,7 @@ struct ctx {
 };
 
 static int write_message(struct ctx *c, const ProtobufCMessageDescriptor *d,
-			 const ProtobufCMessage *m);
+                         const ProtobufCMessage *m);
 
 /* ---------------------------------------------------------------------------
  * Names and paths
@@ -175,6 +180,11 @@ static void add_camel_str(struct strbuf *sb, const char *name, size_t n)
 static void add_double(struct strbuf *sb, double v)
 {
 	char tmp[40];
+	/* Whole numbers below 1e15 print the same as %.15g would, faster. */
+	if (v > -1e15 && v < 1e15 && v == (double)(int64_t)v && !(v == 0 && signbit(v))) {
+		sb_add_i64(sb, (int64_t)v);
+		return;
+	}
 	for (int prec = 15; prec <= 17; prec++) {
 		snprintf(tmp, sizeof(tmp), "%.*g", prec, v);
 		if (prec == 17 || strtod(tmp, NULL) == v)
@@ -211,7 +221,7 @@ static void add_fp(struct strbuf *sb, double v, bool is_float)
 static void add_base64(struct strbuf *sb, const uint8_t *p, size_t n)
 {
 	static const char tab[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 	if (sb_reserve(sb, (n + 2) / 3 * 4 + 2))
 		return;
 	char *o = sb->buf + sb->len;
@@ -263,8 +273,10 @@ static void add_enum(struct strbuf *sb, const ProtobufCEnumDescriptor *ed, int v
 static size_t elem_size(ProtobufCType t)
 {
 	switch (t) {
-	case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64:
-	case PROTOBUF_C_TYPE_SFIXED64: case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_SFIXED64:
+	case PROTOBUF_C_TYPE_UINT64:
 	case PROTOBUF_C_TYPE_FIXED64: return 8;
 	case PROTOBUF_C_TYPE_DOUBLE: return sizeof(double);
 	case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
@@ -280,17 +292,20 @@ static int write_value(struct ctx *c, const ProtobufCFieldDescriptor *f, const v
 {
 	struct strbuf *sb = c->sb;
 	switch (f->type) {
-	case PROTOBUF_C_TYPE_INT32: case PROTOBUF_C_TYPE_SINT32:
+	case PROTOBUF_C_TYPE_INT32:
+	case PROTOBUF_C_TYPE_SINT32:
 	case PROTOBUF_C_TYPE_SFIXED32: sb_add_i64(sb, *(const int32_t *)p); break;
 	case PROTOBUF_C_TYPE_UINT32:
 	case PROTOBUF_C_TYPE_FIXED32: sb_add_u64(sb, *(const uint32_t *)p); break;
-	case PROTOBUF_C_TYPE_INT64: case PROTOBUF_C_TYPE_SINT64:
+	case PROTOBUF_C_TYPE_INT64:
+	case PROTOBUF_C_TYPE_SINT64:
 	case PROTOBUF_C_TYPE_SFIXED64:
 		sb_addc(sb, '"');
 		sb_add_i64(sb, *(const int64_t *)p);
 		sb_addc(sb, '"');
 		break;
-	case PROTOBUF_C_TYPE_UINT64: case PROTOBUF_C_TYPE_FIXED64:
+	case PROTOBUF_C_TYPE_UINT64:
+	case PROTOBUF_C_TYPE_FIXED64:
 		sb_addc(sb, '"');
 		sb_add_u64(sb, *(const uint64_t *)p);
 		sb_addc(sb, '"');
@@ -324,8 +339,8 @@ static bool is_map_field(const ProtobufCMessageDescriptor *d, const ProtobufCFie
 	const ProtobufCMessageDescriptor *e = f->descriptor;
 	if (f->type != PROTOBUF_C_TYPE_MESSAGE || !e || e->n_fields != 2)
 		return false;
-	if (e->fields[0].id != 1 || strcmp(e->fields[0].name, "key") != 0 ||
-	    e->fields[1].id != 2 || strcmp(e->fields[1].name, "value") != 0)
+	if (e->fields[0].id != 1 || strcmp(e->fields[0].name, "key") != 0 || e->fields[1].id != 2 ||
+	    strcmp(e->fields[1].name, "value") != 0)
 		return false;
 	size_t dn = strlen(d->name);
 	if (strncmp(e->name, d->name, dn) != 0 || e->name[dn] != '.')
@@ -351,7 +366,7 @@ static bool is_map_field(const ProtobufCMessageDescriptor *d, const ProtobufCFie
 
 /* Writes a map key as a JSON object key and extends the path with it. */
 static int write_map_key(struct ctx *c, const ProtobufCFieldDescriptor *kf, const void *p,
-			 size_t *old)
+                         size_t *old)
 {
 	struct strbuf *sb = c->sb;
 	if (kf->type == PROTOBUF_C_TYPE_STRING) {
@@ -388,7 +403,7 @@ static int write_map_key(struct ctx *c, const ProtobufCFieldDescriptor *kf, cons
 
 /* Writes n map entries (an array of entry message pointers) as an object. */
 static int write_map(struct ctx *c, const ProtobufCFieldDescriptor *f,
-		     ProtobufCMessage *const *entries, size_t n)
+                     ProtobufCMessage *const *entries, size_t n)
 {
 	const ProtobufCMessageDescriptor *e = f->descriptor;
 	sb_addc(c->sb, '{');
@@ -413,7 +428,7 @@ static int write_map(struct ctx *c, const ProtobufCFieldDescriptor *f,
 
 /* Writes a repeated field: an object for maps, else an array. */
 static int write_repeated(struct ctx *c, const ProtobufCMessageDescriptor *d,
-			  const ProtobufCFieldDescriptor *f, const char *base)
+                          const ProtobufCFieldDescriptor *f, const char *base)
 {
 	size_t n = *(const size_t *)(base + f->quantifier_offset);
 	const char *arr = *(const char *const *)(base + f->offset);
@@ -483,7 +498,7 @@ static int write_timestamp(struct ctx *c, const Google__Protobuf__Timestamp *t)
 	unsigned mo, d;
 	civil_from_days(days, &y, &mo, &d);
 	sb_addf(c->sb, "\"%04" PRId64 "-%02u-%02uT%02u:%02u:%02u", y, mo, d,
-		(unsigned)(secs / 3600), (unsigned)(secs / 60 % 60), (unsigned)(secs % 60));
+	        (unsigned)(secs / 3600), (unsigned)(secs / 60 % 60), (unsigned)(secs % 60));
 	add_nanos(c->sb, (uint32_t)ns);
 	sb_adds(c->sb, "Z\"");
 	return 0;
@@ -495,8 +510,8 @@ static int write_duration(struct ctx *c, const Google__Protobuf__Duration *t)
 	const int64_t lim = 315576000000LL;
 	int64_t s = t ? t->seconds : 0;
 	int32_t ns = t ? t->nanos : 0;
-	if (s < -lim || s > lim || ns < -999999999 || ns > 999999999 ||
-	    (s > 0 && ns < 0) || (s < 0 && ns > 0))
+	if (s < -lim || s > lim || ns < -999999999 || ns > 999999999 || (s > 0 && ns < 0) ||
+	    (s < 0 && ns > 0))
 		return LH_EINVAL;
 	bool neg = s < 0 || ns < 0;
 	sb_addf(c->sb, "\"%s%" PRIu64, neg ? "-" : "", neg ? (uint64_t)-s : (uint64_t)s);
@@ -564,18 +579,14 @@ static int write_value_wkt(struct ctx *c, const Google__Protobuf__Value *v)
 			return LH_EINVAL;
 		add_double(c->sb, v->number_value);
 		break;
-	case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE:
-		rc = add_string(c, v->string_value);
-		break;
+	case GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE: rc = add_string(c, v->string_value); break;
 	case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
 		sb_adds(c->sb, v->bool_value ? "true" : "false");
 		break;
 	case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
 		rc = write_struct(c, v->struct_value);
 		break;
-	case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE:
-		rc = write_list(c, v->list_value);
-		break;
+	case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: rc = write_list(c, v->list_value); break;
 	default: /* NULL_VALUE, NOT_SET, or a kind this version does not know */
 		sb_adds(c->sb, "null");
 		break;
@@ -709,7 +720,8 @@ static int write_fields(struct ctx *c, const ProtobufCMessageDescriptor *d, cons
 
 /* Writes the default instance of plain message type d (for an absent map
  * value). Kept out of line so the stack buffer is only used on this path. */
-static __attribute__((noinline)) int write_default(struct ctx *c, const ProtobufCMessageDescriptor *d)
+static __attribute__((noinline)) int write_default(struct ctx *c,
+                                                   const ProtobufCMessageDescriptor *d)
 {
 	_Alignas(max_align_t) unsigned char tmp[512];
 	if (d->sizeof_message > sizeof(tmp) || !d->message_init) {
@@ -723,7 +735,7 @@ static __attribute__((noinline)) int write_default(struct ctx *c, const Protobuf
 /* Writes message m of type d (NULL: the type's default) at one more level of
  * nesting; LH_EINVAL past PBJSON_MAX_DEPTH. */
 static int write_message(struct ctx *c, const ProtobufCMessageDescriptor *d,
-			 const ProtobufCMessage *m)
+                         const ProtobufCMessage *m)
 {
 	if (!d)
 		return LH_EINVAL;
@@ -749,4 +761,85 @@ int pbjson_write(struct strbuf *sb, const ProtobufCMessage *msg, char *errpath, 
 	if (rc)
 		copy_path(&c, errpath, errlen);
 	return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * Wire depth check
+ * ------------------------------------------------------------------------- */
+
+/* Reads a varint at *pos (below end) into *v; returns false when it is cut
+ * short or longer than 10 bytes. */
+static bool read_varint(const uint8_t *data, size_t end, size_t *pos, uint64_t *v)
+{
+	uint64_t r = 0;
+	for (unsigned shift = 0; shift < 70 && *pos < end; shift += 7) {
+		uint8_t b = data[(*pos)++];
+		r |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			*v = r;
+			return true;
+		}
+	}
+	return false;
+}
+
+/* Skips the value of a field with wire type wt at *pos (below end), except a
+ * length-delimited one, which the caller handles. */
+static bool skip_scalar(const uint8_t *data, size_t end, size_t *pos, unsigned wt)
+{
+	uint64_t v;
+	size_t n = wt == 1 ? 8 : 4;
+	switch (wt) {
+	case 0: return read_varint(data, end, pos, &v);
+	case 1:
+	case 5:
+		if (end - *pos < n)
+			return false;
+		*pos += n;
+		return true;
+	default: return false; /* groups and reserved types: protobuf-c rejects them */
+	}
+}
+
+int pbjson_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len)
+{
+	struct {
+		const ProtobufCMessageDescriptor *d;
+		size_t end;
+	} st[PBJSON_WIRE_MAX_DEPTH];
+	int top = 0;
+	size_t pos = 0;
+	st[0].d = d;
+	st[0].end = len;
+	for (;;) {
+		while (pos == st[top].end) {
+			if (top == 0)
+				return 0;
+			top--;
+		}
+		uint64_t tag, n;
+		if (!read_varint(data, st[top].end, &pos, &tag) || (tag >> 3) == 0 ||
+		    (tag >> 3) > UINT32_MAX)
+			return LH_EINVAL;
+		if ((tag & 7) != 2) {
+			if (!skip_scalar(data, st[top].end, &pos, (unsigned)(tag & 7)))
+				return LH_EINVAL;
+			continue;
+		}
+		if (!read_varint(data, st[top].end, &pos, &n) || n > st[top].end - pos)
+			return LH_EINVAL;
+		const ProtobufCFieldDescriptor *f =
+		        st[top].d ? protobuf_c_message_descriptor_get_field(st[top].d,
+		                                                            (unsigned)(tag >> 3))
+		                  : NULL;
+		if (!f || f->type != PROTOBUF_C_TYPE_MESSAGE) {
+			pos += n;
+			continue;
+		}
+		if (top + 1 >= PBJSON_WIRE_MAX_DEPTH)
+			return LH_EINVAL;
+		top++;
+		st[top].d = f->descriptor;
+		st[top].end = pos + (size_t)n;
+	}
 }

@@ -23,12 +23,14 @@
 
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "strbuf.h"
 
 /* Appends the JSON form of msg to sb. Returns 0, LH_EUTF8 (a string field
  * holds invalid UTF-8), LH_EINVAL (a value JSON cannot hold, e.g. a NaN in a
- * Struct, or a Timestamp out of range) or LH_ENOMEM. On error, the dotted
+ * Struct, a Timestamp out of range, or messages and Values nested more than
+ * 64 deep) or LH_ENOMEM. On error, the dotted
  * path of the bad field in lowerCamelCase ("details.fields.name") is written
  * to errpath (NUL-terminated, truncated to errlen) when errpath is not NULL;
  * sb then holds partial output. */
@@ -37,5 +39,19 @@ int pbjson_write(struct strbuf *sb, const ProtobufCMessage *msg, char *errpath, 
 /* Writes the lowerCamelCase JSON name of a .proto field name into out
  * ("job_id" -> "jobId"); returns its length. out must hold strlen(name)+1. */
 size_t pbjson_camel(const char *name, char *out);
+
+/* The deepest message nesting pbjson_check_depth accepts: protobuf's own
+ * default recursion limit (C++, Java, Python). Map entries and the levels of a
+ * Struct (Struct, its entry, Value) each count as one. */
+#define PBJSON_WIRE_MAX_DEPTH 100
+
+/* Checks, without recursion, that the serialized message data (len bytes) of
+ * type d nests messages at most PBJSON_WIRE_MAX_DEPTH deep (the top message is
+ * depth 1). Call it before protobuf_c_message_unpack on untrusted input:
+ * protobuf-c 1.4.1 recurses once per level with no limit of its own, and a
+ * 56 KB JobProgress whose details Struct nests 4,000 levels overflows an
+ * 8 MB stack. Returns 0, or LH_EINVAL when too deep or when the
+ * framing is broken (which unpack would reject too). */
+int pbjson_check_depth(const ProtobufCMessageDescriptor *d, const uint8_t *data, size_t len);
 
 #endif

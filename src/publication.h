@@ -32,19 +32,19 @@ struct publication {
 	char type[LH_TYPE_MAX + 1]; /* event type, e.g. "job:progress" */
 	int nchannels;              /* 1..LH_PUB_MAX_CHANNELS */
 	char channels[LH_PUB_MAX_CHANNELS][LH_CHANNEL_MAX + 1]; /* as clients name them */
-	char *data;                 /* JSON object text of the payload; publisher-owned */
+	char *data; /* JSON object text of the payload; publisher-owned */
 	size_t data_len;
-	int64_t ts_ms;              /* publish time, ms since the Unix epoch */
-	uint64_t conflate_key;      /* 0, or a key under which queued frames conflate */
+	int64_t ts_ms;         /* publish time, ms since the Unix epoch */
+	uint64_t conflate_key; /* 0, or a key under which queued frames conflate */
 
 	/* Output, set by the service thread before on_done. */
-	int status;                 /* 0 or LH_E* */
-	uint32_t subscribers;       /* total frames queued */
+	int status;           /* 0 or LH_E* */
+	uint32_t subscribers; /* total frames queued */
 	struct pub_position pos[LH_PUB_MAX_CHANNELS];
 
 	/* Called once on the service thread when the publication is done. */
 	void (*on_done)(struct publication *p);
-	void *owner;                /* the publisher's context */
+	void *owner; /* the publisher's context */
 };
 
 #endif

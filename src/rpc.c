@@ -35,6 +35,7 @@
 #include "livehub.h"
 #include "livehub/v1/hub.pb-c.h"
 #include "log.h"
+#include "pbjson.h"
 #include "publication.h"
 #include "rpc_methods.h"
 
@@ -45,8 +46,8 @@
  * queue thread to re-arm one at a time. */
 #define ARMED_PER_METHOD 16
 /* Requests armed for calls to methods livehub does not have. */
-#define ARMED_UNKNOWN 2
-#define MAX_METHODS 32
+#define ARMED_UNKNOWN  2
+#define MAX_METHODS    32
 #define UNKNOWN_METHOD (-1)
 
 _Static_assert((int)GRPC_STATUS_OK == RPC_OK, "status numbers");
@@ -76,8 +77,8 @@ enum call_state {
 struct call {
 	struct rpc *r;
 	_Atomic int refs;
-	enum call_state state; /* for logs and debugging; see the file comment */
-	int method;            /* index into r->methods, or UNKNOWN_METHOD */
+	enum call_state state;      /* for logs and debugging; see the file comment */
+	int method;                 /* index into r->methods, or UNKNOWN_METHOD */
 	const struct rpc_method *m; /* NULL for UNKNOWN_METHOD */
 	grpc_call *call;
 	gpr_timespec deadline;
@@ -108,9 +109,9 @@ struct rpc {
 	void *registered[MAX_METHODS]; /* gRPC's handles of methods[] */
 
 	pthread_mutex_t mu;
-	pthread_cond_t cv;   /* signalled when a field below changes */
-	bool shutdown_done;  /* mu: the shutdown notify tag arrived */
-	int ncalls;          /* mu: struct calls alive, armed ones included */
+	pthread_cond_t cv;  /* signalled when a field below changes */
+	bool shutdown_done; /* mu: the shutdown notify tag arrived */
+	int ncalls;         /* mu: struct calls alive, armed ones included */
 };
 
 static void tag_init(struct tag *t, enum tag_kind kind, struct call *c)
@@ -194,11 +195,12 @@ static int call_arm(struct rpc *r, int idx)
 	grpc_call_error e;
 	call_release_to_grpc(c);
 	if (idx == UNKNOWN_METHOD) {
-		e = grpc_server_request_call(r->server, &c->call, &c->details, &c->req_md, r->cq, r->cq,
-					     &c->t_arrived);
+		e = grpc_server_request_call(r->server, &c->call, &c->details, &c->req_md, r->cq,
+		                             r->cq, &c->t_arrived);
 	} else {
-		e = grpc_server_request_registered_call(r->server, r->registered[idx], &c->call, &c->deadline,
-							&c->req_md, &c->payload, r->cq, r->cq, &c->t_arrived);
+		e = grpc_server_request_registered_call(r->server, r->registered[idx], &c->call,
+		                                        &c->deadline, &c->req_md, &c->payload,
+		                                        r->cq, r->cq, &c->t_arrived);
 	}
 	if (e != GRPC_CALL_OK) {
 		log_error("msg=\"grpc request_call failed\" error=%d", (int)e);
@@ -226,7 +228,8 @@ static void reply_start(struct call *c, enum rpc_code code)
 	}
 	ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
 	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
-	ops[n++].data.send_status_from_server.status_details = c->has_details ? &c->status_details : NULL;
+	ops[n++].data.send_status_from_server.status_details =
+	        c->has_details ? &c->status_details : NULL;
 
 	c->state = CALL_REPLYING;
 	grpc_call *call = c->call;
@@ -292,13 +295,19 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 	}
 	grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
-	ProtobufCMessage *req =
-		protobuf_c_message_unpack(c->m->input, NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
+	/* protobuf-c recurses once per nesting level with no limit of its own:
+	 * a 40 KB request of nested Structs would overflow the stack. Check the
+	 * nesting on the wire bytes first, without recursion. */
+	ProtobufCMessage *req = NULL;
+	snprintf(err->msg, sizeof err->msg,
+	         "request: malformed protobuf or nested deeper than %d levels",
+	         PBJSON_WIRE_MAX_DEPTH);
+	if (pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s)) == 0)
+		req = protobuf_c_message_unpack(c->m->input, NULL, GRPC_SLICE_LENGTH(s),
+		                                GRPC_SLICE_START_PTR(s));
 	grpc_slice_unref(s);
 	grpc_byte_buffer_destroy(c->payload);
 	c->payload = NULL;
-	if (!req)
-		snprintf(err->msg, sizeof err->msg, "request: malformed protobuf");
 	return req;
 }
 
@@ -335,7 +344,8 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 		reply_error(c, RPC_UNAVAILABLE, "livehub is shutting down");
 		return;
 	}
-	snprintf(msg, sizeof msg, "publish queue full (%zu waiting); retry with backoff", handoff_depth(r->q));
+	snprintf(msg, sizeof msg, "publish queue full (%zu waiting); retry with backoff",
+	         handoff_depth(r->q));
 	reply_error(c, RPC_RESOURCE_EXHAUSTED, msg);
 }
 
@@ -345,7 +355,7 @@ static void handle_unknown(struct call *c)
 	grpc_slice m = c->details.method;
 	int n = (int)GRPC_SLICE_LENGTH(m);
 	snprintf(msg, sizeof msg, "method %.*s is not implemented by livehub", n > 200 ? 200 : n,
-		 (const char *)GRPC_SLICE_START_PTR(m));
+	         (const char *)GRPC_SLICE_START_PTR(m));
 	reply_error(c, RPC_UNIMPLEMENTED, msg);
 }
 
@@ -402,7 +412,8 @@ static void *cq_main(void *arg)
 {
 	struct rpc *r = arg;
 	for (;;) {
-		grpc_event ev = grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+		grpc_event ev =
+		        grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type != GRPC_OP_COMPLETE)
@@ -412,20 +423,14 @@ static void *cq_main(void *arg)
 		if (c)
 			atomic_load_explicit(&c->refs, memory_order_acquire);
 		switch (t->kind) {
-		case TAG_ARRIVED:
-			on_arrived(c, ev.success);
-			break;
+		case TAG_ARRIVED: on_arrived(c, ev.success); break;
 		case TAG_CLOSED:
 			if (c->cancelled)
 				log_debug("msg=\"grpc call cancelled\"");
 			call_unref(c);
 			break;
-		case TAG_REPLIED:
-			call_unref(c);
-			break;
-		case TAG_SHUTDOWN:
-			on_shutdown_done(r);
-			break;
+		case TAG_REPLIED: call_unref(c); break;
+		case TAG_SHUTDOWN: on_shutdown_done(r); break;
 		}
 	}
 	return NULL;
@@ -448,7 +453,7 @@ static int register_methods(struct rpc *r)
 		char path[256];
 		snprintf(path, sizeof path, "/%s/%s", svc->name, m->name);
 		void *h = grpc_server_register_method(r->server, path, NULL,
-						      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+		                                      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
 		if (!h) {
 			log_error("msg=\"grpc cannot register method\" method=%s", path);
 			return LH_EIO;
@@ -485,8 +490,8 @@ static void abort_start(struct rpc *r, bool thread)
 	if (thread)
 		pthread_join(r->thread, NULL);
 	else
-		while (grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-		       GRPC_QUEUE_SHUTDOWN)
+		while (grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL)
+		               .type != GRPC_QUEUE_SHUTDOWN)
 			;
 	grpc_completion_queue_destroy(r->cq);
 	grpc_shutdown();
@@ -512,11 +517,13 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 
 	grpc_init();
 	grpc_arg args[] = {
-		{.type = GRPC_ARG_INTEGER,
-		 .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-		 .value.integer = RPC_MAX_RECV_BYTES},
-		/* A second livehub on the same port must fail, not share it. */
-		{.type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
+	        {.type = GRPC_ARG_INTEGER,
+	         .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+	         .value.integer = RPC_MAX_RECV_BYTES},
+	        /* A second livehub on the same port must fail, not share it. */
+	        {.type = GRPC_ARG_INTEGER,
+	         .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,
+	         .value.integer = 0},
 	};
 	grpc_channel_args cargs = {sizeof args / sizeof args[0], args};
 	r->server = grpc_server_create(&cargs, NULL);
@@ -542,8 +549,8 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	 * methods until their deadline: answer them UNIMPLEMENTED instead. */
 	for (int k = 0; k < ARMED_UNKNOWN; k++)
 		call_arm(r, UNKNOWN_METHOD);
-	log_info("msg=\"gRPC listening\" host=%s port=%d max_recv_bytes=%d", cfg->grpc_host, r->port,
-		 RPC_MAX_RECV_BYTES);
+	log_info("msg=\"gRPC listening\" host=%s port=%d max_recv_bytes=%d", cfg->grpc_host,
+	         r->port, RPC_MAX_RECV_BYTES);
 	return r;
 }
 
@@ -554,7 +561,8 @@ int rpc_port(const struct rpc *r)
 
 /* Waits until done(r) holds (under r->mu), or timeout_ms passes (< 0: no
  * limit; a warning every 5 s then). Returns true when done. */
-static bool wait_for(struct rpc *r, bool (*done)(const struct rpc *), int timeout_ms, const char *what)
+static bool wait_for(struct rpc *r, bool (*done)(const struct rpc *), int timeout_ms,
+                     const char *what)
 {
 	int64_t start = mono_ms(), warned = start;
 	bool ok;
@@ -564,7 +572,8 @@ static bool wait_for(struct rpc *r, bool (*done)(const struct rpc *), int timeou
 		if (timeout_ms >= 0 && now - start >= timeout_ms)
 			break;
 		if (timeout_ms < 0 && now - warned >= 5000) {
-			log_warn("msg=\"gRPC shutdown still waiting\" for=\"%s\" calls=%d", what, r->ncalls);
+			log_warn("msg=\"gRPC shutdown still waiting\" for=\"%s\" calls=%d", what,
+			         r->ncalls);
 			warned = now;
 		}
 		struct timespec ts;

@@ -20,17 +20,17 @@
 
 /* The charsets of names.h, as error messages spell them. */
 #define CHANNEL_CHARS "[A-Za-z0-9_.:@+=/-]"
-#define TYPE_CHARS "[A-Za-z0-9_.:-]"
+#define TYPE_CHARS    "[A-Za-z0-9_.:-]"
 
 /* Event types the client protocol uses for its own messages: an event of
  * one of these types would be indistinguishable from a protocol reply. */
 static const char *const reserved_types[] = {
-	"connected", "subscribed", "unsubscribed", "pong", "error",
+        "connected", "subscribed", "unsubscribed", "pong", "error",
 };
 
 /* Fills err and returns -1, so a check can `return fail(...)`. */
 __attribute__((format(printf, 3, 4))) static int fail(struct rpc_error *err, enum rpc_code code,
-						      const char *fmt, ...)
+                                                      const char *fmt, ...)
 {
 	va_list ap;
 	err->code = code;
@@ -57,8 +57,8 @@ static int set_tenant(struct publication *p, const char *tenant, struct rpc_erro
 	if (n == 0)
 		return fail(err, RPC_INVALID_ARGUMENT, "tenant_id: required");
 	if (!name_tenant_ok(tenant, n))
-		return fail(err, RPC_INVALID_ARGUMENT, "tenant_id: must be 1-%d characters of [A-Za-z0-9_.-]",
-			    LH_TENANT_MAX);
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "tenant_id: must be 1-%d characters of [A-Za-z0-9_.-]", LH_TENANT_MAX);
 	memcpy(p->tenant, tenant, n + 1);
 	return 0;
 }
@@ -70,12 +70,12 @@ static int set_custom_type(struct publication *p, const char *type, struct rpc_e
 	if (n == 0)
 		return fail(err, RPC_INVALID_ARGUMENT, "type: required");
 	if (!name_type_ok(type, n))
-		return fail(err, RPC_INVALID_ARGUMENT, "type: must be 1-%d characters of " TYPE_CHARS,
-			    LH_TYPE_MAX);
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "type: must be 1-%d characters of " TYPE_CHARS, LH_TYPE_MAX);
 	for (size_t i = 0; i < sizeof reserved_types / sizeof reserved_types[0]; i++)
 		if (strcmp(type, reserved_types[i]) == 0)
 			return fail(err, RPC_INVALID_ARGUMENT,
-				    "type: \"%s\" is reserved for the client protocol", type);
+			            "type: \"%s\" is reserved for the client protocol", type);
 	memcpy(p->type, type, n + 1);
 	return 0;
 }
@@ -83,7 +83,7 @@ static int set_custom_type(struct publication *p, const char *type, struct rpc_e
 /* Appends the channel prefix+id, where id comes from the request field
  * `field`. An empty id is an error when required, else nothing is added. */
 static int add_channel(struct publication *p, const char *prefix, const char *id, const char *field,
-		       bool required, struct rpc_error *err)
+                       bool required, struct rpc_error *err)
 {
 	size_t plen = strlen(prefix), n = strlen(id);
 	if (n == 0)
@@ -96,8 +96,9 @@ static int add_channel(struct publication *p, const char *prefix, const char *id
 		ok = name_channel_any_ok(dst, plen + n);
 	}
 	if (!ok)
-		return fail(err, RPC_INVALID_ARGUMENT, "%s: must be 1-%zu characters of " CHANNEL_CHARS, field,
-			    (size_t)LH_CHANNEL_MAX - plen);
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "%s: must be 1-%zu characters of " CHANNEL_CHARS, field,
+		            (size_t)LH_CHANNEL_MAX - plen);
 	p->nchannels++;
 	return 0;
 }
@@ -124,7 +125,7 @@ static void proto_path(const ProtobufCMessageDescriptor *d, const char *path, ch
 /* Sets p->data to the JSON of msg (an unset message, e.g. an unset Struct,
  * becomes {}). field names msg in error messages ("event", "data"). */
 static int set_data(struct publication *p, const ProtobufCMessage *msg, const char *field,
-		    struct rpc_error *err)
+                    struct rpc_error *err)
 {
 	struct strbuf sb = STRBUF_INIT;
 	char path[128] = "";
@@ -150,9 +151,10 @@ static int set_data(struct publication *p, const ProtobufCMessage *msg, const ch
 	if (rc == LH_EUTF8)
 		return fail(err, RPC_INVALID_ARGUMENT, "%s%s%s: invalid UTF-8", field, dot, where);
 	if (rc == LH_EINVAL)
-		return fail(err, RPC_INVALID_ARGUMENT,
-			    "%s%s%s: value cannot be represented in JSON (NaN, Infinity or a Timestamp out of range)",
-			    field, dot, where);
+		return fail(
+		        err, RPC_INVALID_ARGUMENT,
+		        "%s%s%s: value cannot be represented in JSON (NaN, Infinity or a Timestamp out of range)",
+		        field, dot, where);
 	return fail(err, RPC_INTERNAL, "publish failed: %s", lh_strerror(rc));
 }
 
@@ -176,8 +178,9 @@ static uint64_t progress_key(const char *tenant, const char *job_id, const char 
 
 /* The part the three job events share: tenant, event present, job and
  * project channels, type. */
-static int job_common(struct publication *p, const char *tenant, const void *event, const char *job_id,
-		      const char *project_id, const char *type, struct rpc_error *err)
+static int job_common(struct publication *p, const char *tenant, const void *event,
+                      const char *job_id, const char *project_id, const char *type,
+                      struct rpc_error *err)
 {
 	if (set_tenant(p, tenant, err))
 		return -1;
@@ -190,11 +193,13 @@ static int job_common(struct publication *p, const char *tenant, const void *eve
 	return 0;
 }
 
-static int prepare_job_progress(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_job_progress(const ProtobufCMessage *req, struct publication *p,
+                                struct rpc_error *err)
 {
 	const Livehub__V1__PublishJobProgressRequest *r = (const void *)req;
 	const Livehub__V1__JobProgress *e = r->event;
-	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:progress", err))
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "",
+	               "job:progress", err))
 		return -1;
 	if (!isfinite(e->progress) || e->progress < 0 || e->progress > 100)
 		return fail(err, RPC_INVALID_ARGUMENT, "event.progress: must be between 0 and 100");
@@ -202,25 +207,30 @@ static int prepare_job_progress(const ProtobufCMessage *req, struct publication 
 	return set_data(p, &e->base, "event", err);
 }
 
-static int prepare_job_completed(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_job_completed(const ProtobufCMessage *req, struct publication *p,
+                                 struct rpc_error *err)
 {
 	const Livehub__V1__PublishJobCompletedRequest *r = (const void *)req;
 	const Livehub__V1__JobCompleted *e = r->event;
-	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:completed", err))
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "",
+	               "job:completed", err))
 		return -1;
 	return set_data(p, &e->base, "event", err);
 }
 
-static int prepare_job_failed(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_job_failed(const ProtobufCMessage *req, struct publication *p,
+                              struct rpc_error *err)
 {
 	const Livehub__V1__PublishJobFailedRequest *r = (const void *)req;
 	const Livehub__V1__JobFailed *e = r->event;
-	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:failed", err))
+	if (job_common(p, r->tenant_id, e, e ? e->job_id : "", e ? e->project_id : "", "job:failed",
+	               err))
 		return -1;
 	return set_data(p, &e->base, "event", err);
 }
 
-static int prepare_price_updated(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_price_updated(const ProtobufCMessage *req, struct publication *p,
+                                 struct rpc_error *err)
 {
 	const Livehub__V1__PublishPriceUpdatedRequest *r = (const void *)req;
 	const Livehub__V1__PriceUpdated *e = r->event;
@@ -236,7 +246,8 @@ static int prepare_price_updated(const ProtobufCMessage *req, struct publication
 	return set_data(p, &e->base, "event", err);
 }
 
-static int prepare_order_status(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_order_status(const ProtobufCMessage *req, struct publication *p,
+                                struct rpc_error *err)
 {
 	const Livehub__V1__PublishOrderStatusRequest *r = (const void *)req;
 	const Livehub__V1__OrderStatus *e = r->event;
@@ -251,7 +262,7 @@ static int prepare_order_status(const ProtobufCMessage *req, struct publication 
 }
 
 static int prepare_broadcast_tenant(const ProtobufCMessage *req, struct publication *p,
-				    struct rpc_error *err)
+                                    struct rpc_error *err)
 {
 	const Livehub__V1__BroadcastTenantRequest *r = (const void *)req;
 	if (set_tenant(p, r->tenant_id, err) || set_custom_type(p, r->type, err))
@@ -261,7 +272,8 @@ static int prepare_broadcast_tenant(const ProtobufCMessage *req, struct publicat
 	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
 }
 
-static int prepare_send_to_user(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_send_to_user(const ProtobufCMessage *req, struct publication *p,
+                                struct rpc_error *err)
 {
 	const Livehub__V1__SendToUserRequest *r = (const void *)req;
 	if (set_tenant(p, r->tenant_id, err))
@@ -270,8 +282,8 @@ static int prepare_send_to_user(const ProtobufCMessage *req, struct publication 
 	if (n == 0)
 		return fail(err, RPC_INVALID_ARGUMENT, "user_id: required");
 	if (!name_user_ok(r->user_id, n))
-		return fail(err, RPC_INVALID_ARGUMENT, "user_id: must be 1-%d characters of [A-Za-z0-9_.:@+-]",
-			    LH_USER_MAX);
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "user_id: must be 1-%d characters of [A-Za-z0-9_.:@+-]", LH_USER_MAX);
 	if (set_custom_type(p, r->type, err))
 		return -1;
 	/* "$user:" plus at most LH_USER_MAX bytes always fits a channel. */
@@ -280,15 +292,18 @@ static int prepare_send_to_user(const ProtobufCMessage *req, struct publication 
 	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
 }
 
-static int prepare_publish(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+static int prepare_publish(const ProtobufCMessage *req, struct publication *p,
+                           struct rpc_error *err)
 {
 	const Livehub__V1__PublishRequest *r = (const void *)req;
 	if (set_tenant(p, r->tenant_id, err))
 		return -1;
 	if (r->channel[0] == '$')
-		return fail(err, RPC_INVALID_ARGUMENT,
-			    "channel: names starting with $ are reserved; use BroadcastTenant or SendToUser");
-	if (add_channel(p, "", r->channel, "channel", true, err) || set_custom_type(p, r->type, err))
+		return fail(
+		        err, RPC_INVALID_ARGUMENT,
+		        "channel: names starting with $ are reserved; use BroadcastTenant or SendToUser");
+	if (add_channel(p, "", r->channel, "channel", true, err) ||
+	    set_custom_type(p, r->type, err))
 		return -1;
 	return set_data(p, r->data ? &r->data->base : NULL, "data", err);
 }
@@ -297,21 +312,23 @@ static int prepare_publish(const ProtobufCMessage *req, struct publication *p, s
  * The method table.
  * ---------------------------------------------------------------------- */
 
-#define PUBLISH(name, lower, fn)                                                                       \
-	{name, RPC_KIND_PUBLISH, &livehub__v1__##lower##_request__descriptor,                          \
-	 &livehub__v1__##lower##_response__descriptor, fn}
+#define PUBLISH(name, lower, fn)                                                     \
+	{                                                                            \
+		name, RPC_KIND_PUBLISH, &livehub__v1__##lower##_request__descriptor, \
+		        &livehub__v1__##lower##_response__descriptor, fn             \
+	}
 
 static const struct rpc_method methods[] = {
-	PUBLISH("PublishJobProgress", publish_job_progress, prepare_job_progress),
-	PUBLISH("PublishJobCompleted", publish_job_completed, prepare_job_completed),
-	PUBLISH("PublishJobFailed", publish_job_failed, prepare_job_failed),
-	PUBLISH("PublishPriceUpdated", publish_price_updated, prepare_price_updated),
-	PUBLISH("PublishOrderStatus", publish_order_status, prepare_order_status),
-	PUBLISH("BroadcastTenant", broadcast_tenant, prepare_broadcast_tenant),
-	PUBLISH("SendToUser", send_to_user, prepare_send_to_user),
-	PUBLISH("Publish", publish, prepare_publish),
-	{"GetStats", RPC_KIND_STATS, &livehub__v1__get_stats_request__descriptor,
-	 &livehub__v1__get_stats_response__descriptor, NULL},
+        PUBLISH("PublishJobProgress", publish_job_progress, prepare_job_progress),
+        PUBLISH("PublishJobCompleted", publish_job_completed, prepare_job_completed),
+        PUBLISH("PublishJobFailed", publish_job_failed, prepare_job_failed),
+        PUBLISH("PublishPriceUpdated", publish_price_updated, prepare_price_updated),
+        PUBLISH("PublishOrderStatus", publish_order_status, prepare_order_status),
+        PUBLISH("BroadcastTenant", broadcast_tenant, prepare_broadcast_tenant),
+        PUBLISH("SendToUser", send_to_user, prepare_send_to_user),
+        PUBLISH("Publish", publish, prepare_publish),
+        {"GetStats", RPC_KIND_STATS, &livehub__v1__get_stats_request__descriptor,
+         &livehub__v1__get_stats_response__descriptor, NULL},
 };
 
 #define NMETHODS (sizeof methods / sizeof methods[0])
@@ -329,7 +346,8 @@ static bool publish_response_shaped(const ProtobufCMessageDescriptor *d)
 {
 	const ProtobufCFieldDescriptor *f = d->fields;
 	return d->sizeof_message == sizeof(Livehub__V1__PublishResponse) && d->n_fields == 1 &&
-	       f->id == 1 && f->type == PROTOBUF_C_TYPE_MESSAGE && f->label == PROTOBUF_C_LABEL_NONE &&
+	       f->id == 1 && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+	       f->label == PROTOBUF_C_LABEL_NONE &&
 	       f->descriptor == &livehub__v1__publish_result__descriptor &&
 	       f->offset == offsetof(Livehub__V1__PublishResponse, result);
 }
@@ -343,15 +361,16 @@ int rpc_methods_check(const ProtobufCServiceDescriptor *svc)
 			continue; /* answered UNIMPLEMENTED */
 		if (m->input != md->input || m->output != md->output ||
 		    (m->kind == RPC_KIND_PUBLISH && !publish_response_shaped(m->output))) {
-			log_error("msg=\"rpc method table does not match the service\" method=%s", md->name);
+			log_error("msg=\"rpc method table does not match the service\" method=%s",
+			          md->name);
 			return LH_EINVAL;
 		}
 	}
 	return 0;
 }
 
-int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req, struct publication *p,
-		       struct rpc_error *err)
+int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
+                       struct publication *p, struct rpc_error *err)
 {
 	memset(p, 0, sizeof *p);
 	err->code = RPC_OK;
@@ -377,26 +396,19 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 	err->code = RPC_OK;
 	err->msg[0] = '\0';
 	switch (p->status) {
-	case 0:
-		return RPC_OK;
-	case LH_ENOMEM:
-		fail(err, RPC_INTERNAL, "out of memory");
-		break;
-	case LH_ECLOSED:
-		fail(err, RPC_UNAVAILABLE, "livehub is shutting down");
-		break;
+	case 0: return RPC_OK;
+	case LH_ENOMEM: fail(err, RPC_INTERNAL, "out of memory"); break;
+	case LH_ECLOSED: fail(err, RPC_UNAVAILABLE, "livehub is shutting down"); break;
 	case LH_EINVAL:
 		fail(err, RPC_INVALID_ARGUMENT, "publication refused: %s", lh_strerror(p->status));
 		break;
-	default:
-		fail(err, RPC_INTERNAL, "publish failed: %s", lh_strerror(p->status));
-		break;
+	default: fail(err, RPC_INTERNAL, "publish failed: %s", lh_strerror(p->status)); break;
 	}
 	return err->code;
 }
 
-const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out, const struct rpc_method *m,
-					       struct publication *p)
+const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out,
+                                               const struct rpc_method *m, struct publication *p)
 {
 	livehub__v1__publish_response__init(&out->msg);
 	out->msg.base.descriptor = m->output;
@@ -421,7 +433,7 @@ const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out, co
 }
 
 void rpc_stats_reply_init(Livehub__V1__GetStatsResponse *out, const struct hub_stats_snapshot *s,
-			  uint64_t uptime_s)
+                          uint64_t uptime_s)
 {
 	livehub__v1__get_stats_response__init(out);
 	out->connections = s->connections;

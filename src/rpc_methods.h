@@ -67,8 +67,8 @@ int rpc_methods_check(const ProtobufCServiceDescriptor *svc);
  * p first, then sets tenant, type, channels, ts_ms, conflate_key and data.
  * Returns 0 with p->data a malloc'd NUL-terminated JSON object that the
  * caller frees with free(); or -1 with err filled and p->data NULL. */
-int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req, struct publication *p,
-		       struct rpc_error *err);
+int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
+                       struct publication *p, struct rpc_error *err);
 
 /* The response of a publishing method, built in place: every pointer in it
  * points into the storage itself or into the publication it was built from,
@@ -88,12 +88,12 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 
 /* Fills out with m's response for the successful publication p; returns the
  * message to serialize (&out->msg.base). */
-const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out, const struct rpc_method *m,
-					       struct publication *p);
+const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out,
+                                               const struct rpc_method *m, struct publication *p);
 
 /* Fills out (a GetStatsResponse) from the hub's counters. out->version
  * points to a static string. */
 void rpc_stats_reply_init(Livehub__V1__GetStatsResponse *out, const struct hub_stats_snapshot *s,
-			  uint64_t uptime_s);
+                          uint64_t uptime_s);
 
 #endif

@@ -115,17 +115,42 @@ void sb_add_json_str(struct strbuf *sb, const char *s, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 		switch (c) {
-		case '"': *o++ = '\\'; *o++ = '"'; break;
-		case '\\': *o++ = '\\'; *o++ = '\\'; break;
-		case '\n': *o++ = '\\'; *o++ = 'n'; break;
-		case '\r': *o++ = '\\'; *o++ = 'r'; break;
-		case '\t': *o++ = '\\'; *o++ = 't'; break;
-		case '\b': *o++ = '\\'; *o++ = 'b'; break;
-		case '\f': *o++ = '\\'; *o++ = 'f'; break;
+		case '"':
+			*o++ = '\\';
+			*o++ = '"';
+			break;
+		case '\\':
+			*o++ = '\\';
+			*o++ = '\\';
+			break;
+		case '\n':
+			*o++ = '\\';
+			*o++ = 'n';
+			break;
+		case '\r':
+			*o++ = '\\';
+			*o++ = 'r';
+			break;
+		case '\t':
+			*o++ = '\\';
+			*o++ = 't';
+			break;
+		case '\b':
+			*o++ = '\\';
+			*o++ = 'b';
+			break;
+		case '\f':
+			*o++ = '\\';
+			*o++ = 'f';
+			break;
 		default:
 			if (c < 0x20 || c == 0x7f) {
-				*o++ = '\\'; *o++ = 'u'; *o++ = '0'; *o++ = '0';
-				*o++ = hex[c >> 4]; *o++ = hex[c & 15];
+				*o++ = '\\';
+				*o++ = 'u';
+				*o++ = '0';
+				*o++ = '0';
+				*o++ = hex[c >> 4];
+				*o++ = hex[c & 15];
 			} else {
 				*o++ = (char)c;
 			}

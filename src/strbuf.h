@@ -18,7 +18,10 @@ struct strbuf {
 	int oom;
 };
 
-#define STRBUF_INIT {NULL, 0, 0, 0}
+#define STRBUF_INIT           \
+	{                     \
+		NULL, 0, 0, 0 \
+	}
 
 void sb_free(struct strbuf *sb);
 void sb_reset(struct strbuf *sb); /* len = 0, keeps memory */

@@ -220,23 +220,6 @@ static void sleep_until(uint64_t t)
 		;
 }
 
-/* Single-threaded alternative: handles completions that are ready without
- * blocking, then sleeps until t. */
-static void poll_until(struct pub *p, uint64_t t)
-{
-	for (;;) {
-		grpc_event ev = grpc_completion_queue_next(p->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
-		if (ev.type != GRPC_OP_COMPLETE)
-			break;
-		if (!ev.tag)
-			continue;
-		pthread_mutex_lock(&p->mu);
-		complete(p, ev);
-		pthread_mutex_unlock(&p->mu);
-	}
-	sleep_until(t);
-}
-
 static void run(struct pub *p)
 {
 	const struct lg_opts *o = p->o;
@@ -244,23 +227,15 @@ static void run(struct pub *p)
 	uint64_t interval = (uint64_t)(1e9 / o->rate);
 	uint64_t total = (uint64_t)(o->rate * o->duration);
 	pthread_t th;
-	bool inline_poll = getenv("LG_PUB_INLINE") != NULL;
 
-	if (!inline_poll)
-		pthread_create(&th, NULL, completer, p);
+	pthread_create(&th, NULL, completer, p);
 	for (uint64_t i = 0; i < total; i++) {
 		uint64_t due = start + i * interval;
-		if (inline_poll)
-			poll_until(p, due);
-		else
-			sleep_until(due);
+		sleep_until(due);
 		pthread_mutex_lock(&p->mu);
 		while (!p->free_list) { /* max_inflight reached: wait for replies */
 			pthread_mutex_unlock(&p->mu);
-			if (inline_poll)
-				poll_until(p, now_ns() + 100000);
-			else
-				sleep_until(now_ns() + 100000);
+			sleep_until(now_ns() + 100000);
 			pthread_mutex_lock(&p->mu);
 		}
 		uint64_t now = now_ns();
@@ -282,10 +257,7 @@ static void run(struct pub *p)
 		pthread_mutex_unlock(&p->mu);
 		if (!left || now_ns() > end_wait)
 			break;
-		if (inline_poll)
-			poll_until(p, now_ns() + 1000000);
-		else
-			sleep_until(now_ns() + 1000000);
+		sleep_until(now_ns() + 1000000);
 	}
 	pthread_mutex_lock(&p->mu);
 	p->st.elapsed_s = (double)(now_ns() - start) / 1e9;

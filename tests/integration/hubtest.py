@@ -10,6 +10,7 @@ it returns, so everything queued before the pong has arrived with it.
 
 import asyncio
 import collections
+import ctypes
 import functools
 import json
 import os
@@ -92,6 +93,12 @@ def aio(fn):
     return run
 
 
+def _die_with_parent():
+    """In the child before exec: get SIGKILL if pytest itself dies, so no
+    hub outlives a killed test run (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
 def clean_env(extra=None):
     """The environment for the binary: ours minus any LIVEHUB_* setting
     (so defaults hold), plus extra."""
@@ -133,7 +140,8 @@ class Hub:
         stderr_path = os.path.join(str(workdir), "livehub.stderr")
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen([BIN] + list(args), cwd=str(workdir), env=clean_env(env),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                    preexec_fn=_die_with_parent)
         h = cls(proc, workdir, secret, stderr_path)
         try:
             h._wait_ready()

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import websockets
 
 from hubtest import aio, uniq
 
@@ -149,3 +150,23 @@ def test_other_paths_are_404(hub, path):
 async def test_upgrade_on_other_path_is_refused(hub):
     status = await hub.handshake_status(hub.token(uniq(), "alice"), path="/other")
     assert status == 404
+
+
+@aio
+async def test_malformed_authorization_headers_are_401(hub):
+    tok = hub.token(uniq(), "alice")
+    for value in ("Basic " + tok, "Bearer", "Bearer ", tok, "Bearer  x." + tok):
+        assert await hub.handshake_status(headers={"Authorization": value}) == 401, value
+
+
+@aio
+async def test_token_among_other_query_parameters(hub):
+    t = uniq()
+    tok = hub.token(t, "alice")
+    url = "ws://%s:%d/ws?v=1&token=%s&x=y" % (hub.ws_host, hub.ws_port, tok)
+    ws = await websockets.connect(url, compression=None, ping_interval=None, open_timeout=15)
+    try:
+        m = json.loads((await ws.recv()).split("\n")[0])
+        assert (m["type"], m["tenant"], m["user"]) == ("connected", t, "alice")
+    finally:
+        await ws.close()

@@ -181,3 +181,22 @@ async def test_connection_survives_errors_and_keeps_receiving(hub):
     r = hub.rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="still.here")).result
     assert r.subscribers == 1
     assert (await c.next())["type"] == "still.here"
+
+
+@aio
+async def test_subscription_limit_is_128(hub):
+    t = uniq()
+    c = await hub.connect(t, "alice")
+    for i in range(128):
+        await c.send({"type": "subscribe", "channel": "c:%d" % i, "id": i})
+    for i in range(128):
+        assert await c.next() == {"type": "subscribed", "channel": "c:%d" % i, "id": i}
+    m = await c.request({"type": "subscribe", "channel": "c:128", "id": 128})
+    assert is_error(m, "LIMIT_EXCEEDED", 128)
+    # Already-held channels still confirm; freeing one makes room.
+    await c.subscribe("c:5")
+    assert (await c.request({"type": "unsubscribe", "channel": "c:0"}))["type"] == "unsubscribed"
+    await c.subscribe("c:128")
+    r = hub.rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="c:128", type="x")).result
+    assert r.subscribers == 1
+    assert (await c.next())["channel"] == "c:128"

@@ -6,7 +6,7 @@ import time
 
 import jwt
 
-from hubtest import BIN, Hub, aio, clean_env, hub_pb2, uniq
+from hubtest import BIN, Hub, WsClient, aio, clean_env, hub_pb2, uniq
 
 
 @aio
@@ -50,7 +50,6 @@ async def test_token_subcommand(hub):
     claims = jwt.decode(tok, hub.secret, algorithms=["HS256"])
     assert (claims["sub"], claims["tenant_id"]) == ("bob", t)
     assert abs(claims["exp"] - (time.time() + 120)) < 60, claims
-    from hubtest import WsClient
     c = await WsClient.connect(hub, tok)
     assert (c.connected["tenant"], c.connected["user"]) == (t, "bob")
 

@@ -41,6 +41,8 @@ async def test_burst_of_200_keeps_order_with_consecutive_offsets(hub):
         assert [m["offset"] for m in got] == list(range(first, first + 200))
         assert [m["data"]["i"] for m in got] == list(range(200))
         assert {m["epoch"] for m in got} == {replies[0].epoch}
+        ts = [m["ts"] for m in got]
+        assert ts == sorted(ts), "ts goes backwards within a channel"
         await cl.expect_nothing()
 
 

@@ -194,3 +194,33 @@ def test_still_serves_after_errors(hub):
     hub.raw_call(SERVICE + "Nope", b"")
     s = hub.stats()
     assert s.version == "0.1.0"
+
+
+@aio
+async def test_request_size_limit_is_1mib(hub):
+    """Just under 1 MiB is delivered whole; over 1 MiB is RESOURCE_EXHAUSTED."""
+    t, ch = uniq(), "board:" + uniq("b")
+    c = await hub.connect(t, "alice")
+    await c.subscribe(ch)
+    big = "z" * (1000 * 1000)
+    req = hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="big")
+    req.data.update({"blob": big})
+    assert req.ByteSize() < 1024 * 1024
+    r = hub.rpc("Publish", req).result
+    assert r.subscribers == 1
+    m = await c.next()
+    assert m["data"] == {"blob": big}
+    req.data.update({"blob": big + "z" * 60000})
+    assert req.ByteSize() > 1024 * 1024
+    e = hub.rpc_error("Publish", req)
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
+    await c.expect_nothing()
+
+
+@pytest.mark.parametrize("etype", ["connected", "subscribed", "unsubscribed", "pong", "error"])
+def test_client_protocol_types_are_reserved(hub, etype):
+    """A publisher must not be able to forge the hub's own replies."""
+    expect_invalid(hub, "BroadcastTenant", hub_pb2.BroadcastTenantRequest(tenant_id="t", type=etype), "type")
+    expect_invalid(hub, "Publish", hub_pb2.PublishRequest(tenant_id="t", channel="c", type=etype), "type")
+    expect_invalid(hub, "SendToUser", hub_pb2.SendToUserRequest(tenant_id="t", user_id="u", type=etype),
+                   "type")

@@ -29,17 +29,22 @@ static struct auth *new_auth(void)
 /* base64url of s without padding, into a static buffer. */
 static const char *b64url(const char *s)
 {
-	static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	static const char tbl[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	static char out[1024];
 	size_t n = strlen(s), o = 0;
 	for (size_t i = 0; i < n; i += 3) {
 		uint32_t v = (uint32_t)(unsigned char)s[i] << 16;
-		if (i + 1 < n) v |= (uint32_t)(unsigned char)s[i + 1] << 8;
-		if (i + 2 < n) v |= (unsigned char)s[i + 2];
+		if (i + 1 < n)
+			v |= (uint32_t)(unsigned char)s[i + 1] << 8;
+		if (i + 2 < n)
+			v |= (unsigned char)s[i + 2];
 		out[o++] = tbl[(v >> 18) & 63];
 		out[o++] = tbl[(v >> 12) & 63];
-		if (i + 1 < n) out[o++] = tbl[(v >> 6) & 63];
-		if (i + 2 < n) out[o++] = tbl[v & 63];
+		if (i + 1 < n)
+			out[o++] = tbl[(v >> 6) & 63];
+		if (i + 2 < n)
+			out[o++] = tbl[v & 63];
 	}
 	out[o] = '\0';
 	return out;
@@ -100,17 +105,22 @@ static void sign(char *out, size_t outlen, const char *claims)
 	HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (unsigned char *)signing, strlen(signing),
 	     mac, &mac_len);
 	/* b64url() works on C strings; a MAC may hold NUL bytes, so encode by hand. */
-	static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	static const char tbl[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	char sig[128];
 	size_t o = 0;
 	for (size_t i = 0; i < mac_len; i += 3) {
 		uint32_t v = (uint32_t)mac[i] << 16;
-		if (i + 1 < mac_len) v |= (uint32_t)mac[i + 1] << 8;
-		if (i + 2 < mac_len) v |= mac[i + 2];
+		if (i + 1 < mac_len)
+			v |= (uint32_t)mac[i + 1] << 8;
+		if (i + 2 < mac_len)
+			v |= mac[i + 2];
 		sig[o++] = tbl[(v >> 18) & 63];
 		sig[o++] = tbl[(v >> 12) & 63];
-		if (i + 1 < mac_len) sig[o++] = tbl[(v >> 6) & 63];
-		if (i + 2 < mac_len) sig[o++] = tbl[v & 63];
+		if (i + 1 < mac_len)
+			sig[o++] = tbl[(v >> 6) & 63];
+		if (i + 2 < mac_len)
+			sig[o++] = tbl[v & 63];
 	}
 	sig[o] = '\0';
 	snprintf(out, outlen, "%s.%s", signing, sig);
@@ -124,17 +134,20 @@ static void test_time_claims(void **state)
 	char tok[2048], claims[256];
 	long now = (long)time(NULL);
 
-	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":%ld}", now - 120);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":%ld}",
+	         now - 120);
 	sign(tok, sizeof(tok), claims);
 	assert_int_equal(auth_verify(a, tok, &id, &why), LH_EEXPIRED);
 
 	/* Within the 30 s leeway: still accepted. */
-	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":%ld}", now - 10);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":%ld}",
+	         now - 10);
 	sign(tok, sizeof(tok), claims);
 	assert_int_equal(auth_verify(a, tok, &id, &why), 0);
 	assert_int_equal(id.exp, now - 10);
 
-	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"nbf\":%ld}", now + 600);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"nbf\":%ld}",
+	         now + 600);
 	sign(tok, sizeof(tok), claims);
 	assert_int_equal(auth_verify(a, tok, &id, &why), LH_EAUTH);
 	assert_string_equal(why, "token not valid yet");
@@ -190,12 +203,12 @@ static void test_bad_identity_claims_refused(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_minted_token_verifies),
-		cmocka_unit_test(test_wrong_secret_refused),
-		cmocka_unit_test(test_tampered_payload_refused),
-		cmocka_unit_test(test_time_claims),
-		cmocka_unit_test(test_alg_none_and_garbage_refused),
-		cmocka_unit_test(test_bad_identity_claims_refused),
+	        cmocka_unit_test(test_minted_token_verifies),
+	        cmocka_unit_test(test_wrong_secret_refused),
+	        cmocka_unit_test(test_tampered_payload_refused),
+	        cmocka_unit_test(test_time_claims),
+	        cmocka_unit_test(test_alg_none_and_garbage_refused),
+	        cmocka_unit_test(test_bad_identity_claims_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -114,8 +114,8 @@ static void *produce(void *arg)
 	struct producer *pr = arg;
 	for (int i = 0; i < PER_PRODUCER; i++) {
 		struct publication *p = &pr->pubs[i];
-		p->nchannels = pr->id;       /* which producer */
-		p->ts_ms = i;                /* its sequence number */
+		p->nchannels = pr->id; /* which producer */
+		p->ts_ms = i;          /* its sequence number */
 		while (handoff_push(pr->q, p) == LH_EFULL)
 			sched_yield();
 	}
@@ -170,10 +170,10 @@ static void test_stress(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_fifo_and_wake),
-		cmocka_unit_test(test_bound),
-		cmocka_unit_test(test_close),
-		cmocka_unit_test(test_stress),
+	        cmocka_unit_test(test_fifo_and_wake),
+	        cmocka_unit_test(test_bound),
+	        cmocka_unit_test(test_close),
+	        cmocka_unit_test(test_stress),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

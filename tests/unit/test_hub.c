@@ -65,8 +65,8 @@ static void on_done(struct publication *p)
 }
 
 /* Fills p for a publication of type on one or two channels of tenant. */
-static void make_pub(struct publication *p, const char *tenant, const char *type,
-		     const char *ch0, const char *ch1, const char *data)
+static void make_pub(struct publication *p, const char *tenant, const char *type, const char *ch0,
+                     const char *ch1, const char *data)
 {
 	memset(p, 0, sizeof(*p));
 	snprintf(p->tenant, sizeof(p->tenant), "%s", tenant);
@@ -85,7 +85,7 @@ static void make_pub(struct publication *p, const char *tenant, const char *type
 
 /* Publishes and returns p->status. */
 static int publish(struct hub *h, struct publication *p, const char *tenant, const char *ch,
-		   const char *data)
+                   const char *data)
 {
 	make_pub(p, tenant, "test:event", ch, NULL, data);
 	int before = done_calls;
@@ -143,7 +143,10 @@ static void test_subscribe_codes(void **state)
 	assert_int_equal(hub_subscribe(h, c, "$user:bob"), LH_EINVAL);
 	assert_int_equal(hub_subscribe(h, c, ""), LH_EINVAL);
 	assert_int_equal(hub_subscribe(h, c, "a b"), LH_EINVAL);
-	assert_int_equal(hub_subscribe(h, c, "a\x1f" "b"), LH_EINVAL);
+	assert_int_equal(hub_subscribe(h, c,
+	                               "a\x1f"
+	                               "b"),
+	                 LH_EINVAL);
 	assert_int_equal(hub_unsubscribe(h, c, "$tenant"), LH_EINVAL);
 	char longname[LH_CHANNEL_MAX + 2];
 	memset(longname, 'x', sizeof(longname) - 1);
@@ -396,14 +399,15 @@ static void test_frame_bytes(void **state)
 	struct publication p;
 	char buf[512], want[512];
 
-	make_pub(&p, "acme", "test:event", "job:42", NULL, "{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}");
+	make_pub(&p, "acme", "test:event", "job:42", NULL,
+	         "{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}");
 	p.ts_ms = 1763719200123;
 	hub_publish(h, &p);
 	assert_int_equal(p.status, 0);
 	snprintf(want, sizeof(want),
-		 "{\"type\":\"test:event\",\"channel\":\"job:42\",\"offset\":1,\"epoch\":\"%s\","
-		 "\"ts\":1763719200123,\"data\":{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}}",
-		 p.pos[0].epoch);
+	         "{\"type\":\"test:event\",\"channel\":\"job:42\",\"offset\":1,\"epoch\":\"%s\","
+	         "\"ts\":1763719200123,\"data\":{\"progress\":40,\"msg\":\"a \\\"b\\\"\"}}",
+	         p.pos[0].epoch);
 	assert_string_equal(head_text(c, buf, sizeof(buf)), want);
 	for (int i = 0; i < 16; i++)
 		assert_non_null(strchr("0123456789abcdef", p.pos[0].epoch[i]));
@@ -415,9 +419,9 @@ static void test_frame_bytes(void **state)
 	p.conflate_key = 77;
 	hub_publish(h, &p);
 	snprintf(want, sizeof(want),
-		 "{\"type\":\"job:progress\",\"channel\":\"job:42\",\"offset\":2,\"epoch\":\"%s\","
-		 "\"ts\":-5,\"data\":{}}",
-		 p.pos[0].epoch);
+	         "{\"type\":\"job:progress\",\"channel\":\"job:42\",\"offset\":2,\"epoch\":\"%s\","
+	         "\"ts\":-5,\"data\":{}}",
+	         p.pos[0].epoch);
 	assert_string_equal(head_text(c, buf, sizeof(buf)), want);
 	assert_int_equal(hub_conn_peek(c)->key, 77);
 
@@ -706,7 +710,7 @@ static void test_dict_basic(void **state)
 	assert_int_equal(dict_put(d, "k", 1, &b), LH_EEXIST);
 	assert_int_equal(dict_put(d, "z", 1, NULL), LH_EINVAL);
 	assert_ptr_equal(dict_get(d, "k", 1), &a);
-	assert_null(dict_get(d, "k\0", 2)); /* lengths matter */
+	assert_null(dict_get(d, "k\0", 2));          /* lengths matter */
 	assert_int_equal(dict_put(d, "", 0, &b), 0); /* the empty key is a key */
 	assert_ptr_equal(dict_get(d, "", 0), &b);
 	assert_int_equal(dict_count(d), 2);
@@ -723,7 +727,7 @@ static void test_dict_many(void **state)
 {
 	enum { N = 100000 };
 	struct dict *d = dict_new(7);
-	char (*keys)[16] = calloc(N, sizeof(*keys));
+	char(*keys)[16] = calloc(N, sizeof(*keys));
 	int *vals = calloc(N, sizeof(*vals));
 	int *seen = calloc(N, sizeof(*seen));
 	for (int i = 0; i < N; i++) {
@@ -773,23 +777,23 @@ static void test_dict_many(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_subscribe_codes),
-		cmocka_unit_test(test_accessors_and_ids),
-		cmocka_unit_test(test_close_cleanup),
-		cmocka_unit_test(test_implicit_channels),
-		cmocka_unit_test(test_tenant_isolation),
-		cmocka_unit_test(test_publish_validation),
-		cmocka_unit_test(test_offsets),
-		cmocka_unit_test(test_frame_bytes),
-		cmocka_unit_test(test_shared_frame),
-		cmocka_unit_test(test_epoch_after_sweep),
-		cmocka_unit_test(test_sweep_keeps_subscribed),
-		cmocka_unit_test(test_want_write_edges),
-		cmocka_unit_test(test_slow_consumer),
-		cmocka_unit_test(test_stats),
-		cmocka_unit_test(test_many_connections),
-		cmocka_unit_test(test_dict_basic),
-		cmocka_unit_test(test_dict_many),
+	        cmocka_unit_test(test_subscribe_codes),
+	        cmocka_unit_test(test_accessors_and_ids),
+	        cmocka_unit_test(test_close_cleanup),
+	        cmocka_unit_test(test_implicit_channels),
+	        cmocka_unit_test(test_tenant_isolation),
+	        cmocka_unit_test(test_publish_validation),
+	        cmocka_unit_test(test_offsets),
+	        cmocka_unit_test(test_frame_bytes),
+	        cmocka_unit_test(test_shared_frame),
+	        cmocka_unit_test(test_epoch_after_sweep),
+	        cmocka_unit_test(test_sweep_keeps_subscribed),
+	        cmocka_unit_test(test_want_write_edges),
+	        cmocka_unit_test(test_slow_consumer),
+	        cmocka_unit_test(test_stats),
+	        cmocka_unit_test(test_many_connections),
+	        cmocka_unit_test(test_dict_basic),
+	        cmocka_unit_test(test_dict_many),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

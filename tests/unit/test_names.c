@@ -11,7 +11,7 @@
 #include "strbuf.h"
 #include "utf8.h"
 
-#define OK(fn, s) assert_true(fn(s, strlen(s)))
+#define OK(fn, s)  assert_true(fn(s, strlen(s)))
 #define BAD(fn, s) assert_false(fn(s, strlen(s)))
 
 static void test_tenant_names(void **state)
@@ -20,7 +20,8 @@ static void test_tenant_names(void **state)
 	OK(name_tenant_ok, "a-b_c.d9");
 	BAD(name_tenant_ok, "");
 	BAD(name_tenant_ok, "ac:me"); /* ':' would make channel keys ambiguous */
-	BAD(name_tenant_ok, "a\x1f" "b");
+	BAD(name_tenant_ok, "a\x1f"
+	                    "b");
 	BAD(name_tenant_ok, "a b");
 	BAD(name_tenant_ok, "a\"b");
 	char longest[LH_TENANT_MAX + 2];
@@ -101,9 +102,9 @@ static void test_strbuf_json(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_tenant_names), cmocka_unit_test(test_user_names),
-		cmocka_unit_test(test_channel_names), cmocka_unit_test(test_type_names),
-		cmocka_unit_test(test_utf8), cmocka_unit_test(test_strbuf_json),
+	        cmocka_unit_test(test_tenant_names),  cmocka_unit_test(test_user_names),
+	        cmocka_unit_test(test_channel_names), cmocka_unit_test(test_type_names),
+	        cmocka_unit_test(test_utf8),          cmocka_unit_test(test_strbuf_json),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,14 +105,14 @@ static void test_scalar_defaults(void **state)
 {
 	Lhtest__Scalars s = LHTEST__SCALARS__INIT;
 	expect_json(&s, "{\"i32\":0,\"i64\":\"0\",\"u32\":0,\"u64\":\"0\",\"s32\":0,"
-			"\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
-			"\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
-			"\"color\":\"COLOR_UNSPECIFIED\"}");
+	                "\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
+	                "\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
+	                "\"color\":\"COLOR_UNSPECIFIED\"}");
 	s.st = NULL; /* a NULL string reads as "" */
 	expect_json(&s, "{\"i32\":0,\"i64\":\"0\",\"u32\":0,\"u64\":\"0\",\"s32\":0,"
-			"\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
-			"\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
-			"\"color\":\"COLOR_UNSPECIFIED\"}");
+	                "\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
+	                "\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
+	                "\"color\":\"COLOR_UNSPECIFIED\"}");
 }
 
 static void test_scalar_extremes(void **state)
@@ -137,12 +137,12 @@ static void test_scalar_extremes(void **state)
 	s.by.len = sizeof(bytes);
 	s.color = LHTEST__COLOR__COLOR_GREEN;
 	expect_json(&s, "{\"i32\":-2147483648,\"i64\":\"-9223372036854775808\","
-			"\"u32\":4294967295,\"u64\":\"18446744073709551615\","
-			"\"s32\":2147483647,\"s64\":\"9223372036854775807\",\"f32\":7,"
-			"\"f64\":\"9007199254740993\",\"sf32\":-1,\"sf64\":\"-9007199254740993\","
-			"\"fl\":0.1,\"db\":0.1,\"bo\":true,"
-			"\"st\":\"h\xc3\xa9 \\\"q\\\" \\\\ \\n\\u0001\\u007f \xf0\x9f\x98\x80\","
-			"\"by\":\"AP/+\",\"color\":\"COLOR_GREEN\"}");
+	                "\"u32\":4294967295,\"u64\":\"18446744073709551615\","
+	                "\"s32\":2147483647,\"s64\":\"9223372036854775807\",\"f32\":7,"
+	                "\"f64\":\"9007199254740993\",\"sf32\":-1,\"sf64\":\"-9007199254740993\","
+	                "\"fl\":0.1,\"db\":0.1,\"bo\":true,"
+	                "\"st\":\"h\xc3\xa9 \\\"q\\\" \\\\ \\n\\u0001\\u007f \xf0\x9f\x98\x80\","
+	                "\"by\":\"AP/+\",\"color\":\"COLOR_GREEN\"}");
 }
 
 /* Writes one Scalars message with only db (and fl) set, returns "db":… */
@@ -155,10 +155,10 @@ static void expect_fp(double db, float fl, const char *want_db, const char *want
 	r.n_fl = 1;
 	r.fl = &fl;
 	snprintf(want, sizeof(want),
-		 "{\"i32\":[],\"i64\":[],\"u32\":[],\"u64\":[],\"s32\":[],\"s64\":[],"
-		 "\"f32\":[],\"f64\":[],\"sf32\":[],\"sf64\":[],\"fl\":[%s],\"db\":[%s],"
-		 "\"bo\":[],\"st\":[],\"by\":[],\"color\":[],\"unpacked\":[],\"msgs\":[]}",
-		 want_fl, want_db);
+	         "{\"i32\":[],\"i64\":[],\"u32\":[],\"u64\":[],\"s32\":[],\"s64\":[],"
+	         "\"f32\":[],\"f64\":[],\"sf32\":[],\"sf64\":[],\"fl\":[%s],\"db\":[%s],"
+	         "\"bo\":[],\"st\":[],\"by\":[],\"color\":[],\"unpacked\":[],\"msgs\":[]}",
+	         want_fl, want_db);
 	expect_json(&r, want);
 }
 
@@ -195,15 +195,17 @@ static void test_enum_unknown(void **state)
 static void test_bytes_padding(void **state)
 {
 	Lhtest__Repeated r = LHTEST__REPEATED__INIT;
-	ProtobufCBinaryData b[5] = {
-		{0, NULL}, {1, (uint8_t *)"a"}, {2, (uint8_t *)"ab"}, {3, (uint8_t *)"abc"},
-		{4, (uint8_t *)"\xfb\xff\xbf\x00"}};
+	ProtobufCBinaryData b[5] = {{0, NULL},
+	                            {1, (uint8_t *)"a"},
+	                            {2, (uint8_t *)"ab"},
+	                            {3, (uint8_t *)"abc"},
+	                            {4, (uint8_t *)"\xfb\xff\xbf\x00"}};
 	r.n_by = 5;
 	r.by = b;
 	expect_json(&r, "{\"i32\":[],\"i64\":[],\"u32\":[],\"u64\":[],\"s32\":[],\"s64\":[],"
-			"\"f32\":[],\"f64\":[],\"sf32\":[],\"sf64\":[],\"fl\":[],\"db\":[],"
-			"\"bo\":[],\"st\":[],\"by\":[\"\",\"YQ==\",\"YWI=\",\"YWJj\",\"+/+/AA==\"],"
-			"\"color\":[],\"unpacked\":[],\"msgs\":[]}");
+	                "\"f32\":[],\"f64\":[],\"sf32\":[],\"sf64\":[],\"fl\":[],\"db\":[],"
+	                "\"bo\":[],\"st\":[],\"by\":[\"\",\"YQ==\",\"YWI=\",\"YWJj\",\"+/+/AA==\"],"
+	                "\"color\":[],\"unpacked\":[],\"msgs\":[]}");
 }
 
 static void test_repeated(void **state)
@@ -227,14 +229,14 @@ static void test_repeated(void **state)
 	r.n_unpacked = 1, r.unpacked = i32;
 	r.n_msgs = 1, r.msgs = msgs;
 	expect_json(&r, "{\"i32\":[1,-2],\"i64\":[],\"u32\":[],\"u64\":[],\"s32\":[],\"s64\":[],"
-			"\"f32\":[],\"f64\":[\"0\",\"18446744073709551615\"],\"sf32\":[],"
-			"\"sf64\":[\"9223372036854775807\",\"-1\"],\"fl\":[],\"db\":[],"
-			"\"bo\":[true,false,true],\"st\":[\"a\",\"\",\"\xe2\x82\xac\"],\"by\":[],"
-			"\"color\":[\"COLOR_RED\",\"COLOR_GREEN\",7],\"unpacked\":[1],"
-			"\"msgs\":[{\"i32\":5,\"i64\":\"0\",\"u32\":0,\"u64\":\"0\",\"s32\":0,"
-			"\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
-			"\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
-			"\"color\":\"COLOR_UNSPECIFIED\"}]}");
+	                "\"f32\":[],\"f64\":[\"0\",\"18446744073709551615\"],\"sf32\":[],"
+	                "\"sf64\":[\"9223372036854775807\",\"-1\"],\"fl\":[],\"db\":[],"
+	                "\"bo\":[true,false,true],\"st\":[\"a\",\"\",\"\xe2\x82\xac\"],\"by\":[],"
+	                "\"color\":[\"COLOR_RED\",\"COLOR_GREEN\",7],\"unpacked\":[1],"
+	                "\"msgs\":[{\"i32\":5,\"i64\":\"0\",\"u32\":0,\"u64\":\"0\",\"s32\":0,"
+	                "\"s64\":\"0\",\"f32\":0,\"f64\":\"0\",\"sf32\":0,\"sf64\":\"0\","
+	                "\"fl\":0,\"db\":0,\"bo\":false,\"st\":\"\",\"by\":\"\","
+	                "\"color\":\"COLOR_UNSPECIFIED\"}]}");
 }
 
 /* ---------------------------------------------------------------------------
@@ -283,7 +285,7 @@ static void test_maps(void **state)
 	Lhtest__Maps__ColorsEntry *colors[] = {&c1};
 
 	expect_json(&m, "{\"labels\":{},\"byI32\":{},\"byI64\":{},\"byU32\":{},\"byBool\":{},"
-			"\"inners\":{},\"values\":{},\"colors\":{}}");
+	                "\"inners\":{},\"values\":{},\"colors\":{},\"wrapped\":{},\"times\":{}}");
 	l1.key = "a\"b", l1.value = "1";
 	l2.key = "", l2.value = "";
 	i1.key = -5, i1.value = 6;
@@ -306,23 +308,90 @@ static void test_maps(void **state)
 	m.n_inners = 2, m.inners = inners;
 	m.n_values = 2, m.values = values;
 	m.n_colors = 1, m.colors = colors;
-	expect_json(&m, "{\"labels\":{\"a\\\"b\":\"1\",\"\":\"\"},\"byI32\":{\"-5\":6},"
-			"\"byI64\":{\"-9223372036854775808\":\"min\"},"
-			"\"byU32\":{\"4294967295\":true},\"byBool\":{\"true\":\"t\",\"false\":\"f\"},"
-			"\"inners\":{\"x\":{\"note\":\"n\"},\"absent\":{\"note\":\"\"}},"
-			"\"values\":{\"num\":2.5,\"nil\":null},\"colors\":{\"c\":\"COLOR_RED\"}}");
+	expect_json(&m,
+	            "{\"labels\":{\"a\\\"b\":\"1\",\"\":\"\"},\"byI32\":{\"-5\":6},"
+	            "\"byI64\":{\"-9223372036854775808\":\"min\"},"
+	            "\"byU32\":{\"4294967295\":true},\"byBool\":{\"true\":\"t\",\"false\":\"f\"},"
+	            "\"inners\":{\"x\":{\"note\":\"n\"},\"absent\":{\"note\":\"\"}},"
+	            "\"values\":{\"num\":2.5,\"nil\":null},\"colors\":{\"c\":\"COLOR_RED\"},"
+	            "\"wrapped\":{},\"times\":{}}");
 }
 
 /* A map entry with no value field on the wire, through protobuf-c's unpack. */
 static void test_map_missing_value_wire(void **state)
 {
-	const uint8_t wire[] = {0x32, 0x03, 0x0a, 0x01, 'a', 0x3a, 0x03, 0x0a, 0x01, 'b'};
-	ProtobufCMessage *m = protobuf_c_message_unpack(&lhtest__maps__descriptor, NULL,
-							sizeof(wire), wire);
+	const uint8_t wire[] = {0x32, 0x03, 0x0a, 0x01, 'a', 0x3a, 0x03, 0x0a, 0x01, 'b',
+	                        0x4a, 0x03, 0x0a, 0x01, 'w', 0x52, 0x03, 0x0a, 0x01, 't'};
+	ProtobufCMessage *m =
+	        protobuf_c_message_unpack(&lhtest__maps__descriptor, NULL, sizeof(wire), wire);
 	assert_non_null(m);
 	expect_json(m, "{\"labels\":{},\"byI32\":{},\"byI64\":{},\"byU32\":{},\"byBool\":{},"
-		       "\"inners\":{\"a\":{\"note\":\"\"}},\"values\":{\"b\":null},\"colors\":{}}");
+	               "\"inners\":{\"a\":{\"note\":\"\"}},\"values\":{\"b\":null},\"colors\":{},"
+	               "\"wrapped\":{\"w\":\"0\"},\"times\":{\"t\":\"1970-01-01T00:00:00Z\"}}");
 	protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* proto2 presence (PROTOBUF_C_LABEL_OPTIONAL / REQUIRED), which protoc-c
+ * generates for proto2 files only: a hand-written descriptor stands in. */
+struct opt_msg {
+	ProtobufCMessage base;
+	protobuf_c_boolean has_num;
+	int32_t num;
+	char *text;
+	Lhtest__Inner *inner;
+	protobuf_c_boolean has_raw;
+	ProtobufCBinaryData raw;
+	int32_t req;
+};
+static char opt_text_default[] = "dflt";
+static const ProtobufCFieldDescriptor opt_fields[] = {
+        {"num", 1, PROTOBUF_C_LABEL_OPTIONAL, PROTOBUF_C_TYPE_INT32,
+         offsetof(struct opt_msg, has_num), offsetof(struct opt_msg, num), NULL, NULL, 0, 0, NULL,
+         NULL},
+        {"text", 2, PROTOBUF_C_LABEL_OPTIONAL, PROTOBUF_C_TYPE_STRING, 0,
+         offsetof(struct opt_msg, text), NULL, opt_text_default, 0, 0, NULL, NULL},
+        {"inner", 3, PROTOBUF_C_LABEL_OPTIONAL, PROTOBUF_C_TYPE_MESSAGE, 0,
+         offsetof(struct opt_msg, inner), &lhtest__inner__descriptor, NULL, 0, 0, NULL, NULL},
+        {"raw", 4, PROTOBUF_C_LABEL_OPTIONAL, PROTOBUF_C_TYPE_BYTES,
+         offsetof(struct opt_msg, has_raw), offsetof(struct opt_msg, raw), NULL, NULL, 0, 0, NULL,
+         NULL},
+        {"req_field", 5, PROTOBUF_C_LABEL_REQUIRED, PROTOBUF_C_TYPE_INT32, 0,
+         offsetof(struct opt_msg, req), NULL, NULL, 0, 0, NULL, NULL},
+};
+static const ProtobufCMessageDescriptor opt_descriptor = {PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+                                                          "lhtest.Opt",
+                                                          "Opt",
+                                                          "Opt",
+                                                          "lhtest",
+                                                          sizeof(struct opt_msg),
+                                                          5,
+                                                          opt_fields,
+                                                          NULL,
+                                                          0,
+                                                          NULL,
+                                                          NULL,
+                                                          NULL,
+                                                          NULL,
+                                                          NULL};
+
+static void test_proto2_optional(void **state)
+{
+	struct opt_msg m = {PROTOBUF_C_MESSAGE_INIT(&opt_descriptor),
+	                    0,
+	                    0,
+	                    opt_text_default,
+	                    NULL,
+	                    0,
+	                    {0, NULL},
+	                    0};
+	Lhtest__Inner in = LHTEST__INNER__INIT;
+	expect_json(&m, "{\"reqField\":0}");
+	m.has_num = 1, m.text = "", m.inner = &in, m.has_raw = 1;
+	expect_json(&m, "{\"num\":0,\"text\":\"\",\"inner\":{\"note\":\"\"},\"raw\":\"\","
+	                "\"reqField\":0}");
+	m.text = NULL;
+	m.req = -1;
+	expect_json(&m, "{\"num\":0,\"inner\":{\"note\":\"\"},\"raw\":\"\",\"reqField\":-1}");
 }
 
 /* ---------------------------------------------------------------------------
@@ -469,12 +538,13 @@ static void test_wkts_in_message(void **state)
 	w.empty = &empty;
 	w.mask = &mask, mask.n_paths = 3, mask.paths = paths;
 	w.n_tss = 2, w.tss = tss;
-	expect_json(&w, "{\"ts\":\"1970-01-01T00:00:01.020Z\",\"dur\":\"90s\",\"st\":{},\"val\":\"v\","
-			"\"list\":[],\"nullValue\":null,\"dv\":2.5,\"fv\":0.1,"
-			"\"i64v\":\"-9223372036854775808\",\"u64v\":\"18446744073709551615\","
-			"\"i32v\":-1,\"u32v\":4000000000,\"bv\":false,\"sv\":\"hi\",\"byv\":\"aGk=\","
-			"\"empty\":{},\"mask\":\"fooBar.bazQux,a,xYZ\","
-			"\"tss\":[\"1970-01-01T00:00:01.020Z\",\"1970-01-01T00:00:00Z\"]}");
+	expect_json(&w,
+	            "{\"ts\":\"1970-01-01T00:00:01.020Z\",\"dur\":\"90s\",\"st\":{},\"val\":\"v\","
+	            "\"list\":[],\"nullValue\":null,\"dv\":2.5,\"fv\":0.1,"
+	            "\"i64v\":\"-9223372036854775808\",\"u64v\":\"18446744073709551615\","
+	            "\"i32v\":-1,\"u32v\":4000000000,\"bv\":false,\"sv\":\"hi\",\"byv\":\"aGk=\","
+	            "\"empty\":{},\"mask\":\"fooBar.bazQux,a,xYZ\","
+	            "\"tss\":[\"1970-01-01T00:00:01.020Z\",\"1970-01-01T00:00:00Z\"]}");
 	expect_json(&i64v, "\"-9223372036854775808\"");
 	expect_json(&mask, "\"fooBar.bazQux,a,xYZ\"");
 	mask.n_paths = 0;
@@ -596,15 +666,15 @@ static void test_job_progress(void **state)
 	Google__Protobuf__Value v = GOOGLE__PROTOBUF__VALUE__INIT;
 
 	expect_json(&p, "{\"jobId\":\"\",\"projectId\":\"\",\"kind\":\"JOB_KIND_UNSPECIFIED\","
-			"\"progress\":0,\"etaSeconds\":0,\"message\":\"\",\"itemId\":\"\"}");
+	                "\"progress\":0,\"etaSeconds\":0,\"message\":\"\",\"itemId\":\"\"}");
 	p.job_id = "j1", p.project_id = "p1", p.kind = LIVEHUB__V1__JOB_KIND__JOB_KIND_SLICE;
 	p.progress = 42.5, p.eta_seconds = 30, p.message = "slicing layer 12/80";
 	p.details = &st, st.n_fields = 1, st.fields = fields;
 	e1.key = "layer", e1.value = &v;
 	v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE, v.number_value = 12;
 	expect_json(&p, "{\"jobId\":\"j1\",\"projectId\":\"p1\",\"kind\":\"JOB_KIND_SLICE\","
-			"\"progress\":42.5,\"etaSeconds\":30,\"message\":\"slicing layer 12/80\","
-			"\"itemId\":\"\",\"details\":{\"layer\":12}}");
+	                "\"progress\":42.5,\"etaSeconds\":30,\"message\":\"slicing layer 12/80\","
+	                "\"itemId\":\"\",\"details\":{\"layer\":12}}");
 	v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE, v.string_value = "\xfe";
 	expect_err(&p, LH_EUTF8, "details.fields.layer");
 	v.kind_case = GOOGLE__PROTOBUF__VALUE__KIND_NUMBER_VALUE, v.number_value = NAN;
@@ -618,23 +688,25 @@ static void test_other_events(void **state)
 	c.job_id = "j", c.kind = LIVEHUB__V1__JOB_KIND__JOB_KIND_EXPORT;
 	c.result_url = "https://x/y?a=1&b=<2>", c.duration_ms = 1234567890123ULL;
 	c.finished_at = &ts, ts.seconds = 1763766000, ts.nanos = 123000000;
-	expect_json(&c, "{\"jobId\":\"j\",\"projectId\":\"\",\"kind\":\"JOB_KIND_EXPORT\","
-			"\"itemId\":\"\",\"resultUrl\":\"https://x/y?a=1&b=<2>\","
-			"\"durationMs\":\"1234567890123\",\"finishedAt\":\"2025-11-21T23:00:00.123Z\"}");
+	expect_json(
+	        &c,
+	        "{\"jobId\":\"j\",\"projectId\":\"\",\"kind\":\"JOB_KIND_EXPORT\","
+	        "\"itemId\":\"\",\"resultUrl\":\"https://x/y?a=1&b=<2>\","
+	        "\"durationMs\":\"1234567890123\",\"finishedAt\":\"2025-11-21T23:00:00.123Z\"}");
 
 	Livehub__V1__JobFailed f = LIVEHUB__V1__JOB_FAILED__INIT;
 	f.job_id = "j", f.error_code = "MODEL_INVALID", f.error = "bad\tmodel", f.retryable = 1;
 	expect_json(&f, "{\"jobId\":\"j\",\"projectId\":\"\",\"kind\":\"JOB_KIND_UNSPECIFIED\","
-			"\"itemId\":\"\",\"errorCode\":\"MODEL_INVALID\",\"error\":\"bad\\tmodel\","
-			"\"retryable\":true}");
+	                "\"itemId\":\"\",\"errorCode\":\"MODEL_INVALID\",\"error\":\"bad\\tmodel\","
+	                "\"retryable\":true}");
 
 	Livehub__V1__PriceUpdated pu = LIVEHUB__V1__PRICE_UPDATED__INIT;
 	pu.item_id = "sku-1", pu.currency = "CZK", pu.amount_minor = -12345;
 	pu.previous_amount_minor = INT64_MAX, pu.config_version = "v7";
 	pu.effective_at = &ts, ts.seconds = 0, ts.nanos = 0;
 	expect_json(&pu, "{\"itemId\":\"sku-1\",\"currency\":\"CZK\",\"amountMinor\":\"-12345\","
-			 "\"previousAmountMinor\":\"9223372036854775807\",\"configVersion\":\"v7\","
-			 "\"effectiveAt\":\"1970-01-01T00:00:00Z\"}");
+	                 "\"previousAmountMinor\":\"9223372036854775807\",\"configVersion\":\"v7\","
+	                 "\"effectiveAt\":\"1970-01-01T00:00:00Z\"}");
 	ts.seconds = 253402300800LL;
 	expect_err(&pu, LH_EINVAL, "effectiveAt");
 
@@ -642,7 +714,67 @@ static void test_other_events(void **state)
 	os.order_id = "o1", os.state = LIVEHUB__V1__ORDER_STATE__ORDER_STATE_SHIPPED;
 	os.previous_state = 99, os.note = "shipped with DHL";
 	expect_json(&os, "{\"orderId\":\"o1\",\"state\":\"ORDER_STATE_SHIPPED\","
-			 "\"previousState\":99,\"note\":\"shipped with DHL\"}");
+	                 "\"previousState\":99,\"note\":\"shipped with DHL\"}");
+}
+
+/* Serializes a chain of n nested Inner messages (child = 2) into buf. */
+static size_t inner_chain(uint8_t *buf, size_t cap, int n)
+{
+	/* Built from the innermost level out, at the end of buf. */
+	size_t at = cap, body = 0;
+	for (int i = 1; i < n; i++) {
+		uint8_t hdr[11];
+		size_t h = 0;
+		hdr[h++] = 0x12;
+		for (size_t v = body;; v >>= 7) {
+			hdr[h++] = (uint8_t)((v & 0x7f) | (v >= 0x80 ? 0x80 : 0));
+			if (v < 0x80)
+				break;
+		}
+		assert_true(at >= h);
+		at -= h;
+		memcpy(buf + at, hdr, h);
+		body += h;
+	}
+	memmove(buf, buf + at, body);
+	return body;
+}
+
+static void test_check_depth(void **state)
+{
+	static uint8_t buf[200000];
+	size_t n = inner_chain(buf, sizeof(buf), PBJSON_WIRE_MAX_DEPTH);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, buf, n), 0);
+	ProtobufCMessage *m = protobuf_c_message_unpack(&lhtest__inner__descriptor, NULL, n, buf);
+	assert_non_null(m);
+	protobuf_c_message_free_unpacked(m, NULL);
+	n = inner_chain(buf, sizeof(buf), PBJSON_WIRE_MAX_DEPTH + 1);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, buf, n), LH_EINVAL);
+	n = inner_chain(buf, sizeof(buf), 20000);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, buf, n), LH_EINVAL);
+	/* Strings, scalars and unknown fields are skipped, not entered. */
+	const uint8_t flat[] = {0x0a, 0x02, 0x12, 0x00, 0x12, 0x02, 0x0a, 0x00, 0x78, 0x96,
+	                        0x01, 0x7d, 1,    2,    3,    4,    0x79, 1,    2,    3,
+	                        4,    5,    6,    7,    8,    0x7a, 0x01, 0x12};
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, flat, sizeof(flat)), 0);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, flat, 0), 0);
+	/* Broken framing: a length past the end, a cut varint, a group, tag 0. */
+	const uint8_t past[] = {0x12, 0x05, 0x0a, 0x00};
+	const uint8_t cut[] = {0x78, 0x96};
+	const uint8_t group[] = {0x7b, 0x7c};
+	const uint8_t zero[] = {0x00, 0x00};
+	const uint8_t inner_past[] = {0x12, 0x02, 0x0a, 0x05};
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, past, sizeof(past)),
+	                 LH_EINVAL);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, cut, sizeof(cut)),
+	                 LH_EINVAL);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, group, sizeof(group)),
+	                 LH_EINVAL);
+	assert_int_equal(pbjson_check_depth(&lhtest__inner__descriptor, zero, sizeof(zero)),
+	                 LH_EINVAL);
+	assert_int_equal(
+	        pbjson_check_depth(&lhtest__inner__descriptor, inner_past, sizeof(inner_past)),
+	        LH_EINVAL);
 }
 
 static void test_appends(void **state)
@@ -661,27 +793,29 @@ static void test_appends(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_camel),
-		cmocka_unit_test(test_names_message),
-		cmocka_unit_test(test_empty),
-		cmocka_unit_test(test_scalar_defaults),
-		cmocka_unit_test(test_scalar_extremes),
-		cmocka_unit_test(test_floating),
-		cmocka_unit_test(test_enum_unknown),
-		cmocka_unit_test(test_bytes_padding),
-		cmocka_unit_test(test_repeated),
-		cmocka_unit_test(test_nested_and_oneof),
-		cmocka_unit_test(test_maps),
-		cmocka_unit_test(test_map_missing_value_wire),
-		cmocka_unit_test(test_timestamp),
-		cmocka_unit_test(test_duration),
-		cmocka_unit_test(test_struct_value_list),
-		cmocka_unit_test(test_wkts_in_message),
-		cmocka_unit_test(test_utf8_paths),
-		cmocka_unit_test(test_depth_limit),
-		cmocka_unit_test(test_job_progress),
-		cmocka_unit_test(test_other_events),
-		cmocka_unit_test(test_appends),
+	        cmocka_unit_test(test_camel),
+	        cmocka_unit_test(test_names_message),
+	        cmocka_unit_test(test_empty),
+	        cmocka_unit_test(test_scalar_defaults),
+	        cmocka_unit_test(test_scalar_extremes),
+	        cmocka_unit_test(test_floating),
+	        cmocka_unit_test(test_enum_unknown),
+	        cmocka_unit_test(test_bytes_padding),
+	        cmocka_unit_test(test_repeated),
+	        cmocka_unit_test(test_nested_and_oneof),
+	        cmocka_unit_test(test_maps),
+	        cmocka_unit_test(test_map_missing_value_wire),
+	        cmocka_unit_test(test_proto2_optional),
+	        cmocka_unit_test(test_timestamp),
+	        cmocka_unit_test(test_duration),
+	        cmocka_unit_test(test_struct_value_list),
+	        cmocka_unit_test(test_wkts_in_message),
+	        cmocka_unit_test(test_utf8_paths),
+	        cmocka_unit_test(test_depth_limit),
+	        cmocka_unit_test(test_job_progress),
+	        cmocka_unit_test(test_other_events),
+	        cmocka_unit_test(test_check_depth),
+	        cmocka_unit_test(test_appends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

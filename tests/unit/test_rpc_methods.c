@@ -65,7 +65,8 @@ static void test_table_matches_service(void **state)
 static void test_job_progress(void **state)
 {
 	Livehub__V1__JobProgress ev = LIVEHUB__V1__JOB_PROGRESS__INIT;
-	Livehub__V1__PublishJobProgressRequest req = LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
+	Livehub__V1__PublishJobProgressRequest req =
+	        LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
 	req.tenant_id = "acme";
 	req.event = &ev;
 	ev.job_id = "42";
@@ -108,7 +109,8 @@ static void test_job_progress(void **state)
 static void test_job_progress_errors(void **state)
 {
 	Livehub__V1__JobProgress ev = LIVEHUB__V1__JOB_PROGRESS__INIT;
-	Livehub__V1__PublishJobProgressRequest req = LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
+	Livehub__V1__PublishJobProgressRequest req =
+	        LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
 	const char *m = "PublishJobProgress";
 	ev.job_id = "42";
 
@@ -129,7 +131,8 @@ static void test_job_progress_errors(void **state)
 	expect_invalid(m, &req, "event.job_id: must be 1-156 characters of [A-Za-z0-9_.:@+=/-]");
 	ev.job_id = "42";
 	ev.project_id = "p\"1";
-	expect_invalid(m, &req, "event.project_id: must be 1-152 characters of [A-Za-z0-9_.:@+=/-]");
+	expect_invalid(m, &req,
+	               "event.project_id: must be 1-152 characters of [A-Za-z0-9_.:@+=/-]");
 	ev.project_id = "";
 	double bad[] = {-0.5, 100.01, NAN, INFINITY};
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -158,7 +161,8 @@ static void test_other_events(void **state)
 	free(p.data);
 
 	Livehub__V1__JobCompleted jc = LIVEHUB__V1__JOB_COMPLETED__INIT;
-	Livehub__V1__PublishJobCompletedRequest cr = LIVEHUB__V1__PUBLISH_JOB_COMPLETED_REQUEST__INIT;
+	Livehub__V1__PublishJobCompletedRequest cr =
+	        LIVEHUB__V1__PUBLISH_JOB_COMPLETED_REQUEST__INIT;
 	cr.tenant_id = "acme";
 	cr.event = &jc;
 	jc.job_id = "7";
@@ -174,7 +178,8 @@ static void test_other_events(void **state)
 	expect_invalid("PublishJobCompleted", &cr, "event.result_url: invalid UTF-8");
 
 	Livehub__V1__PriceUpdated pu = LIVEHUB__V1__PRICE_UPDATED__INIT;
-	Livehub__V1__PublishPriceUpdatedRequest pr = LIVEHUB__V1__PUBLISH_PRICE_UPDATED_REQUEST__INIT;
+	Livehub__V1__PublishPriceUpdatedRequest pr =
+	        LIVEHUB__V1__PUBLISH_PRICE_UPDATED_REQUEST__INIT;
 	pr.tenant_id = "acme";
 	pr.event = &pu;
 	expect_invalid("PublishPriceUpdated", &pr, "event.item_id: required");
@@ -186,7 +191,8 @@ static void test_other_events(void **state)
 	free(p.data);
 
 	Livehub__V1__OrderStatus os = LIVEHUB__V1__ORDER_STATUS__INIT;
-	Livehub__V1__PublishOrderStatusRequest orq = LIVEHUB__V1__PUBLISH_ORDER_STATUS_REQUEST__INIT;
+	Livehub__V1__PublishOrderStatusRequest orq =
+	        LIVEHUB__V1__PUBLISH_ORDER_STATUS_REQUEST__INIT;
 	orq.tenant_id = "acme";
 	orq.event = &os;
 	expect_invalid("PublishOrderStatus", &orq, "event.order_id: required");
@@ -212,7 +218,8 @@ static void test_custom_types(void **state)
 	br.type = "a/b";
 	expect_invalid("BroadcastTenant", &br, "type: must be 1-64 characters of [A-Za-z0-9_.:-]");
 	br.type = "subscribed";
-	expect_invalid("BroadcastTenant", &br, "type: \"subscribed\" is reserved for the client protocol");
+	expect_invalid("BroadcastTenant", &br,
+	               "type: \"subscribed\" is reserved for the client protocol");
 	br.type = "announcement";
 	assert_int_equal(prepare("BroadcastTenant", &br, &p, &err), 0);
 	assert_string_equal(p.type, "announcement");
@@ -236,8 +243,9 @@ static void test_custom_types(void **state)
 	pr.type = "card:moved";
 	expect_invalid("Publish", &pr, "channel: required");
 	pr.channel = "$tenant";
-	expect_invalid("Publish", &pr,
-		       "channel: names starting with $ are reserved; use BroadcastTenant or SendToUser");
+	expect_invalid(
+	        "Publish", &pr,
+	        "channel: names starting with $ are reserved; use BroadcastTenant or SendToUser");
 	pr.channel = "board 7";
 	expect_invalid("Publish", &pr, "channel: must be 1-160 characters of [A-Za-z0-9_.:@+=/-]");
 	pr.channel = "board:7";
@@ -284,7 +292,8 @@ static void test_reply(void **state)
 	size_t len = protobuf_c_message_pack(msg, buf);
 	assert_true(len > 0 && len < sizeof buf);
 
-	Livehub__V1__PublishJobFailedResponse *r = livehub__v1__publish_job_failed_response__unpack(NULL, len, buf);
+	Livehub__V1__PublishJobFailedResponse *r =
+	        livehub__v1__publish_job_failed_response__unpack(NULL, len, buf);
 	assert_non_null(r);
 	assert_non_null(r->result);
 	assert_int_equal(r->result->offset, 7);
@@ -313,7 +322,8 @@ static void test_status(void **state)
 
 static void test_stats(void **state)
 {
-	struct hub_stats_snapshot s = {.connections = 3, .users = 2, .tenants = 1, .messages_delivered = 99};
+	struct hub_stats_snapshot s = {
+	        .connections = 3, .users = 2, .tenants = 1, .messages_delivered = 99};
 	Livehub__V1__GetStatsResponse r;
 	rpc_stats_reply_init(&r, &s, 12);
 	assert_int_equal(r.connections, 3);
@@ -326,14 +336,14 @@ static void test_stats(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_table_matches_service),
-		cmocka_unit_test(test_job_progress),
-		cmocka_unit_test(test_job_progress_errors),
-		cmocka_unit_test(test_other_events),
-		cmocka_unit_test(test_custom_types),
-		cmocka_unit_test(test_reply),
-		cmocka_unit_test(test_status),
-		cmocka_unit_test(test_stats),
+	        cmocka_unit_test(test_table_matches_service),
+	        cmocka_unit_test(test_job_progress),
+	        cmocka_unit_test(test_job_progress_errors),
+	        cmocka_unit_test(test_other_events),
+	        cmocka_unit_test(test_custom_types),
+	        cmocka_unit_test(test_reply),
+	        cmocka_unit_test(test_status),
+	        cmocka_unit_test(test_stats),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
