@@ -179,6 +179,38 @@ def test_malformed_protobuf(hub, body):
     assert code == INVALID, (code, details)
 
 
+def nested_struct(levels):
+    """A google.protobuf.Struct whose field "a" holds a Struct, `levels` deep.
+
+    Struct.fields (1) is a map entry {key (1), value (2): Value}, and
+    Value.struct_value is field 5, so each level is three messages deep."""
+    inner = b""
+    for _ in range(levels):
+        value = ld(5, inner)
+        entry = ld(1, b"a") + ld(2, value)
+        inner = ld(1, entry)
+    return inner
+
+
+@pytest.mark.parametrize("levels", [4000])
+def test_deeply_nested_request_is_refused_not_a_crash(hub, levels):
+    # protobuf-c unpacks recursively with no depth limit: ~40 KB of nesting
+    # would overflow the stack. The hub refuses it before unpacking.
+    body = progress_request(b"acme", b"j1", details=nested_struct(levels))
+    assert len(body) < 1024 * 1024
+    code, details, _ = hub.raw_call(SERVICE + "PublishJobProgress", body)
+    assert code == INVALID, (code, details)
+    assert "nested deeper than 100 levels" in details
+    assert hub.stats().version == "0.1.0"  # still alive
+
+
+def test_moderately_nested_request_is_accepted(hub):
+    # 20 Struct levels = 60 messages + the request and event: within 100.
+    body = progress_request(b"acme", b"j1", details=nested_struct(20))
+    code, details, _ = hub.raw_call(SERVICE + "PublishJobProgress", body)
+    assert code == grpc.StatusCode.OK, (code, details)
+
+
 @pytest.mark.parametrize("path", [
     SERVICE + "NoSuchMethod",
     "/livehub.v1.NoSuchService/Publish",
