@@ -22,29 +22,31 @@ struct lg_opts {
 	int ws_port;
 	char grpc_target[128];
 	char secret[256];
-	int conns;          /* WebSocket connections, in all workers */
-	int workers;        /* worker processes */
-	int tenants;        /* tenants the measured connections are spread over */
-	int foreign;        /* extra connections in a tenant nobody publishes to */
-	int src_addrs;      /* source addresses 127.0.0.2 .. 127.0.0.(1+src_addrs) */
-	double rate;        /* publishes per second (broadcast, jobs) */
-	double duration;    /* seconds of publishing, or of churn */
-	int payload;        /* bytes of the event's data object */
-	int hub_pid;        /* for RSS and CPU; 0 = not measured */
-	bool token_query;   /* ?token= instead of Authorization: Bearer */
-	int max_inflight;   /* gRPC calls in flight at most */
-	double drain;       /* seconds to wait at most for deliveries after publishing */
-	int handshakes;     /* connection attempts in flight per worker */
-	double settle;      /* seconds to wait before reading the idle RSS */
-	char label[64];     /* hub name printed in the RESULT line */
+	int conns;        /* WebSocket connections, in all workers */
+	int workers;      /* worker processes */
+	int tenants;      /* tenants the measured connections are spread over */
+	int foreign;      /* extra connections in a tenant nobody publishes to */
+	int src_addrs;    /* source addresses 127.0.0.2 .. 127.0.0.(1+src_addrs) */
+	double rate;      /* publishes per second (broadcast, jobs) */
+	double duration;  /* seconds of publishing, or of churn */
+	int payload;      /* bytes of the event's data object */
+	int hub_pid;      /* for RSS and CPU; 0 = not measured */
+	bool token_query; /* ?token= instead of Authorization: Bearer */
+	int max_inflight; /* gRPC calls in flight at most */
+	int burst_us;     /* send calls due within this many µs together */
+	bool stream;      /* publish over one PublishStream call instead of unary calls */
+	double drain;     /* seconds to wait at most for deliveries after publishing */
+	int handshakes;   /* connection attempts in flight per worker */
+	double settle;    /* seconds to wait before reading the idle RSS */
+	char label[64];   /* hub name printed in the RESULT line */
 };
 
 /* Log-linear histogram of nanoseconds: exact below 128, then 64 sub-buckets
  * per power of two (about 1.6 % resolution), up to 2^41 ns. */
-#define H_LINEAR 128
+#define H_LINEAR   128
 #define H_SUB_BITS 6
-#define H_MAX_EXP 41
-#define H_BUCKETS (H_LINEAR + (H_MAX_EXP - 7) * (1 << H_SUB_BITS))
+#define H_MAX_EXP  41
+#define H_BUCKETS  (H_LINEAR + (H_MAX_EXP - 7) * (1 << H_SUB_BITS))
 
 struct hist {
 	uint64_t count;
@@ -58,40 +60,40 @@ uint64_t hist_pct(const struct hist *h, double pct); /* 0 when empty */
 
 /* What one worker measured; summed by the parent. */
 struct wstats {
-	uint64_t connected;     /* upgrades that got the `connected` message */
-	uint64_t ready;         /* connections ready for the measurement */
-	uint64_t connect_fail;  /* refused, reset, HTTP status other than 101… */
-	uint64_t events;        /* events received on the expected channel */
-	uint64_t gaps;          /* offset jumped forward */
-	uint64_t dups;          /* offset seen again */
-	uint64_t reorders;      /* offset went back */
-	uint64_t foreign;       /* event carrying another tenant's marker */
-	uint64_t unexpected;    /* event on a channel this connection is not on */
+	uint64_t connected;    /* upgrades that got the `connected` message */
+	uint64_t ready;        /* connections ready for the measurement */
+	uint64_t connect_fail; /* refused, reset, HTTP status other than 101… */
+	uint64_t events;       /* events received on the expected channel */
+	uint64_t gaps;         /* offset jumped forward */
+	uint64_t dups;         /* offset seen again */
+	uint64_t reorders;     /* offset went back */
+	uint64_t foreign;      /* event carrying another tenant's marker */
+	uint64_t unexpected;   /* event on a channel this connection is not on */
 	uint64_t epoch_changes;
 	uint64_t parse_errors;
-	uint64_t missing;       /* expected minus received, summed over connections */
-	uint64_t extra;         /* received beyond the expected count */
-	uint64_t closed;        /* connections the hub closed during the run */
-	uint64_t errors;        /* `error` messages from the hub */
-	uint64_t cycles;        /* churn: connect-subscribe-close cycles done */
+	uint64_t missing; /* expected minus received, summed over connections */
+	uint64_t extra;   /* received beyond the expected count */
+	uint64_t closed;  /* connections the hub closed during the run */
+	uint64_t errors;  /* `error` messages from the hub */
+	uint64_t cycles;  /* churn: connect-subscribe-close cycles done */
 	uint64_t bytes_in;
-	double cpu_s;           /* the worker's own user+system seconds */
-	struct hist lat;        /* publish -> deliver, or churn cycle time */
+	double cpu_s;    /* the worker's own user+system seconds */
+	struct hist lat; /* publish -> deliver, or churn cycle time */
 };
 
 struct pstats {
 	uint64_t issued, ok, failed;
-	uint64_t late;          /* calls issued more than 1 ms behind schedule */
-	uint64_t max_lag_ns;    /* the worst delay behind schedule */
-	double elapsed_s;       /* first call to last completion */
+	uint64_t late;       /* calls issued more than 1 ms behind schedule */
+	uint64_t max_lag_ns; /* the worst delay behind schedule */
+	double elapsed_s;    /* first call to last completion */
 	double cpu_s;
-	struct hist rpc;        /* call round-trip times */
+	struct hist rpc; /* call round-trip times */
 };
 
 /* Parent -> worker command. */
 struct wcmd {
-	int op;                 /* CMD_PROGRESS, CMD_FINISH */
-	uint64_t published;     /* FINISH: successful publishes (to compute expectations) */
+	int op;             /* CMD_PROGRESS, CMD_FINISH */
+	uint64_t published; /* FINISH: successful publishes (to compute expectations) */
 	double duration;
 };
 enum { CMD_PROGRESS = 1, CMD_FINISH = 2 };
@@ -112,13 +114,15 @@ int read_all(int fd, void *buf, size_t len);
 int jwt_mint(char *out, size_t cap, const char *secret, const char *tenant, const char *user);
 
 /* worker.c: runs the connections [first, first+count) and exits. */
-void worker_main(const struct lg_opts *o, int index, int first, int count, int to_parent, int from_parent);
+void worker_main(const struct lg_opts *o, int index, int first, int count, int to_parent,
+                 int from_parent);
 
 /* publisher.c: publishes for o->duration seconds, writes a pstats, exits. */
 void publisher_main(const struct lg_opts *o, int to_parent);
 
 /* Who connection g is: its tenant and user names and its job channel. */
-void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, char *user, size_t ucap);
+void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, char *user,
+                   size_t ucap);
 bool conn_is_foreign(const struct lg_opts *o, int g);
 
 #endif

@@ -22,26 +22,28 @@
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: lg SCENARIO [options]   SCENARIO: idle | broadcast | jobs | churn\n"
-		"  --ws HOST:PORT          hub WebSocket address (127.0.0.1:8080)\n"
-		"  --grpc HOST:PORT        hub gRPC address (127.0.0.1:50051)\n"
-		"  --secret S              JWT HS256 secret (dev-secret)\n"
-		"  --proto ws|socketio     client protocol (ws)\n"
-		"  --conns N               measured connections (1000)\n"
-		"  --foreign N             extra connections in another tenant (0)\n"
-		"  --tenants N             tenants the measured connections are spread over (1)\n"
-		"  --workers N             worker processes (2)\n"
-		"  --src-addrs N           source addresses 127.0.0.2.. (8)\n"
-		"  --rate R                publishes per second (100)\n"
-		"  --duration S            seconds of publishing or churn (10)\n"
-		"  --payload B             bytes of the event data object (64)\n"
-		"  --hub-pid PID           hub process for RSS and CPU figures\n"
-		"  --token-query           send the token as ?token= (default: Authorization header)\n"
-		"  --inflight N            gRPC calls in flight at most (256)\n"
-		"  --handshakes N          connection attempts in flight per worker (200)\n"
-		"  --drain S               seconds to wait at most for deliveries after publishing (30)\n"
-		"  --settle S              idle: seconds before reading the hub's RSS (3)\n"
-		"  --label NAME            hub name for the RESULT line\n");
+	        "usage: lg SCENARIO [options]   SCENARIO: idle | broadcast | jobs | churn\n"
+	        "  --ws HOST:PORT          hub WebSocket address (127.0.0.1:8080)\n"
+	        "  --grpc HOST:PORT        hub gRPC address (127.0.0.1:50051)\n"
+	        "  --secret S              JWT HS256 secret (dev-secret)\n"
+	        "  --proto ws|socketio     client protocol (ws)\n"
+	        "  --conns N               measured connections (1000)\n"
+	        "  --foreign N             extra connections in another tenant (0)\n"
+	        "  --tenants N             tenants the measured connections are spread over (1)\n"
+	        "  --workers N             worker processes (2)\n"
+	        "  --src-addrs N           source addresses 127.0.0.2.. (8)\n"
+	        "  --rate R                publishes per second (100)\n"
+	        "  --duration S            seconds of publishing or churn (10)\n"
+	        "  --payload B             bytes of the event data object (64)\n"
+	        "  --hub-pid PID           hub process for RSS and CPU figures\n"
+	        "  --token-query           send the token as ?token= (default: Authorization header)\n"
+	        "  --inflight N            gRPC calls in flight at most (256)\n"
+	        "  --burst-us U            send the calls due within U µs together (0)\n"
+	        "  --stream                publish over one PublishStream call (default: unary calls)\n"
+	        "  --handshakes N          connection attempts in flight per worker (200)\n"
+	        "  --drain S               seconds to wait at most for deliveries after publishing (30)\n"
+	        "  --settle S              idle: seconds before reading the hub's RSS (3)\n"
+	        "  --label NAME            hub name for the RESULT line\n");
 }
 
 static int split_hostport(const char *s, char *host, size_t hcap, int *port)
@@ -57,18 +59,41 @@ static int split_hostport(const char *s, char *host, size_t hcap, int *port)
 
 static int parse(struct lg_opts *o, int argc, char **argv)
 {
-	static const struct option lo[] = {
-		{ "ws", 1, 0, 'w' }, { "grpc", 1, 0, 'g' }, { "secret", 1, 0, 's' },
-		{ "proto", 1, 0, 'P' }, { "conns", 1, 0, 'n' }, { "foreign", 1, 0, 'f' },
-		{ "tenants", 1, 0, 'T' }, { "workers", 1, 0, 'W' }, { "src-addrs", 1, 0, 'A' },
-		{ "rate", 1, 0, 'r' }, { "duration", 1, 0, 'd' }, { "payload", 1, 0, 'p' },
-		{ "hub-pid", 1, 0, 'H' }, { "token-query", 0, 0, 'q' }, { "inflight", 1, 0, 'I' },
-		{ "handshakes", 1, 0, 'h' }, { "drain", 1, 0, 'D' }, { "settle", 1, 0, 'S' },
-		{ "label", 1, 0, 'L' }, { "help", 0, 0, '?' }, { 0, 0, 0, 0 }
-	};
-	*o = (struct lg_opts){ .ws_port = 8080, .conns = 1000, .workers = 2, .tenants = 1, .src_addrs = 8,
-			       .rate = 100, .duration = 10, .payload = 64, .max_inflight = 256,
-			       .handshakes = 200, .drain = 30, .settle = 3 };
+	static const struct option lo[] = {{"ws", 1, 0, 'w'},
+	                                   {"grpc", 1, 0, 'g'},
+	                                   {"secret", 1, 0, 's'},
+	                                   {"proto", 1, 0, 'P'},
+	                                   {"conns", 1, 0, 'n'},
+	                                   {"foreign", 1, 0, 'f'},
+	                                   {"tenants", 1, 0, 'T'},
+	                                   {"workers", 1, 0, 'W'},
+	                                   {"src-addrs", 1, 0, 'A'},
+	                                   {"rate", 1, 0, 'r'},
+	                                   {"duration", 1, 0, 'd'},
+	                                   {"payload", 1, 0, 'p'},
+	                                   {"hub-pid", 1, 0, 'H'},
+	                                   {"token-query", 0, 0, 'q'},
+	                                   {"inflight", 1, 0, 'I'},
+	                                   {"handshakes", 1, 0, 'h'},
+	                                   {"drain", 1, 0, 'D'},
+	                                   {"settle", 1, 0, 'S'},
+	                                   {"label", 1, 0, 'L'},
+	                                   {"burst-us", 1, 0, 'B'},
+	                                   {"stream", 0, 0, 'X'},
+	                                   {"help", 0, 0, '?'},
+	                                   {0, 0, 0, 0}};
+	*o = (struct lg_opts){.ws_port = 8080,
+	                      .conns = 1000,
+	                      .workers = 2,
+	                      .tenants = 1,
+	                      .src_addrs = 8,
+	                      .rate = 100,
+	                      .duration = 10,
+	                      .payload = 64,
+	                      .max_inflight = 256,
+	                      .handshakes = 200,
+	                      .drain = 30,
+	                      .settle = 3};
 	strcpy(o->ws_host, "127.0.0.1");
 	strcpy(o->grpc_target, "127.0.0.1:50051");
 	strcpy(o->secret, "dev-secret");
@@ -90,7 +115,10 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	int ch;
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
-		case 'w': if (split_hostport(optarg, o->ws_host, sizeof(o->ws_host), &o->ws_port)) return -1; break;
+		case 'w':
+			if (split_hostport(optarg, o->ws_host, sizeof(o->ws_host), &o->ws_port))
+				return -1;
+			break;
 		case 'g': snprintf(o->grpc_target, sizeof(o->grpc_target), "%s", optarg); break;
 		case 's': snprintf(o->secret, sizeof(o->secret), "%s", optarg); break;
 		case 'P': o->proto = !strcmp(optarg, "socketio") ? PROTO_SIO : PROTO_WS; break;
@@ -108,12 +136,15 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 		case 'h': o->handshakes = atoi(optarg); break;
 		case 'D': o->drain = atof(optarg); break;
 		case 'S': o->settle = atof(optarg); break;
+		case 'X': o->stream = true; break;
+		case 'B': o->burst_us = atoi(optarg); break;
 		case 'L': snprintf(o->label, sizeof(o->label), "%s", optarg); break;
 		default: return -1;
 		}
 	}
-	if (o->conns < 1 || o->workers < 1 || o->tenants < 1 || o->src_addrs < 1 || o->src_addrs > 250 ||
-	    o->rate <= 0 || o->duration <= 0 || o->max_inflight < 1 || o->handshakes < 1)
+	if (o->conns < 1 || o->workers < 1 || o->tenants < 1 || o->src_addrs < 1 ||
+	    o->src_addrs > 250 || o->rate <= 0 || o->duration <= 0 || o->max_inflight < 1 ||
+	    o->handshakes < 1)
 		return -1;
 	return 0;
 }
@@ -148,7 +179,8 @@ static double hub_cpu(int pid)
 	char *p = strrchr(buf, ')');
 	unsigned long ut, st;
 	/* Fields after the name: state(3) ... utime(14) stime(15). */
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+	if (!p ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		return -1;
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
@@ -182,14 +214,14 @@ static int spawn_workers(const struct lg_opts *o, struct child *w)
 		}
 		close(up[1]);
 		close(down[0]);
-		w[i] = (struct child){ .pid = pid, .rd = up[0], .wr = down[1] };
+		w[i] = (struct child){.pid = pid, .rd = up[0], .wr = down[1]};
 	}
 	return 0;
 }
 
 static void sleep_s(double s)
 {
-	struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
+	struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
 	while (nanosleep(&ts, &ts) && errno == EINTR)
 		;
 }
@@ -226,13 +258,14 @@ static int run_publisher(const struct lg_opts *o, struct pstats *ps)
 static int drain(const struct lg_opts *o, struct child *w, uint64_t published)
 {
 	uint64_t deadline = now_ns() + (uint64_t)(o->drain * 1e9);
-	struct wcmd cmd = { .op = CMD_PROGRESS, .published = published };
+	struct wcmd cmd = {.op = CMD_PROGRESS, .published = published};
 
 	for (;;) {
 		uint64_t missing = 0;
 		for (int i = 0; i < o->workers; i++) {
 			uint64_t m;
-			if (write_all(w[i].wr, &cmd, sizeof(cmd)) || read_all(w[i].rd, &m, sizeof(m)))
+			if (write_all(w[i].wr, &cmd, sizeof(cmd)) ||
+			    read_all(w[i].rd, &m, sizeof(m)))
 				return -1;
 			missing += m;
 		}
@@ -256,8 +289,9 @@ static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 		r->rd.ready += rd.ready;
 		r->rd.failed += rd.failed;
 	}
-	fprintf(stderr, "lg: %llu connections ready, %llu failed (%.1f s)\n", (unsigned long long)r->rd.ready,
-		(unsigned long long)r->rd.failed, (double)(now_ns() - t0) / 1e9);
+	fprintf(stderr, "lg: %llu connections ready, %llu failed (%.1f s)\n",
+	        (unsigned long long)r->rd.ready, (unsigned long long)r->rd.failed,
+	        (double)(now_ns() - t0) / 1e9);
 	if (o->scenario == SC_IDLE) {
 		sleep_s(o->settle);
 		r->rss1 = o->hub_pid ? hub_rss(o->hub_pid) : -1;
@@ -274,7 +308,7 @@ static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 	}
 	r->cpu1 = o->hub_pid ? hub_cpu(o->hub_pid) : -1;
 	r->wall = (double)(now_ns() - t0) / 1e9;
-	struct wcmd cmd = { .op = CMD_FINISH, .published = r->ps.ok };
+	struct wcmd cmd = {.op = CMD_FINISH, .published = r->ps.ok};
 	for (int i = 0; i < o->workers; i++)
 		write_all(w[i].wr, &cmd, sizeof(cmd));
 	struct wstats *one = malloc(sizeof(*one));
@@ -297,54 +331,62 @@ static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 static bool report_checks(const struct lg_opts *o, const struct run *r)
 {
 	const struct wstats *s = &r->ws;
-	uint64_t bad = s->gaps + s->dups + s->reorders + s->foreign + s->unexpected + s->epoch_changes +
-		       s->parse_errors + s->missing + s->extra + s->closed + s->errors + r->ps.failed;
+	uint64_t bad = s->gaps + s->dups + s->reorders + s->foreign + s->unexpected +
+	               s->epoch_changes + s->parse_errors + s->missing + s->extra + s->closed +
+	               s->errors + r->ps.failed;
 	uint64_t want = (uint64_t)(o->conns + o->foreign);
 	bool failed_conns = o->scenario == SC_CHURN ? s->connect_fail > 0 : r->rd.ready < want;
 	printf("checks: gaps=%llu dups=%llu reorders=%llu foreign=%llu unexpected=%llu epoch_changes=%llu "
 	       "parse_errors=%llu missing=%llu extra=%llu hub_closed=%llu hub_errors=%llu publish_failed=%llu "
 	       "connect_failed=%llu\n",
-	       U(s->gaps), U(s->dups), U(s->reorders), U(s->foreign), U(s->unexpected), U(s->epoch_changes),
-	       U(s->parse_errors), U(s->missing), U(s->extra), U(s->closed), U(s->errors), U(r->ps.failed),
-	       U(s->connect_fail));
+	       U(s->gaps), U(s->dups), U(s->reorders), U(s->foreign), U(s->unexpected),
+	       U(s->epoch_changes), U(s->parse_errors), U(s->missing), U(s->extra), U(s->closed),
+	       U(s->errors), U(r->ps.failed), U(s->connect_fail));
 	return bad == 0 && !failed_conns;
 }
 
 static void report(const struct lg_opts *o, const struct run *r, bool ok)
 {
-	static const char *names[] = { "idle", "broadcast", "jobs", "churn" };
+	static const char *names[] = {"idle", "broadcast", "jobs", "churn"};
 	const struct wstats *s = &r->ws;
 	double cpu = r->cpu1 >= 0 && r->cpu0 >= 0 ? r->cpu1 - r->cpu0 : -1;
 	char res[1024];
-	int n = snprintf(res, sizeof(res), "RESULT hub=%s scenario=%s proto=%s conns=%d foreign=%d ready=%llu",
-			 o->label, names[o->scenario], o->proto == PROTO_SIO ? "socketio" : "ws", o->conns,
-			 o->foreign, U(r->rd.ready));
+	int n = snprintf(res, sizeof(res),
+	                 "RESULT hub=%s scenario=%s proto=%s conns=%d foreign=%d ready=%llu",
+	                 o->label, names[o->scenario], o->proto == PROTO_SIO ? "socketio" : "ws",
+	                 o->conns, o->foreign, U(r->rd.ready));
 	if (o->scenario == SC_IDLE && r->rss0 > 0 && r->rss1 > 0 && r->rd.ready)
-		n += snprintf(res + n, sizeof(res) - (size_t)n, " rss_before=%ld rss_after=%ld rss_per_conn=%.0f",
-			      r->rss0, r->rss1, (double)(r->rss1 - r->rss0) / (double)r->rd.ready);
+		n += snprintf(res + n, sizeof(res) - (size_t)n,
+		              " rss_before=%ld rss_after=%ld rss_per_conn=%.0f", r->rss0, r->rss1,
+		              (double)(r->rss1 - r->rss0) / (double)r->rd.ready);
 	if (r->published) {
 		double dur = r->ps.elapsed_s > 0 ? r->ps.elapsed_s : o->duration;
-		n += snprintf(res + n, sizeof(res) - (size_t)n,
-			      " rate=%.0f payload=%d published=%llu pub_rate=%.0f deliveries=%llu deliv_per_s=%.0f"
-			      " pub_late=%llu pub_max_lag_us=%.0f pub_cpu_s=%.2f rpc_p99_us=%.0f",
-			      o->rate, o->payload, U(r->ps.ok), (double)r->ps.ok / dur, U(s->events),
-			      (double)s->events / (r->wall > 0 ? r->wall : dur), U(r->ps.late), r->ps.max_lag_ns / 1e3, r->ps.cpu_s,
-			      hist_pct(&r->ps.rpc, 99) / 1e3);
+		n += snprintf(
+		        res + n, sizeof(res) - (size_t)n,
+		        " pub_mode=%s rate=%.0f payload=%d published=%llu pub_rate=%.0f deliveries=%llu deliv_per_s=%.0f"
+		        " pub_late=%llu pub_max_lag_us=%.0f pub_cpu_s=%.2f rpc_p99_us=%.0f",
+		        o->stream ? "stream" : "unary", o->rate, o->payload, U(r->ps.ok),
+		        (double)r->ps.ok / dur, U(s->events),
+		        (double)s->events / (r->wall > 0 ? r->wall : dur), U(r->ps.late),
+		        r->ps.max_lag_ns / 1e3, r->ps.cpu_s, hist_pct(&r->ps.rpc, 99) / 1e3);
 		if (cpu > 0)
-			n += snprintf(res + n, sizeof(res) - (size_t)n, " deliv_per_cpu_s=%.0f", (double)s->events / cpu);
+			n += snprintf(res + n, sizeof(res) - (size_t)n, " deliv_per_cpu_s=%.0f",
+			              (double)s->events / cpu);
 	}
 	if (o->scenario == SC_CHURN)
-		n += snprintf(res + n, sizeof(res) - (size_t)n, " cycles=%llu cycles_per_s=%.0f", U(s->cycles),
-			      (double)s->cycles / o->duration);
+		n += snprintf(res + n, sizeof(res) - (size_t)n, " cycles=%llu cycles_per_s=%.0f",
+		              U(s->cycles), (double)s->cycles / o->duration);
 	if (s->lat.count)
-		n += snprintf(res + n, sizeof(res) - (size_t)n, " p50_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f",
-			      hist_pct(&s->lat, 50) / 1e3, hist_pct(&s->lat, 99) / 1e3,
-			      hist_pct(&s->lat, 99.9) / 1e3, s->lat.max / 1e3);
+		n += snprintf(res + n, sizeof(res) - (size_t)n,
+		              " p50_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f",
+		              hist_pct(&s->lat, 50) / 1e3, hist_pct(&s->lat, 99) / 1e3,
+		              hist_pct(&s->lat, 99.9) / 1e3, s->lat.max / 1e3);
 	if (cpu >= 0)
-		n += snprintf(res + n, sizeof(res) - (size_t)n, " hub_cpu_s=%.2f hub_cpu_pct=%.0f", cpu,
-			      100.0 * cpu / r->wall);
+		n += snprintf(res + n, sizeof(res) - (size_t)n, " hub_cpu_s=%.2f hub_cpu_pct=%.0f",
+		              cpu, 100.0 * cpu / r->wall);
 	snprintf(res + n, sizeof(res) - (size_t)n, " lg_cpu_pct=%.0f wall_s=%.1f status=%s",
-		 100.0 * (s->cpu_s + r->ps.cpu_s) / (r->wall > 0 ? r->wall : 1), r->wall, ok ? "OK" : "FAILED");
+	         100.0 * (s->cpu_s + r->ps.cpu_s) / (r->wall > 0 ? r->wall : 1), r->wall,
+	         ok ? "OK" : "FAILED");
 	printf("%s\n", res);
 }
 

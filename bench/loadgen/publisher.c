@@ -51,7 +51,8 @@ struct pub {
 
 static gpr_timespec after_ns(uint64_t ns)
 {
-	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_nanos((int64_t)ns, GPR_TIMESPAN));
+	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+	                    gpr_time_from_nanos((int64_t)ns, GPR_TIMESPAN));
 }
 
 /* The Struct {t, tn, pad} every request carries. Points into the caller's
@@ -65,10 +66,10 @@ struct payload {
 
 static void payload_init(struct payload *p, const char *tenant, uint64_t t, const char *pad)
 {
-	static const char *keys[3] = { "t", "tn", "pad" };
+	static const char *keys[3] = {"t", "tn", "pad"};
 	google__protobuf__struct__init(&p->s);
 	snprintf(p->t, sizeof(p->t), "%llu", (unsigned long long)t);
-	const char *vals[3] = { p->t, tenant, pad };
+	const char *vals[3] = {p->t, tenant, pad};
 	size_t n = pad[0] ? 3 : 2;
 	for (size_t i = 0; i < n; i++) {
 		google__protobuf__struct__fields_entry__init(&p->e[i]);
@@ -84,6 +85,30 @@ static void payload_init(struct payload *p, const char *tenant, uint64_t t, cons
 }
 
 /* Encodes request number i (scheduled at t) into buf; returns its length. */
+/* Packs m into buf, or wraps it as member `which` of a PublishStreamRequest
+ * (sequence i) first when publishing over the stream. 0 when it does not
+ * fit. */
+static size_t pack(struct pub *p, const ProtobufCMessage *m, int which, uint64_t i, uint8_t *buf,
+                   size_t cap)
+{
+	if (!p->o->stream) {
+		if (protobuf_c_message_get_packed_size(m) > cap)
+			return 0;
+		return protobuf_c_message_pack(m, buf);
+	}
+	Livehub__V1__PublishStreamRequest r = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__INIT;
+	r.sequence = i;
+	r.request_case = (Livehub__V1__PublishStreamRequest__RequestCase)which;
+	if (which == LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_BROADCAST_TENANT)
+		r.broadcast_tenant = (Livehub__V1__BroadcastTenantRequest *)m;
+	else
+		r.job_progress = (Livehub__V1__PublishJobProgressRequest *)m;
+	if (livehub__v1__publish_stream_request__get_packed_size(&r) > cap)
+		return 0;
+	return livehub__v1__publish_stream_request__pack(&r, buf);
+}
+
+/* Encodes request number i (stamped t) into buf; returns its length. */
 static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t cap)
 {
 	const struct lg_opts *o = p->o;
@@ -97,9 +122,9 @@ static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t
 		r.tenant_id = tenant;
 		r.type = "bench";
 		r.data = &pl.s;
-		if (livehub__v1__broadcast_tenant_request__get_packed_size(&r) > cap)
-			return 0;
-		return livehub__v1__broadcast_tenant_request__pack(&r, buf);
+		return pack(p, &r.base,
+		            LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_BROADCAST_TENANT, i, buf,
+		            cap);
 	}
 	int g = (int)(i % (uint64_t)o->conns);
 	snprintf(tenant, sizeof(tenant), "bt%d", g % o->tenants);
@@ -114,9 +139,8 @@ static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t
 	Livehub__V1__PublishJobProgressRequest r = LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
 	r.tenant_id = tenant;
 	r.event = &ev;
-	if (livehub__v1__publish_job_progress_request__get_packed_size(&r) > cap)
-		return 0;
-	return livehub__v1__publish_job_progress_request__pack(&r, buf);
+	return pack(p, &r.base, LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_JOB_PROGRESS, i, buf,
+	            cap);
 }
 
 static void call_release(struct pub *p, struct pcall *c)
@@ -151,7 +175,7 @@ static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
 	grpc_metadata_array_init(&c->md_trail);
 	c->t0 = now_ns();
 	c->call = grpc_channel_create_registered_call(p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
-						      p->method, after_ns(30000000000ull), NULL);
+	                                              p->method, after_ns(30000000000ull), NULL);
 	grpc_op ops[6];
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -202,7 +226,8 @@ static void *completer(void *arg)
 	struct pub *p = arg;
 
 	for (;;) {
-		grpc_event ev = grpc_completion_queue_next(p->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+		grpc_event ev = grpc_completion_queue_next(
+		        p->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			return NULL;
 		if (ev.type != GRPC_OP_COMPLETE || !ev.tag)
@@ -215,7 +240,7 @@ static void *completer(void *arg)
 
 static void sleep_until(uint64_t t)
 {
-	struct timespec ts = { (time_t)(t / 1000000000u), (long)(t % 1000000000u) };
+	struct timespec ts = {(time_t)(t / 1000000000u), (long)(t % 1000000000u)};
 	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
 		;
 }
@@ -229,9 +254,13 @@ static void run(struct pub *p)
 	pthread_t th;
 
 	pthread_create(&th, NULL, completer, p);
+	uint64_t slack = (uint64_t)o->burst_us * 1000u;
 	for (uint64_t i = 0; i < total; i++) {
 		uint64_t due = start + i * interval;
-		sleep_until(due);
+		/* With --burst-us, calls due within the next slack go out now,
+		 * together; fewer wake-ups, same average rate. */
+		if (due > now_ns() + slack)
+			sleep_until(due - slack);
 		pthread_mutex_lock(&p->mu);
 		while (!p->free_list) { /* max_inflight reached: wait for replies */
 			pthread_mutex_unlock(&p->mu);
@@ -239,16 +268,18 @@ static void run(struct pub *p)
 			pthread_mutex_lock(&p->mu);
 		}
 		uint64_t now = now_ns();
-		if (now - due > 1000000)
+		if (now > due && now - due > 1000000)
 			p->st.late++;
-		if (now - due > p->st.max_lag_ns)
+		if (now > due && now - due > p->st.max_lag_ns)
 			p->st.max_lag_ns = now - due;
 		struct pcall *c = p->free_list;
 		p->free_list = c->next_free;
 		p->inflight++;
 		p->st.issued++;
 		pthread_mutex_unlock(&p->mu);
-		issue(p, c, i, due);
+		/* The stamp is the scheduled time, or the send time when the call
+		 * goes out early, so latency is never understated. */
+		issue(p, c, i, now < due ? now : due);
 	}
 	uint64_t end_wait = now_ns() + 30000000000ull;
 	for (;;) {
@@ -265,6 +296,136 @@ static void run(struct pub *p)
 	pthread_mutex_unlock(&p->mu);
 }
 
+/* Waits for the completion with tag `want` (other tags are stream
+ * bookkeeping too); false on timeout or failure. */
+static bool stream_wait(struct pub *p, void *want, uint64_t timeout_ns)
+{
+	uint64_t end = now_ns() + timeout_ns;
+	for (;;) {
+		grpc_event ev = grpc_completion_queue_next(
+		        p->cq, after_ns(end > now_ns() ? end - now_ns() : 0), NULL);
+		if (ev.type == GRPC_QUEUE_TIMEOUT)
+			return false;
+		if (ev.type == GRPC_OP_COMPLETE && ev.tag == want)
+			return ev.success;
+	}
+}
+
+/* Starts one message of the stream; the previous one must be done. */
+static bool stream_send(struct pub *p, grpc_call *call, uint64_t i, uint64_t stamp, void *tag,
+                        grpc_byte_buffer **bb)
+{
+	uint8_t buf[8192];
+	size_t n = encode(p, i, stamp, buf, sizeof(buf));
+	if (*bb)
+		grpc_byte_buffer_destroy(*bb);
+	grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, n);
+	*bb = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	grpc_op op;
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_SEND_MESSAGE;
+	op.data.send_message.send_message = *bb;
+	return n && grpc_call_start_batch(call, &op, 1, tag, NULL) == GRPC_CALL_OK;
+}
+
+/* Closes the stream and reads PublishStreamResponse into p->st. */
+static void stream_finish(struct pub *p, grpc_call *call, grpc_metadata_array *md_init)
+{
+	static int t_end;
+	grpc_metadata_array md_trail;
+	grpc_byte_buffer *recv = NULL;
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_op ops[3];
+
+	grpc_metadata_array_init(&md_trail);
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[1].op = GRPC_OP_RECV_MESSAGE;
+	ops[1].data.recv_message.recv_message = &recv;
+	ops[2].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[2].data.recv_status_on_client.trailing_metadata = &md_trail;
+	ops[2].data.recv_status_on_client.status = &status;
+	ops[2].data.recv_status_on_client.status_details = &details;
+	uint64_t accepted = 0;
+	if (grpc_call_start_batch(call, ops, 3, &t_end, NULL) == GRPC_CALL_OK &&
+	    stream_wait(p, &t_end, 30000000000ull) && status == GRPC_STATUS_OK && recv) {
+		grpc_byte_buffer_reader rd;
+		grpc_byte_buffer_reader_init(&rd, recv);
+		grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+		Livehub__V1__PublishStreamResponse *r =
+		        livehub__v1__publish_stream_response__unpack(NULL, GRPC_SLICE_LENGTH(all),
+		                                                     GRPC_SLICE_START_PTR(all));
+		if (r) {
+			accepted = r->accepted;
+			livehub__v1__publish_stream_response__free_unpacked(r, NULL);
+		}
+		grpc_slice_unref(all);
+		grpc_byte_buffer_reader_destroy(&rd);
+	} else {
+		char *d = grpc_slice_to_c_string(details);
+		fprintf(stderr, "lg: PublishStream ended with status %d %s\n", (int)status, d);
+		gpr_free(d);
+	}
+	p->st.ok = accepted < p->st.issued ? accepted : p->st.issued;
+	p->st.failed = p->st.issued - p->st.ok;
+	if (recv)
+		grpc_byte_buffer_destroy(recv);
+	grpc_slice_unref(details);
+	grpc_metadata_array_destroy(&md_trail);
+	grpc_metadata_array_destroy(md_init);
+}
+
+/* --stream: one PublishStream call, one message per scheduled publish. A
+ * message can only be sent once the previous send completed; waiting for
+ * that counts as lag, as a held-back unary call does. */
+static void run_stream(struct pub *p)
+{
+	static int t_start, t_send;
+	const struct lg_opts *o = p->o;
+	uint64_t interval = (uint64_t)(1e9 / o->rate), total = (uint64_t)(o->rate * o->duration);
+	grpc_metadata_array md_init;
+	grpc_byte_buffer *bb = NULL;
+	grpc_op ops[2];
+
+	grpc_metadata_array_init(&md_init);
+	grpc_call *call = grpc_channel_create_call(
+	        p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
+	        grpc_slice_from_static_string("/livehub.v1.HubService/PublishStream"), NULL,
+	        after_ns(600000000000ull), NULL);
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[1].data.recv_initial_metadata.recv_initial_metadata = &md_init;
+	grpc_call_start_batch(call, ops, 2, &t_start, NULL);
+	uint64_t start = now_ns(), slack = (uint64_t)o->burst_us * 1000u;
+	bool pending = false;
+	for (uint64_t i = 0; i < total; i++) {
+		uint64_t due = start + i * interval;
+		if (due > now_ns() + slack)
+			sleep_until(due - slack);
+		if (pending && !stream_wait(p, &t_send, 30000000000ull))
+			break;
+		uint64_t now = now_ns();
+		if (now > due && now - due > 1000000)
+			p->st.late++;
+		if (now > due && now - due > p->st.max_lag_ns)
+			p->st.max_lag_ns = now - due;
+		p->st.issued++;
+		pending = stream_send(p, call, i, now < due ? now : due, &t_send, &bb);
+		if (!pending)
+			break;
+	}
+	if (pending)
+		stream_wait(p, &t_send, 30000000000ull);
+	stream_finish(p, call, &md_init);
+	p->st.elapsed_s = (double)(now_ns() - start) / 1e9;
+	if (bb)
+		grpc_byte_buffer_destroy(bb);
+	grpc_call_unref(call);
+}
+
 /* Brings the channel to READY before the clock starts, so connection setup
  * is not counted as publish latency. */
 static void connect_first(struct pub *p)
@@ -276,7 +437,8 @@ static void connect_first(struct pub *p)
 		grpc_connectivity_state s = grpc_channel_check_connectivity_state(p->ch, 1);
 		if (s == GRPC_CHANNEL_READY || now_ns() > deadline)
 			return;
-		grpc_channel_watch_connectivity_state(p->ch, s, after_ns(1000000000ull), p->cq, &tag);
+		grpc_channel_watch_connectivity_state(p->ch, s, after_ns(1000000000ull), p->cq,
+		                                      &tag);
 		grpc_completion_queue_next(p->cq, after_ns(2000000000ull), NULL);
 	}
 }
@@ -291,9 +453,13 @@ void publisher_main(const struct lg_opts *o, int to_parent)
 	p->ch = grpc_channel_create(o->grpc_target, cred, NULL);
 	grpc_channel_credentials_release(cred);
 	p->cq = grpc_completion_queue_create_for_next(NULL);
-	p->method = grpc_channel_register_call(p->ch, o->scenario == SC_BROADCAST ?
-						     "/livehub.v1.HubService/BroadcastTenant" :
-						     "/livehub.v1.HubService/PublishJobProgress", NULL, NULL);
+	p->method = o->stream ? NULL
+	                      : grpc_channel_register_call(
+	                                p->ch,
+	                                o->scenario == SC_BROADCAST
+	                                        ? "/livehub.v1.HubService/BroadcastTenant"
+	                                        : "/livehub.v1.HubService/PublishJobProgress",
+	                                NULL, NULL);
 	p->pool = calloc((size_t)o->max_inflight, sizeof(*p->pool));
 	for (int k = 0; k < o->max_inflight; k++) {
 		p->pool[k].next_free = p->free_list;
@@ -305,11 +471,14 @@ void publisher_main(const struct lg_opts *o, int to_parent)
 	p->pad = calloc(1, (size_t)padlen + 1);
 	memset(p->pad, 'x', (size_t)padlen);
 	connect_first(p);
-	run(p);
+	if (o->stream)
+		run_stream(p);
+	else
+		run(p);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	p->st.cpu_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-		      (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+	              (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 	write_all(to_parent, &p->st, sizeof(p->st));
 	_exit(0);
 }

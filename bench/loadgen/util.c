@@ -111,7 +111,7 @@ uint64_t hist_pct(const struct hist *h, double pct)
 static size_t b64url(char *out, const unsigned char *in, size_t len)
 {
 	static const char tab[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	size_t o = 0, i = 0;
 
 	for (; i + 2 < len; i += 3) {
@@ -138,8 +138,8 @@ int jwt_mint(char *out, size_t cap, const char *secret, const char *tenant, cons
 	char claims[512];
 	long now = (long)time(NULL);
 	int cl = snprintf(claims, sizeof(claims),
-			  "{\"sub\":\"%s\",\"tenant_id\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
-			  user, tenant, now, now + 3600);
+	                  "{\"sub\":\"%s\",\"tenant_id\":\"%s\",\"iat\":%ld,\"exp\":%ld}", user,
+	                  tenant, now, now + 3600);
 	if (cl < 0 || (size_t)cl >= sizeof(claims))
 		return -1;
 	size_t need = (sizeof(hdr) + (size_t)cl + 32) * 4 / 3 + 16;
@@ -150,7 +150,8 @@ int jwt_mint(char *out, size_t cap, const char *secret, const char *tenant, cons
 	n += b64url(out + n, (const unsigned char *)claims, (size_t)cl);
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int maclen = 0;
-	HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, n, mac, &maclen);
+	HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, n, mac,
+	     &maclen);
 	out[n++] = '.';
 	n += b64url(out + n, mac, maclen);
 	return (int)n;
@@ -164,7 +165,8 @@ bool conn_is_foreign(const struct lg_opts *o, int g)
 /* Measured connections are spread over tenants bt0..bt{T-1}; the foreign
  * ones are all in tenant bx, and subscribe to the same channel names as
  * measured ones, so a hub that mixed tenants up would show it. */
-void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, char *user, size_t ucap)
+void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, char *user,
+                   size_t ucap)
 {
 	if (conn_is_foreign(o, g)) {
 		snprintf(tenant, tcap, "bx");

@@ -25,25 +25,33 @@
 #endif
 
 enum cstate {
-	CS_IDLE, CS_CONNECTING, CS_HTTP, CS_EIO_OPEN, CS_SIO_CONNECT,
-	CS_WAIT_CONNECTED, CS_WAIT_SUBSCRIBED, CS_READY, CS_DONE, CS_FAILED
+	CS_IDLE,
+	CS_CONNECTING,
+	CS_HTTP,
+	CS_EIO_OPEN,
+	CS_SIO_CONNECT,
+	CS_WAIT_CONNECTED,
+	CS_WAIT_SUBSCRIBED,
+	CS_READY,
+	CS_DONE,
+	CS_FAILED
 };
 
 struct conn {
 	int fd;
-	int g;              /* global connection index */
+	int g; /* global connection index */
 	uint8_t state;
 	uint8_t tries;
 	bool have_off;
 	char epoch[24];
 	int64_t last_off;
 	uint64_t received;
-	uint64_t t_start;   /* churn: when this cycle began */
-	char *rb;           /* unconsumed input */
+	uint64_t t_start; /* churn: when this cycle began */
+	char *rb;         /* unconsumed input */
 	uint32_t rlen, rcap;
-	char *msg;          /* a fragmented message being assembled */
+	char *msg; /* a fragmented message being assembled */
 	uint32_t mlen, mcap;
-	char *wq;           /* output the socket did not take yet */
+	char *wq; /* output the socket did not take yet */
 	uint32_t wlen, wcap;
 	char tenant[32];
 };
@@ -53,9 +61,9 @@ struct worker {
 	int epfd;
 	int first, count;
 	struct conn *c;
-	int next_open;      /* setup: next connection to open */
-	int opening;        /* handshakes in flight */
-	int settled;        /* setup: connections ready or given up */
+	int next_open; /* setup: next connection to open */
+	int opening;   /* handshakes in flight */
+	int settled;   /* setup: connections ready or given up */
 	bool churning;
 	uint64_t churn_end;
 	uint32_t rnd;
@@ -90,7 +98,7 @@ static int grow(char **buf, uint32_t *cap, uint32_t need)
 
 static void set_events(struct worker *w, struct conn *c, uint32_t ev)
 {
-	struct epoll_event e = { .events = ev, .data.u64 = (uint64_t)(c - w->c) };
+	struct epoll_event e = {.events = ev, .data.u64 = (uint64_t)(c - w->c)};
 	epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &e);
 }
 
@@ -133,8 +141,8 @@ static int ws_send(struct worker *w, struct conn *c, int op, const char *p, size
 		f[h++] = (char)n;
 	}
 	uint32_t m = xrand(w);
-	unsigned char mask[4] = { (unsigned char)m, (unsigned char)(m >> 8),
-				  (unsigned char)(m >> 16), (unsigned char)(m >> 24) };
+	unsigned char mask[4] = {(unsigned char)m, (unsigned char)(m >> 8),
+	                         (unsigned char)(m >> 16), (unsigned char)(m >> 24)};
 	memcpy(f + h, mask, 4);
 	h += 4;
 	for (size_t i = 0; i < n; i++)
@@ -177,7 +185,7 @@ static int conn_open(struct worker *w, struct conn *c)
 		return -1;
 	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	struct sockaddr_in src = { .sin_family = AF_INET };
+	struct sockaddr_in src = {.sin_family = AF_INET};
 	src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(c->g % o->src_addrs));
 	if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0 ||
 	    (connect(fd, (struct sockaddr *)&w->dst, sizeof(w->dst)) < 0 && errno != EINPROGRESS)) {
@@ -189,7 +197,7 @@ static int conn_open(struct worker *w, struct conn *c)
 	c->have_off = false;
 	c->received = 0;
 	c->t_start = now_ns();
-	struct epoll_event e = { .events = EPOLLIN | EPOLLOUT, .data.u64 = (uint64_t)(c - w->c) };
+	struct epoll_event e = {.events = EPOLLIN | EPOLLOUT, .data.u64 = (uint64_t)(c - w->c)};
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &e);
 	w->opening++;
 	return 0;
@@ -210,11 +218,13 @@ static int send_upgrade(struct worker *w, struct conn *c)
 	if (o->token_query || o->proto == PROTO_SIO)
 		n = snprintf(req, sizeof(req), "GET %s%ctoken=%s HTTP/1.1\r\n", path, sep, tok);
 	else
-		n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nAuthorization: Bearer %s\r\n", path, tok);
-	n += snprintf(req + n, sizeof(req) - (size_t)n,
-		      "Host: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-		      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-		      o->ws_host, o->ws_port);
+		n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nAuthorization: Bearer %s\r\n",
+		             path, tok);
+	n += snprintf(
+	        req + n, sizeof(req) - (size_t)n,
+	        "Host: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+	        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+	        o->ws_host, o->ws_port);
 	c->state = CS_HTTP;
 	set_events(w, c, EPOLLIN);
 	return conn_write(w, c, req, (size_t)n);
@@ -251,7 +261,8 @@ static void on_connected(struct worker *w, struct conn *c)
 		return;
 	}
 	char m[128];
-	snprintf(m, sizeof(m), "{\"type\":\"subscribe\",\"channel\":\"job:%d\",\"id\":1}", job_of(w->o, c->g));
+	snprintf(m, sizeof(m), "{\"type\":\"subscribe\",\"channel\":\"job:%d\",\"id\":1}",
+	         job_of(w->o, c->g));
 	c->state = CS_WAIT_SUBSCRIBED;
 	if (send_client_msg(w, c, m))
 		conn_close(w, c, CS_FAILED);
@@ -387,13 +398,9 @@ static void on_eio(struct worker *w, struct conn *c, const char *s, size_t n)
 				conn_close(w, c, CS_FAILED);
 		}
 		return;
-	case '2':
-		ws_text(w, c, "3");
-		return;
-	case '4':
-		break;
-	default:
-		return;
+	case '2': ws_text(w, c, "3"); return;
+	case '4': break;
+	default: return;
 	}
 	if (n < 2)
 		return;
@@ -706,7 +713,8 @@ static void give_up(struct worker *w)
 	w->next_open = w->count;
 }
 
-void worker_main(const struct lg_opts *o, int index, int first, int count, int to_parent, int from_parent)
+void worker_main(const struct lg_opts *o, int index, int first, int count, int to_parent,
+                 int from_parent)
 {
 	struct worker *w = calloc(1, sizeof(*w));
 	if (!w)
@@ -724,7 +732,7 @@ void worker_main(const struct lg_opts *o, int index, int first, int count, int t
 		w->c[i].fd = -1;
 		w->c[i].g = first + i;
 	}
-	struct epoll_event ce = { .events = EPOLLIN, .data.u64 = UINT64_MAX };
+	struct epoll_event ce = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, from_parent, &ce);
 	w->churning = o->scenario == SC_CHURN;
 	uint64_t start = now_ns();
@@ -739,7 +747,8 @@ void worker_main(const struct lg_opts *o, int index, int first, int count, int t
 		for (int i = 0; i < n; i++) {
 			if (ev[i].data.u64 == UINT64_MAX) {
 				struct wcmd cmd;
-				if (read_all(from_parent, &cmd, sizeof(cmd)) || cmd.op == CMD_FINISH) {
+				if (read_all(from_parent, &cmd, sizeof(cmd)) ||
+				    cmd.op == CMD_FINISH) {
 					finish(w, cmd.published, to_parent);
 					_exit(0);
 				}
@@ -758,7 +767,7 @@ void worker_main(const struct lg_opts *o, int index, int first, int count, int t
 		if (!ready_sent && w->settled < w->count && now_ns() > setup_deadline)
 			give_up(w);
 		if (!ready_sent && w->settled >= w->count) {
-			struct wready r = { .ready = w->st.ready, .failed = w->st.connect_fail };
+			struct wready r = {.ready = w->st.ready, .failed = w->st.connect_fail};
 			write_all(to_parent, &r, sizeof(r));
 			ready_sent = true;
 			if (!w->churning)

@@ -227,6 +227,26 @@ export async function startGrpc(hub, opts, deliver, onlineStats) {
     if (!ch) return invalid(cb, 'bad channel');
     cb(null, publishMany(r.tenantId, [ch], r.type, structToJson(r.data)));
   };
+  // PublishStream: each message is handled as the unary call it wraps.
+  const streamMethods = {
+    jobProgress: 'publishJobProgress', jobCompleted: 'publishJobCompleted', jobFailed: 'publishJobFailed',
+    priceUpdated: 'publishPriceUpdated', orderStatus: 'publishOrderStatus',
+    broadcastTenant: 'broadcastTenant', sendToUser: 'sendToUser', publish: 'publish',
+  };
+  const publishStream = (call, cb) => {
+    let accepted = 0, rejected = 0, firstError = null;
+    call.on('data', (msg) => {
+      const which = msg.request, fn = which && impl[streamMethods[which]];
+      if (!fn) { rejected++; return; }
+      fn({ request: msg[which] }, (err) => {
+        if (!err) { accepted++; return; }
+        rejected++;
+        if (!firstError) firstError = { sequence: msg.sequence, index: String(accepted + rejected - 1), code: err.code, message: err.details };
+      });
+    });
+    call.on('end', () => cb(null, { accepted: String(accepted), rejected: String(rejected), firstError }));
+    call.on('error', () => {});
+  };
   const impl = {
     publishJobProgress: typed('job:progress', 'jobId', jobChans),
     publishJobCompleted: typed('job:completed', 'jobId', jobChans),
@@ -236,6 +256,7 @@ export async function startGrpc(hub, opts, deliver, onlineStats) {
     broadcastTenant: custom(() => '$tenant'),
     sendToUser: custom((r) => r.userId ? `$user:${r.userId}` : null),
     publish: custom((r) => validChannel(r.channel) ? r.channel : null),
+    publishStream,
     getStats: (call, cb) => {
       const s = hub.stats, o = onlineStats();
       cb(null, { connections: String(s.connections), users: String(o.users), tenants: String(o.tenants),
