@@ -6,7 +6,7 @@
 set -euo pipefail
 
 build_pkgs=(cmake make gcc pkg-config protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
-	libgrpc-dev libwebsockets-dev libjwt-dev libjansson-dev libssl-dev libcmocka-dev)
+	libgrpc-dev libwebsockets-dev libuv1-dev libjwt-dev libjansson-dev libssl-dev libcmocka-dev)
 test_pkgs=(clang libclang-rt-14-dev clang-format python3 python3-grpcio python3-grpc-tools
 	python3-websockets python3-pytest python3-jwt curl)
 
@@ -18,7 +18,31 @@ for p in "${pkgs[@]}"; do
 	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
 	[ "$status" = "install ok installed" ] || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# Node tools the tests use (buf: lint, breaking, curl): npm ci from the
+# lockfile in tests/npm when node_modules is missing or older than it.
+npm_tools() {
+	[ "${1:-}" = "--run" ] && return 0
+	local dir tests_npm
+	dir=$(cd "$(dirname "$0")/.." && pwd)
+	tests_npm="$dir/tests/npm"
+	if [ -f "$tests_npm/node_modules/.package-lock.json" ] &&
+		[ ! "$tests_npm/package-lock.json" -nt "$tests_npm/node_modules/.package-lock.json" ]; then
+		return 0
+	fi
+	echo "deps: npm ci in tests/npm"
+	(cd "$tests_npm" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+if [ "${1:-}" != "--run" ] && ! command -v npm >/dev/null; then
+	missing_npm=(nodejs npm)
+else
+	missing_npm=()
+fi
+missing+=("${missing_npm[@]}")
+if [ ${#missing[@]} -eq 0 ]; then
+	npm_tools "${1:-}"
+	exit 0
+fi
 
 echo "deps: installing ${missing[*]}"
 sudo=""
@@ -29,3 +53,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+npm_tools "${1:-}"

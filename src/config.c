@@ -1,14 +1,20 @@
 /*
- * config: defaults, then LIVEHUB_* environment variables, then flags.
+ * config: defaults, then the JSON configuration file, then LIVEHUB_*
+ * environment variables, then flags.
  *
- * Every setting is one row of the table below, so the environment, the
- * flags, the validation and --help cannot drift apart.
+ * Every setting is one row of the table below, so the file keys, the
+ * environment, the flags, the validation and --help cannot drift apart. A
+ * file key is the flag's name with '_' for '-' ("ws_port"). The file is
+ * JSON read with jansson (already linked for the client protocol): no
+ * hand-written parser, no new dependency, and strict types (a number where
+ * a number belongs).
  */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,15 +58,20 @@ static const struct setting settings[] = {
 	    "channels one connection may subscribe to"),
 	INT(sendq_max_frames, "sendq-max-frames", "LIVEHUB_SENDQ_MAX_FRAMES", 1, 10000000,
 	    "frames queued for one connection before it is closed as a slow consumer"),
-	INT(ping_interval_s, "ping-interval", "LIVEHUB_PING_INTERVAL", 1, 86400,
+	INT(ping_interval_s, "ping-interval", "LIVEHUB_PING_INTERVAL", 1, 65535,
 	    "seconds between WebSocket pings to an idle client"),
-	INT(ping_timeout_s, "ping-timeout", "LIVEHUB_PING_TIMEOUT", 2, 86400,
+	INT(ping_timeout_s, "ping-timeout", "LIVEHUB_PING_TIMEOUT", 2, 65535,
 	    "seconds of silence after which a client is dropped"),
 	INT(shutdown_timeout_s, "shutdown-timeout", "LIVEHUB_SHUTDOWN_TIMEOUT", 0, 3600,
 	    "seconds a graceful shutdown may take"),
 	INT(rx_buffer_size, "rx-buffer", "LIVEHUB_RX_BUFFER", 128, 65536,
 	    "receive buffer per connection, bytes"),
+	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
+	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
+	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
+	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
+	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
 };
 /* clang-format on */
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -81,8 +92,11 @@ static void defaults(struct lh_config *cfg)
 	cfg->ping_interval_s = 30;
 	cfg->ping_timeout_s = 90;
 	cfg->shutdown_timeout_s = 10;
-	cfg->rx_buffer_size = 512;
+	cfg->rx_buffer_size = 128;
+	cfg->write_batch = 32768;
+	strcpy(cfg->event_loop, "poll");
 	strcpy(cfg->log_level, "info");
+	strcpy(cfg->log_format, "logfmt");
 }
 
 /* Stores text as the value of s; from names where it came from. */
@@ -110,6 +124,94 @@ static int apply(struct lh_config *cfg, const struct setting *s, const char *tex
 	return 0;
 }
 
+/* The configuration file named by --config (argv) or else LIVEHUB_CONFIG;
+ * NULL when none. */
+static const char *config_path(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--") == 0)
+			break;
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+			return argv[i + 1];
+		if (strncmp(argv[i], "--config=", 9) == 0)
+			return argv[i] + 9;
+	}
+	const char *env = getenv("LIVEHUB_CONFIG");
+	return env && *env ? env : NULL;
+}
+
+/* The setting whose file key is key (its flag with '_' for '-'), or NULL. */
+static const struct setting *by_key(const char *key)
+{
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const char *f = settings[i].flag, *k = key;
+		while (*f && (*f == *k || (*f == '-' && *k == '_')))
+			f++, k++;
+		if (!*f && !*k)
+			return &settings[i];
+	}
+	return NULL;
+}
+
+/* Applies one file entry: strings for text settings, whole numbers for
+ * numeric ones. */
+static int apply_json(struct lh_config *cfg, const struct setting *st, json_t *v, const char *from)
+{
+	char num[32];
+	if (st->kind == K_STR) {
+		if (!json_is_string(v)) {
+			fprintf(stderr, "livehub: %s: must be a string\n", from);
+			return -1;
+		}
+		return apply(cfg, st, json_string_value(v), from);
+	}
+	if (!json_is_integer(v)) {
+		fprintf(stderr, "livehub: %s: must be a whole number from %ld to %ld\n", from,
+		        st->min, st->max);
+		return -1;
+	}
+	snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+	return apply(cfg, st, num, from);
+}
+
+/* Reads the JSON object in path: every key must name a setting. */
+static int from_file(struct lh_config *cfg, const char *path)
+{
+	json_error_t e;
+	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &e);
+	if (!root) {
+		fprintf(stderr, "livehub: configuration file %s: %s (line %d)\n", path, e.text,
+		        e.line);
+		return -1;
+	}
+	int rc = 0;
+	if (!json_is_object(root)) {
+		fprintf(stderr, "livehub: configuration file %s: must be a JSON object\n", path);
+		rc = -1;
+	}
+	const char *key;
+	json_t *v;
+	json_object_foreach(root, key, v)
+	{
+		if (rc)
+			break;
+		const struct setting *st = by_key(key);
+		char from[400];
+		snprintf(from, sizeof from, "%s: \"%s\"", path, key);
+		if (!st || strcmp(st->flag, "config") == 0) {
+			fprintf(stderr,
+			        "livehub: %s: not a setting (see livehub --help; keys are the "
+			        "option names with _ for -, e.g. \"ws_port\")\n",
+			        from);
+			rc = -1;
+		} else {
+			rc = apply_json(cfg, st, v, from);
+		}
+	}
+	json_decref(root);
+	return rc;
+}
+
 static int from_env(struct lh_config *cfg)
 {
 	for (size_t i = 0; i < NSETTINGS; i++) {
@@ -122,17 +224,22 @@ static int from_env(struct lh_config *cfg)
 
 static int from_flags(struct lh_config *cfg, int argc, char **argv, bool *help)
 {
-	struct option opts[NSETTINGS + 2];
+	enum { OPT_HELP = 1000, OPT_VERSION, OPT_CHECK };
+	struct option opts[NSETTINGS + 4];
 	for (size_t i = 0; i < NSETTINGS; i++)
 		opts[i] = (struct option){settings[i].flag, required_argument, NULL, (int)i};
-	opts[NSETTINGS] = (struct option){"help", no_argument, NULL, 'h' + 1000};
-	opts[NSETTINGS + 1] = (struct option){NULL, 0, NULL, 0};
+	opts[NSETTINGS] = (struct option){"help", no_argument, NULL, OPT_HELP};
+	opts[NSETTINGS + 1] = (struct option){"version", no_argument, NULL, OPT_VERSION};
+	opts[NSETTINGS + 2] = (struct option){"check-config", no_argument, NULL, OPT_CHECK};
+	opts[NSETTINGS + 3] = (struct option){NULL, 0, NULL, 0};
 	optind = 0; /* GNU: reinitialise, argv[0] is skipped */
 	opterr = 0;
 	int c;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (c == 'h' + 1000) {
-			*help = true;
+		if (c == OPT_HELP || c == OPT_VERSION || c == OPT_CHECK) {
+			*help |= c == OPT_HELP;
+			cfg->show_version |= c == OPT_VERSION;
+			cfg->check_only |= c == OPT_CHECK;
 			continue;
 		}
 		if (c < 0 || (size_t)c >= NSETTINGS) {
@@ -162,7 +269,19 @@ static int check(struct lh_config *cfg)
 		        cfg->log_level);
 		return -1;
 	}
+	int fmt = log_format_parse(cfg->log_format);
+	if (fmt < 0) {
+		fprintf(stderr, "livehub: log format \"%s\" is not one of logfmt, json\n",
+		        cfg->log_format);
+		return -1;
+	}
+	if (strcmp(cfg->event_loop, "poll") != 0 && strcmp(cfg->event_loop, "libuv") != 0) {
+		fprintf(stderr, "livehub: event loop \"%s\" is not one of poll, libuv\n",
+		        cfg->event_loop);
+		return -1;
+	}
 	log_set_level((enum log_level)lvl);
+	log_set_format((enum log_format)fmt);
 	if (cfg->ping_timeout_s <= cfg->ping_interval_s) {
 		fprintf(stderr,
 		        "livehub: LIVEHUB_PING_TIMEOUT (%d) must be greater than "
@@ -185,6 +304,14 @@ int config_load(struct lh_config *cfg, int argc, char **argv, bool *help)
 {
 	*help = false;
 	defaults(cfg);
+	const char *path = config_path(argc, argv);
+	if (path && strlen(path) >= sizeof cfg->config_file) {
+		fprintf(stderr, "livehub: --config: longer than %zu characters\n",
+		        sizeof cfg->config_file - 1);
+		return -1;
+	}
+	if (path && from_file(cfg, path))
+		return -1;
 	if (from_env(cfg) || from_flags(cfg, argc, argv, help))
 		return -1;
 	return *help ? 0 : check(cfg);
@@ -248,12 +375,26 @@ int config_resolve_secret(struct lh_config *cfg)
 
 void config_usage(FILE *out)
 {
-	fprintf(out, "usage: livehub [options]             run the hub\n"
-	             "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
-	             "                                     print a development token\n"
-	             "       livehub --version\n\n"
-	             "options (each also read from the environment variable shown):\n");
-	for (size_t i = 0; i < NSETTINGS; i++)
-		fprintf(out, "  --%-20s %-26s %s\n", settings[i].flag, settings[i].env,
-		        settings[i].help);
+	fprintf(out,
+	        "usage: livehub [options]             run the hub\n"
+	        "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
+	        "                                     print a development token\n"
+	        "       livehub --version\n"
+	        "       livehub --check-config [options]  validate the configuration, exit 0 or 2\n\n"
+	        "Settings: defaults < --config FILE (JSON, keys like \"ws_port\") < environment\n"
+	        "< flags. SIGHUP re-reads them and applies the JWT secret and limits.\n\n"
+	        "options (each also read from the environment variable shown):\n");
+	struct lh_config d;
+	defaults(&d);
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const struct setting *st = &settings[i];
+		const char *field = (const char *)&d + st->off;
+		char def[80];
+		if (st->kind == K_INT)
+			snprintf(def, sizeof def, "%d", *(const int *)field);
+		else
+			snprintf(def, sizeof def, "%s", field[0] ? field : "none");
+		fprintf(out, "  --%-20s %-26s %s [default: %s]\n", st->flag, st->env, st->help,
+		        def);
+	}
 }

@@ -1,7 +1,8 @@
 /*
- * config: livehub's settings. Embedded defaults, overridden by LIVEHUB_*
- * environment variables, overridden by command-line flags. docs/CONFIGURATION.md
- * lists every setting.
+ * config: livehub's settings. Embedded defaults, overridden by a JSON
+ * configuration file (--config / LIVEHUB_CONFIG), overridden by LIVEHUB_*
+ * environment variables, overridden by command-line flags.
+ * docs/CONFIGURATION.md lists every setting.
  */
 #ifndef LH_CONFIG_H
 #define LH_CONFIG_H
@@ -27,13 +28,23 @@ struct lh_config {
 	int ping_interval_s;       /* LIVEHUB_PING_INTERVAL; default 30 */
 	int ping_timeout_s;        /* LIVEHUB_PING_TIMEOUT; default 90 */
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
-	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 512 */
-	char log_level[16]; /* LIVEHUB_LOG_LEVEL; default info */
+	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
+	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
+	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
+	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
+	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
+	char config_file[256]; /* LIVEHUB_CONFIG, --config; default none */
+	/* Actions asked for on the command line (not settings). */
+	bool show_version; /* --version */
+	bool check_only;   /* --check-config: validate, then exit 0 or 2 */
 };
 
-/* Fills cfg with the defaults, then the environment, then argv (argv[0] and
- * a subcommand already skipped). Returns 0, or -1 after printing a message
- * naming the bad setting to stderr. Sets *help when --help was given. */
+/* Fills cfg with the defaults, then the configuration file (when --config
+ * or LIVEHUB_CONFIG names one), then the environment, then argv (argv[0]
+ * and a subcommand already skipped). Returns 0, or -1 after printing a
+ * message naming the bad setting and the accepted values to stderr. Sets
+ * *help when --help was given (nothing is validated then). Also applies
+ * the log level and format. */
 int config_load(struct lh_config *cfg, int argc, char **argv, bool *help);
 
 /* Fills in the JWT secret: the configured one, or the development secret

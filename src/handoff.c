@@ -1,5 +1,12 @@
 /* handoff: the bounded queue from publisher threads to the service thread.
- * See handoff.h. */
+ * See handoff.h.
+ *
+ * Producers push onto a lock-free stack (compare-and-swap on head); the
+ * consumer swaps the whole stack out and reverses it, which gives every
+ * producer's publications back in the order it pushed them. Only whole-stack
+ * takes exist, so a head seen again after a swap (ABA) is harmless. count
+ * is raised before a push links its node and lowered by the take, so it
+ * may briefly count a node not linked yet, never the reverse. */
 #include "handoff.h"
 
 #include <pthread.h>
@@ -11,12 +18,11 @@
 #include "publication.h"
 
 struct handoff {
-	pthread_mutex_t lock;
-	struct publication *head; /* lock */
-	struct publication *tail; /* lock */
-	_Atomic size_t count;     /* written under lock, read by anyone */
+	_Atomic(struct publication *) head; /* newest first */
+	_Atomic size_t count;
 	size_t max;
-	bool closed;          /* lock */
+	_Atomic bool closed;
+	pthread_mutex_t lock;
 	void (*wake)(void *); /* lock */
 	void *wake_arg;       /* lock */
 };
@@ -30,6 +36,9 @@ struct handoff *handoff_new(size_t max)
 		free(q);
 		return NULL;
 	}
+	atomic_init(&q->head, NULL);
+	atomic_init(&q->count, 0);
+	atomic_init(&q->closed, false);
 	q->max = max;
 	return q;
 }
@@ -50,40 +59,62 @@ void handoff_set_wake(struct handoff *q, void (*wake)(void *), void *arg)
 	pthread_mutex_unlock(&q->lock);
 }
 
-/* Appends p; wakes the consumer, outside the lock, only when the queue was
- * empty: a non-empty queue already has a wake-up on its way, because the
- * consumer always takes the whole list. */
-int handoff_push(struct handoff *q, struct publication *p)
+void handoff_wake(struct handoff *q)
 {
+	/* The lock is taken once per wake-up, not per push: it only keeps
+	 * wake and wake_arg consistent against handoff_set_wake. */
 	pthread_mutex_lock(&q->lock);
-	size_t n = atomic_load_explicit(&q->count, memory_order_relaxed);
-	if (q->closed || n >= q->max) {
-		pthread_mutex_unlock(&q->lock);
-		return LH_EFULL;
-	}
-	p->next = NULL;
-	if (q->tail)
-		q->tail->next = p;
-	else
-		q->head = p;
-	q->tail = p;
-	atomic_store_explicit(&q->count, n + 1, memory_order_relaxed);
-	void (*wake)(void *) = n == 0 ? q->wake : NULL;
+	void (*wake)(void *) = q->wake;
 	void *arg = q->wake_arg;
 	pthread_mutex_unlock(&q->lock);
 	if (wake)
 		wake(arg);
+}
+
+int handoff_push_lazy(struct handoff *q, struct publication *p)
+{
+	if (atomic_load_explicit(&q->closed, memory_order_acquire))
+		return LH_EFULL;
+	size_t n = atomic_fetch_add_explicit(&q->count, 1, memory_order_relaxed);
+	if (n >= q->max) {
+		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
+		return LH_EFULL;
+	}
+	struct publication *old = atomic_load_explicit(&q->head, memory_order_relaxed);
+	do
+		p->next = old;
+	while (!atomic_compare_exchange_weak_explicit(&q->head, &old, p, memory_order_release,
+	                                              memory_order_relaxed));
+	/* A non-empty stack already has a wake-up on its way, because the
+	 * consumer always takes the whole stack. */
+	return old == NULL;
+}
+
+int handoff_push(struct handoff *q, struct publication *p)
+{
+	int rc = handoff_push_lazy(q, p);
+	if (rc < 0)
+		return rc;
+	if (rc == 1)
+		handoff_wake(q);
 	return 0;
 }
 
 struct publication *handoff_take(struct handoff *q)
 {
-	pthread_mutex_lock(&q->lock);
-	struct publication *p = q->head;
-	q->head = q->tail = NULL;
-	atomic_store_explicit(&q->count, 0, memory_order_relaxed);
-	pthread_mutex_unlock(&q->lock);
-	return p;
+	struct publication *p = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
+	struct publication *fifo = NULL;
+	size_t n = 0;
+	while (p) {
+		struct publication *next = p->next;
+		p->next = fifo;
+		fifo = p;
+		p = next;
+		n++;
+	}
+	if (n)
+		atomic_fetch_sub_explicit(&q->count, n, memory_order_relaxed);
+	return fifo;
 }
 
 size_t handoff_depth(struct handoff *q)
@@ -93,7 +124,5 @@ size_t handoff_depth(struct handoff *q)
 
 void handoff_close(struct handoff *q)
 {
-	pthread_mutex_lock(&q->lock);
-	q->closed = true;
-	pthread_mutex_unlock(&q->lock);
+	atomic_store_explicit(&q->closed, true, memory_order_release);
 }

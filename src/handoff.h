@@ -4,7 +4,12 @@
  *
  * A producer pushes and, when the queue was empty, calls the wake function
  * (lws_cancel_service) so the service thread drains it; the consumer takes
- * the whole list at once, so a burst costs one wake-up.
+ * the whole list at once, so a burst costs one wake-up. A producer that
+ * pushes in bursts (the gRPC queue thread) can defer that wake to the end of
+ * its burst with handoff_push_lazy and handoff_wake.
+ *
+ * Pushing and taking are lock-free (a stack swapped out whole and reversed),
+ * so a producer and the consumer sharing one core never sleep on a lock.
  */
 #ifndef LH_HANDOFF_H
 #define LH_HANDOFF_H
@@ -23,12 +28,20 @@ void handoff_set_wake(struct handoff *q, void (*wake)(void *), void *arg);
 /* Any thread. Queues p; returns 0, or LH_EFULL when the queue is full or
  * closed (then ownership stays with the caller). */
 int handoff_push(struct handoff *q, struct publication *p);
+/* Any thread. Like handoff_push, but does not wake the consumer: returns 1
+ * when a wake is owed (the queue was empty), which the caller must pay
+ * soon with handoff_wake (once for any number of pushes); 0 when none is;
+ * LH_EFULL as handoff_push. */
+int handoff_push_lazy(struct handoff *q, struct publication *p);
+/* Any thread. Calls the wake function (see handoff_push_lazy). */
+void handoff_wake(struct handoff *q);
 /* Consumer. Takes every queued publication, oldest first (linked by ->next);
  * NULL when empty. */
 struct publication *handoff_take(struct handoff *q);
 /* Any thread. How many are queued now (for stats). */
 size_t handoff_depth(struct handoff *q);
-/* After close, pushes fail with LH_EFULL. */
+/* After close, pushes fail with LH_EFULL. A push racing with the close may
+ * still land; close once producers have stopped when that matters. */
 void handoff_close(struct handoff *q);
 
 #endif

@@ -296,6 +296,11 @@ static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
 	}
 	ch->last_ms = wall_ms();
 	count_presence(h, ch, -1);
+	/* A channel that never carried a publication has no offsets worth
+	 * keeping: free it now, so subscribe/unsubscribe loops cannot pile up
+	 * empty channels until the sweep. Callers must not use ch after this. */
+	if (ch->next == 1)
+		chan_free(h, ch);
 }
 
 /* ------------------------------------------------------------------------
@@ -601,6 +606,40 @@ size_t hub_conn_queued(const struct hub_conn *c)
 	return c->qlen;
 }
 
+/* The i-th oldest queued frame; i < c->qlen. */
+static struct frame *queue_at(const struct hub_conn *c, uint32_t i)
+{
+	return c->q[(c->qhead + i) & (c->qcap - 1)];
+}
+
+size_t hub_conn_take_batch(struct hub_conn *c, unsigned char *buf, size_t cap, size_t max_frames,
+                           size_t *nframes)
+{
+	/* Count first, so that a batch of one is never copied. */
+	size_t n = 0, bytes = 0;
+	while (n < c->qlen && n < max_frames) {
+		size_t len = queue_at(c, (uint32_t)n)->len + (n > 0);
+		if (len > cap - bytes)
+			break;
+		bytes += len;
+		n++;
+	}
+	*nframes = 0;
+	if (n < 2)
+		return 0;
+	unsigned char *o = buf;
+	for (size_t i = 0; i < n; i++) {
+		struct frame *f = hub_conn_peek(c);
+		if (i > 0)
+			*o++ = '\n';
+		memcpy(o, frame_payload(f), f->len);
+		o += f->len;
+		hub_conn_pop(c);
+	}
+	*nframes = n;
+	return bytes;
+}
+
 /* ------------------------------------------------------------------------
  * Publishing
  * ------------------------------------------------------------------------ */
@@ -700,6 +739,11 @@ void hub_publish(struct hub *h, struct publication *p)
 /* ------------------------------------------------------------------------
  * The hub
  * ------------------------------------------------------------------------ */
+
+void hub_set_limits(struct hub *h, const struct hub_limits *lim)
+{
+	h->lim = *lim;
+}
 
 struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr)
 {

@@ -67,6 +67,10 @@ struct hub_stats_snapshot {
 struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr);
 /* Frees the hub; every connection must be closed first. */
 void hub_free(struct hub *h);
+/* Replaces the limits (a SIGHUP reload). Existing subscriptions over a
+ * lowered max_subs_per_conn stay; a queue over a lowered sendq_max_frames
+ * overflows at its next frame. */
+void hub_set_limits(struct hub *h, const struct hub_limits *lim);
 
 /* Opens a connection of (tenant, user) and puts it on the implicit tenant
  * and user channels. tenant and user must pass name_tenant_ok/name_user_ok.
@@ -109,6 +113,16 @@ struct frame *hub_conn_peek(struct hub_conn *c);
 void hub_conn_pop(struct hub_conn *c);
 /* Frames queued on c. */
 size_t hub_conn_queued(const struct hub_conn *c);
+/*
+ * Several messages per send (PROTOCOL.md "Several messages per frame").
+ * Copies the oldest queued frames into buf, joined by '\n', as long as they
+ * fit in cap bytes (at most max_frames of them), pops the ones it copied and
+ * returns the bytes written, with *nframes set to their count. When fewer
+ * than two frames would fit it takes nothing and returns 0: the transport
+ * then writes hub_conn_peek()'s frame as it is, without a copy.
+ */
+size_t hub_conn_take_batch(struct hub_conn *c, unsigned char *buf, size_t cap, size_t max_frames,
+                           size_t *nframes);
 
 /* Publishes p: gives it the next offset in each channel, builds its event
  * frame once per channel and queues a reference on every subscriber. Fills

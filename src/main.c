@@ -4,11 +4,11 @@
  *
  * Threads: the main thread runs the libwebsockets service loop (it owns every
  * connection and the hub); gRPC runs its completion-queue thread; one signal
- * thread waits for SIGINT/SIGTERM. Shutdown order: stop gRPC first while the
- * service thread still drains the hand-off queue (so calls in flight get
- * their replies), then stop the service loop (clients get close 1001), then
- * free. gRPC threads call lws_cancel_service(), so the lws context outlives
- * them.
+ * thread waits for SIGINT/SIGTERM (and SIGHUP: reload). Shutdown order:
+ * stop gRPC first while the service thread still drains the hand-off queue
+ * (so calls in flight get their replies), then stop the service loop
+ * (clients get close 1001), then free. gRPC threads call
+ * lws_cancel_service(), so the lws context outlives them.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -17,12 +17,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "config.h"
 #include "handoff.h"
 #include "livehub.h"
 #include "log.h"
+#include "metrics.h"
 #include "publication.h"
 #include "rpc.h"
 #include "ws.h"
@@ -33,21 +35,87 @@ struct run {
 	struct rpc *rpc;
 	sigset_t sigs;
 	_Atomic int stopped; /* the signal thread has stopped gRPC and the loop */
+	int argc;            /* the command line, read again on SIGHUP */
+	char **argv;
 };
+
+/* SIGHUP, on the signal thread: reads the configuration again (file,
+ * environment, flags) and hands the JWT secret and the limits to the
+ * service thread. Settings that need a restart keep their running value;
+ * an invalid configuration changes nothing. */
+static void reload(struct run *r)
+{
+	struct lh_config nc;
+	bool help;
+	log_info("event=reload_started");
+	if (config_load(&nc, r->argc, r->argv, &help) || config_resolve_secret(&nc)) {
+		metrics_inc(&lh_metrics.reload_failures, 1);
+		log_error("event=reload_failed msg=\"invalid configuration (see above); the "
+		          "running one stays\"");
+		return;
+	}
+	struct auth_config ac = {nc.jwt_secret, nc.jwt_secret_len, nc.tenant_claim,
+	                         nc.jwt_leeway_s};
+	struct auth *auth = auth_new(&ac);
+	if (!auth) {
+		metrics_inc(&lh_metrics.reload_failures, 1);
+		log_error("event=reload_failed msg=\"out of memory\"");
+		return;
+	}
+	struct hub_limits lim = {(uint32_t)nc.max_subs_per_conn, (uint32_t)nc.sendq_max_frames};
+	bool secret_changed = nc.jwt_secret_len != r->cfg.jwt_secret_len ||
+	                      memcmp(nc.jwt_secret, r->cfg.jwt_secret, nc.jwt_secret_len) != 0;
+	bool restart = strcmp(nc.ws_host, r->cfg.ws_host) || nc.ws_port != r->cfg.ws_port ||
+	               strcmp(nc.grpc_host, r->cfg.grpc_host) || nc.grpc_port != r->cfg.grpc_port ||
+	               nc.handoff_max != r->cfg.handoff_max ||
+	               nc.rx_buffer_size != r->cfg.rx_buffer_size ||
+	               nc.ping_interval_s != r->cfg.ping_interval_s ||
+	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
+	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
+	ws_reload(r->ws, auth, &lim);
+	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
+	r->cfg.jwt_secret_len = nc.jwt_secret_len;
+	/* The copy of the secret on this stack is not left behind. */
+	explicit_bzero(&nc, sizeof nc);
+	metrics_inc(&lh_metrics.reloads, 1);
+	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u",
+	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames);
+	if (restart)
+		log_warn("event=reload_partial msg=\"addresses, ports, ping times, rx buffer, "
+		         "hand-off size and shutdown timeout apply only after a restart\"");
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void *signal_thread(void *arg)
 {
 	struct run *r = arg;
 	int sig = 0;
-	sigwait(&r->sigs, &sig);
-	log_info("msg=\"shutting down\" signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
-	int total_ms = r->cfg.shutdown_timeout_s * 1000;
-	rpc_stop(r->rpc, total_ms / 2);
+	for (;;) {
+		sigwait(&r->sigs, &sig);
+		if (sig != SIGHUP)
+			break;
+		reload(r);
+	}
+	/* /readyz and health answer "not serving" from here on. */
+	atomic_store(&lh_metrics.ready, false);
+	log_info("event=shutdown_started signal=%s", sig == SIGINT ? "SIGINT" : "SIGTERM");
+	/* One deadline for the whole shutdown: gRPC calls in flight get up to
+	 * half of it, closing the clients gets whatever is left. */
+	int64_t total_ms = (int64_t)r->cfg.shutdown_timeout_s * 1000;
+	int64_t start = now_ms();
+	rpc_stop(r->rpc, (int)(total_ms / 2));
 	r->rpc = NULL;
+	int64_t left = total_ms - (now_ms() - start);
 	/* Before ws_stop(): once the loop ends, main reads this to tell a
 	 * requested stop from a failed loop. */
 	atomic_store(&r->stopped, 1);
-	ws_stop(r->ws);
+	ws_stop(r->ws, left > 0 ? (int)left : 0);
 	return NULL;
 }
 
@@ -70,6 +138,10 @@ static void print_banner(const struct run *r, const char *argv0)
 	const struct lh_config *c = &r->cfg;
 	const char *host = strcmp(c->ws_host, "0.0.0.0") == 0 ? "127.0.0.1" : c->ws_host;
 	int wsp = ws_port(r->ws);
+	/* JSON logs go to a machine: the human banner would break them (the
+	 * event=ready line has the ports). */
+	if (strcmp(c->log_format, "json") == 0)
+		goto ready_line;
 	fprintf(stderr,
 	        "\nlivehub %s\n"
 	        "  WebSocket  ws://%s:%d/ws?token=TOKEN   (health: http://%s:%d/healthz)\n"
@@ -86,6 +158,7 @@ static void print_banner(const struct run *r, const char *argv0)
 		free(demo);
 	}
 	fprintf(stderr, "\n");
+ready_line:
 	/* The one machine-readable line, on stdout: tests and scripts wait for it. */
 	printf("livehub ready ws=%s:%d grpc=%s:%d\n", c->ws_host, wsp, c->grpc_host,
 	       rpc_port(r->rpc));
@@ -102,14 +175,29 @@ static int serve(int argc, char **argv)
 		config_usage(stdout);
 		return 0;
 	}
+	if (r.cfg.show_version) {
+		printf("livehub %s\n", LH_VERSION);
+		return 0;
+	}
+	if (r.cfg.check_only) {
+		printf("livehub: configuration OK%s\n",
+		       r.cfg.jwt_secret_len
+		               ? ""
+		               : " (no JWT secret set: the development secret would be used)");
+		return 0;
+	}
+	r.argc = argc;
+	r.argv = argv;
 	if (config_resolve_secret(&r.cfg))
 		return 2;
 	signal(SIGPIPE, SIG_IGN);
+	metrics_init();
 	/* Before any thread exists, so every thread inherits the mask and only
 	 * the signal thread sees SIGINT/SIGTERM. */
 	sigemptyset(&r.sigs);
 	sigaddset(&r.sigs, SIGINT);
 	sigaddset(&r.sigs, SIGTERM);
+	sigaddset(&r.sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &r.sigs, NULL);
 
 	int rc = 1;
@@ -125,12 +213,19 @@ static int serve(int argc, char **argv)
 	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q);
 	if (!r.rpc)
 		goto out;
+	/* Ready before the ready line: whoever waits for it may probe at once. */
+	atomic_store(&lh_metrics.ready, true);
+	log_info("event=ready version=%s ws_port=%d grpc_port=%d", LH_VERSION, ws_port(r.ws),
+	         rpc_port(r.rpc));
 	print_banner(&r, argv[0]);
 
 	pthread_t sig_thread;
 	if (pthread_create(&sig_thread, NULL, signal_thread, &r)) {
+		/* Without it nothing can stop gRPC while a service loop drains the
+		 * hand-off queue (rpc_stop() waits for every queued publication),
+		 * and this happens before any client could rely on us: exit now. */
 		log_error("msg=\"cannot start the signal thread\"");
-		goto out;
+		_exit(1);
 	}
 	rc = ws_run(r.ws) == 0 ? 0 : 1;
 	if (!atomic_load(&r.stopped)) {
@@ -148,7 +243,7 @@ static int serve(int argc, char **argv)
 	pthread_join(sig_thread, NULL);
 	handoff_close(q);
 	fail_queued(q);
-	log_info("msg=\"stopped\"");
+	log_info("event=stopped");
 out:
 	if (r.rpc)
 		rpc_stop(r.rpc, 0);

@@ -37,6 +37,7 @@
 #include "log.h"
 #include "pbjson.h"
 #include "publication.h"
+#include "rpc_extra.h"
 #include "rpc_methods.h"
 
 /* The biggest request accepted; larger ones get RESOURCE_EXHAUSTED from
@@ -57,7 +58,36 @@ _Static_assert((int)GRPC_STATUS_UNIMPLEMENTED == RPC_UNIMPLEMENTED, "status numb
 _Static_assert((int)GRPC_STATUS_INTERNAL == RPC_INTERNAL, "status numbers");
 _Static_assert((int)GRPC_STATUS_UNAVAILABLE == RPC_UNAVAILABLE, "status numbers");
 
-enum tag_kind { TAG_ARRIVED, TAG_CLOSED, TAG_REPLIED, TAG_SHUTDOWN };
+/* The decode arena: see decode(). */
+#define ARENA_BYTES (32 * 1024)
+
+struct spill {
+	struct spill *next;
+	_Alignas(max_align_t) unsigned char mem[];
+};
+
+struct arena {
+	size_t used;
+	struct spill *spills;
+	_Alignas(max_align_t) unsigned char buf[ARENA_BYTES];
+};
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ARENA_SPILL_ALL 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ARENA_SPILL_ALL 1
+#endif
+#endif
+#ifndef ARENA_SPILL_ALL
+#define ARENA_SPILL_ALL 0
+#endif
+
+/* Publications one PublishStream may have in the hub at once: the next
+ * message is read only when one of these is free. */
+#define STREAM_WINDOW 64
+
+enum tag_kind { TAG_ARRIVED, TAG_CLOSED, TAG_REPLIED, TAG_READ, TAG_SHUTDOWN };
 
 /* A completion-queue tag: what completed, and for which call. call is
  * atomic only so that ThreadSanitizer sees the hand-over (see
@@ -86,12 +116,15 @@ struct call {
 	grpc_metadata_array req_md;
 	grpc_byte_buffer *payload; /* the request, read with the call */
 	int cancelled;             /* set by RECV_CLOSE_ON_SERVER */
-	struct tag t_arrived, t_closed, t_replied;
+	struct tag t_arrived, t_closed, t_replied, t_read;
 	/* The reply batch's buffers live here until it completes. */
 	grpc_byte_buffer *reply;
 	grpc_slice status_details;
 	bool has_details;
 	struct publication pub; /* owns pub.data */
+	struct stream *stream;  /* PublishStream only; owned */
+	struct call *park_next; /* r->park_mu: link of r->parked */
+	int64_t start_us;       /* arrival, for the latency metric */
 };
 
 struct rpc {
@@ -107,12 +140,66 @@ struct rpc {
 	int nmethods;
 	const struct rpc_method *methods[MAX_METHODS];
 	void *registered[MAX_METHODS]; /* gRPC's handles of methods[] */
+	int mslot[MAX_METHODS];        /* metrics slots of methods[] */
+	int mslot_unknown;             /* metrics slot of unknown methods */
+	struct rpc_extra *extra;       /* health and reflection */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;  /* signalled when a field below changes */
 	bool shutdown_done; /* mu: the shutdown notify tag arrived */
 	int ncalls;         /* mu: struct calls alive, armed ones included */
+
+	/* Streams whose next publication found the hand-off queue full; every
+	 * on_done retries them (a full queue guarantees on_dones to come). */
+	pthread_mutex_t park_mu;
+	struct call *parked; /* park_mu */
+	_Atomic int nparked; /* raised before a push is tried, see stream_park */
+
+	/* Queue thread only: a push found the hand-off queue empty and the
+	 * service thread has not been woken for it yet. */
+	bool wake_owed;
+	/* Queue thread only: where requests are decoded (see decode). */
+	ProtobufCAllocator alloc;
+	struct arena arena;
 };
+
+/* One message of a PublishStream on its way through the hub. */
+struct slot {
+	struct publication pub; /* owner: the stream's struct call; owns pub.data */
+	uint64_t sequence;      /* the client's number for the message */
+	uint64_t index;         /* position in the stream, from 0 */
+	struct slot *next_free;
+};
+
+/* The state of a PublishStream call, beside its struct call. The queue
+ * thread reads messages; the service thread finishes publications. One
+ * RECV_MESSAGE is outstanding at most: it is started by whichever thread
+ * finds a free slot and no read running (reading, want_read). */
+struct stream {
+	pthread_mutex_t mu;
+	struct slot *free;            /* mu: slots not in the hub */
+	int used;                     /* mu: slots taken (being read, parked or in the hub) */
+	bool want_read;               /* mu: reading stopped for want of a free slot */
+	bool eof;                     /* mu: no more messages (half-close, cancel, error) */
+	bool finished;                /* mu: the response has been started */
+	struct slot *parked;          /* mu: waits for room in the hand-off queue */
+	uint64_t received;            /* queue thread: messages read */
+	grpc_byte_buffer *msg;        /* the RECV_MESSAGE target */
+	struct rpc_stream_result res; /* mu */
+	struct slot slots[STREAM_WINDOW];
+};
+
+static void stream_free(struct stream *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < STREAM_WINDOW; i++)
+		free(s->slots[i].pub.data);
+	if (s->msg)
+		grpc_byte_buffer_destroy(s->msg);
+	pthread_mutex_destroy(&s->mu);
+	free(s);
+}
 
 static void tag_init(struct tag *t, enum tag_kind kind, struct call *c)
 {
@@ -147,6 +234,7 @@ static void call_free(struct call *c)
 	if (c->has_details)
 		grpc_slice_unref(c->status_details);
 	free(c->pub.data);
+	stream_free(c->stream);
 	free(c);
 
 	pthread_mutex_lock(&r->mu);
@@ -185,6 +273,7 @@ static int call_arm(struct rpc *r, int idx)
 	tag_init(&c->t_arrived, TAG_ARRIVED, c);
 	tag_init(&c->t_closed, TAG_CLOSED, c);
 	tag_init(&c->t_replied, TAG_REPLIED, c);
+	tag_init(&c->t_read, TAG_READ, c);
 	grpc_metadata_array_init(&c->req_md);
 	if (idx == UNKNOWN_METHOD)
 		grpc_call_details_init(&c->details);
@@ -198,9 +287,11 @@ static int call_arm(struct rpc *r, int idx)
 		e = grpc_server_request_call(r->server, &c->call, &c->details, &c->req_md, r->cq,
 		                             r->cq, &c->t_arrived);
 	} else {
+		/* A stream's messages are read later (GRPC_SRM_PAYLOAD_NONE). */
+		grpc_byte_buffer **payload = c->m->kind == RPC_KIND_STREAM ? NULL : &c->payload;
 		e = grpc_server_request_registered_call(r->server, r->registered[idx], &c->call,
-		                                        &c->deadline, &c->req_md, &c->payload,
-		                                        r->cq, r->cq, &c->t_arrived);
+		                                        &c->deadline, &c->req_md, payload, r->cq,
+		                                        r->cq, &c->t_arrived);
 	}
 	if (e != GRPC_CALL_OK) {
 		log_error("msg=\"grpc request_call failed\" error=%d", (int)e);
@@ -232,6 +323,9 @@ static void reply_start(struct call *c, enum rpc_code code)
 	        c->has_details ? &c->status_details : NULL;
 
 	c->state = CALL_REPLYING;
+	metrics_grpc_done(c->method == UNKNOWN_METHOD ? c->r->mslot_unknown
+	                                              : c->r->mslot[c->method],
+	                  (int)code, metrics_now_us() - c->start_us);
 	grpc_call *call = c->call;
 	call_release_to_grpc(c);
 	grpc_call_error e = grpc_call_start_batch(call, ops, n, &c->t_replied, NULL);
@@ -261,11 +355,17 @@ static void reply_message(struct call *c, const ProtobufCMessage *msg)
 	reply_start(c, RPC_OK);
 }
 
+static void unpark(struct rpc *r);
+static void handle_stream(struct call *c);
+
 /* on_done of a publication: runs on the WebSocket service thread once the
  * hub has queued (or refused) it. */
 static void on_published(struct publication *p)
 {
 	struct call *c = p->owner;
+	metrics_observe(&lh_metrics.publish_latency, metrics_now_us() - c->start_us);
+	if (atomic_load(&c->r->nparked) > 0)
+		unpark(c->r);
 	struct rpc_error err;
 	if (rpc_publication_status(p, &err) != RPC_OK) {
 		reply_error(c, err.code, err.msg);
@@ -279,8 +379,48 @@ static void on_published(struct publication *p)
  * Handling an arrived call, on the queue thread.
  * ---------------------------------------------------------------------- */
 
-/* Decodes the request read with the call. Returns the message (free with
- * protobuf_c_message_free_unpacked) or NULL with err filled. */
+/* Memory for decoded requests, queue thread only: protobuf-c allocates
+ * every submessage, string and map entry of a request separately, which made
+ * malloc and free a visible share of a publish. Requests are decoded into a
+ * bump arena instead and dropped all at once (arena_reset) when the call has
+ * been handled; a request too big for it spills to malloc. Under ASan every
+ * allocation spills, so that overflows are still caught. */
+static void *arena_alloc(void *data, size_t size)
+{
+	struct arena *a = data;
+	size_t n = (size + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1);
+	if (!ARENA_SPILL_ALL && n <= ARENA_BYTES - a->used) {
+		void *p = a->buf + a->used;
+		a->used += n;
+		return p;
+	}
+	struct spill *sp = malloc(sizeof *sp + size);
+	if (!sp)
+		return NULL;
+	sp->next = a->spills;
+	a->spills = sp;
+	return sp->mem;
+}
+
+/* Memory is given back by arena_reset only. */
+static void arena_free(void *data, void *p)
+{
+}
+
+/* Drops everything decoded since the last reset. */
+static void arena_reset(struct arena *a)
+{
+	while (a->spills) {
+		struct spill *sp = a->spills;
+		a->spills = sp->next;
+		free(sp);
+	}
+	a->used = 0;
+}
+
+/* Decodes the request read with the call into the queue thread's arena.
+ * Returns the message, valid until arena_reset(&r->arena), or NULL with err
+ * filled. */
 static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 {
 	grpc_byte_buffer_reader rd;
@@ -299,15 +439,16 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 	 * a 40 KB request of nested Structs would overflow the stack. Check the
 	 * nesting on the wire bytes first, without recursion. */
 	ProtobufCMessage *req = NULL;
-	snprintf(err->msg, sizeof err->msg,
-	         "request: malformed protobuf or nested deeper than %d levels",
-	         PBJSON_WIRE_MAX_DEPTH);
 	if (pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s)) == 0)
-		req = protobuf_c_message_unpack(c->m->input, NULL, GRPC_SLICE_LENGTH(s),
+		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, GRPC_SLICE_LENGTH(s),
 		                                GRPC_SLICE_START_PTR(s));
 	grpc_slice_unref(s);
 	grpc_byte_buffer_destroy(c->payload);
 	c->payload = NULL;
+	if (!req)
+		snprintf(err->msg, sizeof err->msg,
+		         "request: malformed protobuf or nested deeper than %d levels",
+		         PBJSON_WIRE_MAX_DEPTH);
 	return req;
 }
 
@@ -317,7 +458,20 @@ static void handle_stats(struct call *c)
 	Livehub__V1__GetStatsResponse resp;
 	hub_stats_read(c->r->hub, &snap);
 	rpc_stats_reply_init(&resp, &snap, (uint64_t)(mono_ms() - c->r->started_ms) / 1000);
+	struct rpc_extra_stats st;
+	rpc_extra_stats(&resp, &st, &snap, handoff_depth(c->r->q));
 	reply_message(c, &resp.base);
+}
+
+/* Queue thread: pushes p, deferring the service thread's wake-up to the
+ * end of the completion being handled (see cq_main). Returns 0 or
+ * LH_EFULL. */
+static int push_lazy(struct rpc *r, struct publication *p)
+{
+	int rc = handoff_push_lazy(r->q, p);
+	if (rc == 1)
+		r->wake_owed = true;
+	return rc < 0 ? rc : 0;
 }
 
 /* Validates the request and hands its publication to the service thread.
@@ -338,7 +492,7 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 	c->state = CALL_PUBLISHING;
 	/* While rpc_stop drains, calls that got in are still published: the
 	 * service thread keeps taking the queue until gRPC has stopped. */
-	if (handoff_push(r->q, &c->pub) == 0)
+	if (push_lazy(r, &c->pub) == 0)
 		return;
 	if (atomic_load(&r->stopping)) {
 		reply_error(c, RPC_UNAVAILABLE, "livehub is shutting down");
@@ -369,6 +523,7 @@ static void on_arrived(struct call *c, bool ok)
 		return;
 	}
 	c->state = CALL_ACTIVE;
+	c->start_us = metrics_now_us();
 	if (!atomic_load(&r->stopping) && call_arm(r, c->method))
 		log_warn("msg=\"cannot re-arm a gRPC request; fewer calls will be taken at once\"");
 
@@ -385,6 +540,10 @@ static void on_arrived(struct call *c, bool ok)
 		handle_unknown(c);
 		return;
 	}
+	if (c->m->kind == RPC_KIND_STREAM) {
+		handle_stream(c);
+		return;
+	}
 	struct rpc_error err;
 	ProtobufCMessage *req = decode(c, &err);
 	if (!req) {
@@ -395,7 +554,247 @@ static void on_arrived(struct call *c, bool ok)
 		handle_stats(c);
 	else
 		handle_publish(c, req);
-	protobuf_c_message_free_unpacked(req, NULL);
+	arena_reset(&r->arena);
+}
+
+/* ------------------------------------------------------------------------
+ * PublishStream. The call's logic reference is given to the response batch,
+ * started once the client has half-closed (or the call failed) and every
+ * publication of the stream is done.
+ * ---------------------------------------------------------------------- */
+
+/* Starts a RECV_MESSAGE batch for the next message; any thread. */
+static void stream_read(struct call *c)
+{
+	grpc_op op;
+	memset(&op, 0, sizeof op);
+	op.op = GRPC_OP_RECV_MESSAGE;
+	op.data.recv_message.recv_message = &c->stream->msg;
+	atomic_fetch_add(&c->refs, 1);
+	call_release_to_grpc(c);
+	if (grpc_call_start_batch(c->call, &op, 1, &c->t_read, NULL) == GRPC_CALL_OK)
+		return;
+	/* No completion will come: the stream ends here. */
+	pthread_mutex_lock(&c->stream->mu);
+	c->stream->eof = true;
+	pthread_mutex_unlock(&c->stream->mu);
+	call_unref(c);
+}
+
+/* With s->mu held: whether the response is due now (then it is marked
+ * started and the caller sends it after unlocking). */
+static bool stream_due(struct stream *s)
+{
+	if (s->finished || !s->eof || s->used > 0)
+		return false;
+	s->finished = true;
+	return true;
+}
+
+/* With s->mu held: whether a read may start now (then it is marked
+ * started). */
+static bool stream_can_read(struct stream *s)
+{
+	if (s->eof || s->parked || !s->free) {
+		s->want_read = !s->eof;
+		return false;
+	}
+	s->want_read = false;
+	return true;
+}
+
+/* Sends the PublishStreamResponse; consumes the logic reference. */
+static void stream_respond(struct call *c)
+{
+	struct stream *s = c->stream;
+	pthread_mutex_lock(&s->mu);
+	struct rpc_stream_result res = s->res;
+	pthread_mutex_unlock(&s->mu);
+	struct rpc_stream_reply rep;
+	reply_message(c, rpc_stream_reply_init(&rep, &res));
+}
+
+/* Returns slot to the free list and, after a rejection, records err; then
+ * starts the next read and/or the response as the state allows. reader:
+ * the caller is the queue thread handling the last read, so no read is
+ * running and continuing is its job. */
+static void stream_slot_done(struct call *c, struct slot *sl, const struct rpc_error *err,
+                             bool reader)
+{
+	struct stream *s = c->stream;
+	free(sl->pub.data);
+	sl->pub.data = NULL;
+	pthread_mutex_lock(&s->mu);
+	if (err)
+		rpc_stream_reject(&s->res, sl->sequence, sl->index, err);
+	else
+		s->res.accepted++;
+	sl->next_free = s->free;
+	s->free = sl;
+	s->used--;
+	bool read = (reader || s->want_read) && stream_can_read(s);
+	bool due = stream_due(s);
+	pthread_mutex_unlock(&s->mu);
+	if (read)
+		stream_read(c);
+	if (due)
+		stream_respond(c);
+}
+
+/* on_done of a stream's publication, on the service thread. */
+static void on_stream_published(struct publication *p)
+{
+	struct slot *sl = (struct slot *)p;
+	struct call *c = p->owner;
+	struct rpc_error err;
+	if (atomic_load(&c->r->nparked) > 0)
+		unpark(c->r);
+	stream_slot_done(c, sl, rpc_publication_status(p, &err) == RPC_OK ? NULL : &err, false);
+}
+
+/* Pushes sl (lazily from the queue thread). Returns 0 or LH_EFULL. */
+static int stream_push(struct call *c, struct slot *sl, bool queue_thread)
+{
+	if (queue_thread)
+		return push_lazy(c->r, &sl->pub);
+	return handoff_push(c->r->q, &sl->pub);
+}
+
+/* After sl went into the hub (s->parked is clear): reads on if a slot is
+ * free. */
+static void stream_pushed(struct call *c)
+{
+	pthread_mutex_lock(&c->stream->mu);
+	bool read = stream_can_read(c->stream);
+	pthread_mutex_unlock(&c->stream->mu);
+	if (read)
+		stream_read(c);
+}
+
+/* Pushes sl, or parks the stream until the hand-off queue has room: the
+ * stream stops reading, so the client is held back by HTTP/2 flow control.
+ * After a failed first try, nparked is raised before the push is tried
+ * again, so if that fails too, the on_dones of the publications filling the
+ * queue come after it, see it and retry. */
+static void stream_park(struct call *c, struct slot *sl)
+{
+	struct rpc *r = c->r;
+	if (stream_push(c, sl, true) == 0) {
+		stream_pushed(c);
+		return;
+	}
+	atomic_fetch_add(&r->nparked, 1);
+	pthread_mutex_lock(&r->park_mu);
+	if (stream_push(c, sl, true) == 0) {
+		atomic_fetch_sub(&r->nparked, 1);
+		pthread_mutex_unlock(&r->park_mu);
+		stream_pushed(c);
+		return;
+	}
+	pthread_mutex_lock(&c->stream->mu);
+	c->stream->parked = sl;
+	pthread_mutex_unlock(&c->stream->mu);
+	c->park_next = r->parked;
+	r->parked = c;
+	pthread_mutex_unlock(&r->park_mu);
+}
+
+/* Retries the parked streams' pushes; any thread (on_done). Streams that
+ * still find the queue full stay parked. */
+static void unpark(struct rpc *r)
+{
+	struct call *done = NULL;
+	pthread_mutex_lock(&r->park_mu);
+	struct call **pp = &r->parked;
+	while (*pp) {
+		struct call *c = *pp;
+		if (stream_push(c, c->stream->parked, false)) {
+			pp = &c->park_next;
+			continue;
+		}
+		*pp = c->park_next;
+		atomic_fetch_sub(&r->nparked, 1);
+		pthread_mutex_lock(&c->stream->mu);
+		c->stream->parked = NULL;
+		pthread_mutex_unlock(&c->stream->mu);
+		c->park_next = done;
+		done = c;
+	}
+	pthread_mutex_unlock(&r->park_mu);
+	while (done) {
+		struct call *c = done;
+		done = c->park_next;
+		stream_pushed(c);
+	}
+}
+
+/* Turns one received message into a publication and pushes it. */
+static void stream_message(struct call *c)
+{
+	struct stream *s = c->stream;
+	struct rpc_error err;
+	pthread_mutex_lock(&s->mu);
+	struct slot *sl = s->free; /* a read only starts with a slot free */
+	s->free = sl->next_free;
+	s->used++;
+	pthread_mutex_unlock(&s->mu);
+	sl->index = s->received++;
+	sl->sequence = 0;
+
+	c->payload = s->msg;
+	s->msg = NULL;
+	ProtobufCMessage *req = decode(c, &err);
+	int rc = req ? rpc_stream_prepare(req, &sl->pub, &sl->sequence, &err) : -1;
+	arena_reset(&c->r->arena);
+	if (rc) {
+		stream_slot_done(c, sl, &err, true);
+		return;
+	}
+	sl->pub.on_done = on_stream_published;
+	sl->pub.owner = c;
+	stream_park(c, sl);
+}
+
+/* A RECV_MESSAGE completed, on the queue thread: a message, or the end of
+ * the stream (half-close: ok with no message; cancelled or broken: !ok). */
+static void on_read(struct call *c, bool ok)
+{
+	struct stream *s = c->stream;
+	if (ok && s->msg) {
+		stream_message(c);
+	} else {
+		pthread_mutex_lock(&s->mu);
+		s->eof = true;
+		bool due = stream_due(s);
+		pthread_mutex_unlock(&s->mu);
+		if (due)
+			stream_respond(c);
+	}
+	call_unref(c); /* the read's reference */
+}
+
+/* A PublishStream call arrived: set up its slots and read the first
+ * message. */
+static void handle_stream(struct call *c)
+{
+	struct stream *s = calloc(1, sizeof *s);
+	if (!s) {
+		reply_error(c, RPC_INTERNAL, "out of memory");
+		return;
+	}
+	pthread_mutex_init(&s->mu, NULL);
+	for (int i = STREAM_WINDOW - 1; i >= 0; i--) {
+		s->slots[i].next_free = s->free;
+		s->free = &s->slots[i];
+	}
+	c->stream = s;
+	stream_read(c);
+	/* A read that could not start ended the stream: answer it. */
+	pthread_mutex_lock(&s->mu);
+	bool due = stream_due(s);
+	pthread_mutex_unlock(&s->mu);
+	if (due)
+		stream_respond(c);
 }
 
 static void on_shutdown_done(struct rpc *r)
@@ -412,6 +811,16 @@ static void *cq_main(void *arg)
 {
 	struct rpc *r = arg;
 	for (;;) {
+		/* The service thread is woken after the handler, not inside the
+		 * push: the wake-up (a pipe write) and the switch it may cause then
+		 * come after this thread's work on the call (the next read
+		 * started, locks released). Deferring it further, until the queue
+		 * has nothing ready, measured worse: the extra non-blocking
+		 * grpc_completion_queue_next costs an epoll_wait per completion. */
+		if (r->wake_owed) {
+			r->wake_owed = false;
+			handoff_wake(r->q);
+		}
 		grpc_event ev =
 		        grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
@@ -430,6 +839,7 @@ static void *cq_main(void *arg)
 			call_unref(c);
 			break;
 		case TAG_REPLIED: call_unref(c); break;
+		case TAG_READ: on_read(c, ev.success); break;
 		case TAG_SHUTDOWN: on_shutdown_done(r); break;
 		}
 	}
@@ -439,6 +849,21 @@ static void *cq_main(void *arg)
 /* ------------------------------------------------------------------------
  * Start and stop.
  * ---------------------------------------------------------------------- */
+
+/* absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore), by
+ * its mangled name in Debian's abseil (inline namespace debian3), weak so
+ * that another abseil build simply skips it. Debian builds abseil without
+ * NDEBUG, which leaves deadlock detection on: every lock gRPC takes then
+ * updates a global lock graph under a global lock, about 4% of the CPU of
+ * a unary publish (perf). The enum is an int in the C++ ABI. */
+extern void _ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE(int mode)
+        __attribute__((weak));
+
+static void absl_deadlock_detection_off(void)
+{
+	if (_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE)
+		_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE(0);
+}
 
 /* Registers every method of the service that livehub implements. */
 static int register_methods(struct rpc *r)
@@ -452,13 +877,17 @@ static int register_methods(struct rpc *r)
 			continue;
 		char path[256];
 		snprintf(path, sizeof path, "/%s/%s", svc->name, m->name);
-		void *h = grpc_server_register_method(r->server, path, NULL,
-		                                      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+		/* A stream's messages are read one by one with RECV_MESSAGE. */
+		grpc_server_register_method_payload_handling payload =
+		        m->kind == RPC_KIND_STREAM ? GRPC_SRM_PAYLOAD_NONE
+		                                   : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
+		void *h = grpc_server_register_method(r->server, path, NULL, payload, 0);
 		if (!h) {
 			log_error("msg=\"grpc cannot register method\" method=%s", path);
 			return LH_EIO;
 		}
 		r->methods[r->nmethods] = m;
+		r->mslot[r->nmethods] = metrics_grpc_method(path);
 		r->registered[r->nmethods++] = h;
 	}
 	return 0;
@@ -486,6 +915,7 @@ static int bind_port(struct rpc *r, const char *host, int port)
 static void abort_start(struct rpc *r, bool thread)
 {
 	grpc_server_destroy(r->server);
+	rpc_extra_free(r->extra);
 	grpc_completion_queue_shutdown(r->cq);
 	if (thread)
 		pthread_join(r->thread, NULL);
@@ -497,6 +927,7 @@ static void abort_start(struct rpc *r, bool thread)
 	grpc_shutdown();
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
+	pthread_mutex_destroy(&r->park_mu);
 	free(r);
 }
 
@@ -514,7 +945,12 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	atomic_init(&r->stopping, false);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
+	pthread_mutex_init(&r->park_mu, NULL);
+	atomic_init(&r->nparked, 0);
 
+	r->alloc = (ProtobufCAllocator){
+	        .alloc = arena_alloc, .free = arena_free, .allocator_data = &r->arena};
+	absl_deadlock_detection_off();
 	grpc_init();
 	grpc_arg args[] = {
 	        {.type = GRPC_ARG_INTEGER,
@@ -537,11 +973,14 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	}
 	/* Binding comes last: a server with a listener cannot be destroyed
 	 * without a shutdown. */
-	if (register_methods(r) || (r->port = bind_port(r, cfg->grpc_host, cfg->grpc_port)) == 0) {
+	r->mslot_unknown = metrics_grpc_method("other");
+	if (register_methods(r) || !(r->extra = rpc_extra_attach(r->server)) ||
+	    (r->port = bind_port(r, cfg->grpc_host, cfg->grpc_port)) == 0) {
 		abort_start(r, true);
 		return NULL;
 	}
 	grpc_server_start(r->server);
+	rpc_extra_start(r->extra);
 	for (int i = 0; i < r->nmethods; i++)
 		for (int k = 0; k < ARMED_PER_METHOD; k++)
 			call_arm(r, i);
@@ -606,6 +1045,7 @@ void rpc_stop(struct rpc *r, int drain_ms)
 	if (!r)
 		return;
 	atomic_store(&r->stopping, true);
+	rpc_extra_stopping(r->extra);
 	/* New calls are refused from here; armed requests fail and are freed. */
 	grpc_server_shutdown_and_notify(r->server, r->cq, &r->t_shutdown);
 	if (!wait_for(r, drained, drain_ms < 0 ? 0 : drain_ms, "drain"))
@@ -615,12 +1055,14 @@ void rpc_stop(struct rpc *r, int drain_ms)
 	 * has passed them to on_done. */
 	wait_for(r, finished, -1, "calls");
 	grpc_server_destroy(r->server);
+	rpc_extra_free(r->extra);
 	grpc_completion_queue_shutdown(r->cq);
 	pthread_join(r->thread, NULL);
 	grpc_completion_queue_destroy(r->cq);
 	grpc_shutdown();
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
+	pthread_mutex_destroy(&r->park_mu);
 	free(r);
 	log_info("msg=\"gRPC stopped\"");
 }

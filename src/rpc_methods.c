@@ -131,6 +131,9 @@ static int set_data(struct publication *p, const ProtobufCMessage *msg, const ch
 	char path[128] = "";
 	int rc = 0;
 
+	/* One allocation for a typical event instead of growing from 64 bytes
+	 * by doubling (realloc showed in the profile of a publish). */
+	sb_reserve(&sb, 480);
 	if (msg)
 		rc = pbjson_write(&sb, msg, path, sizeof path);
 	else
@@ -329,6 +332,8 @@ static const struct rpc_method methods[] = {
         PUBLISH("Publish", publish, prepare_publish),
         {"GetStats", RPC_KIND_STATS, &livehub__v1__get_stats_request__descriptor,
          &livehub__v1__get_stats_response__descriptor, NULL},
+        {"PublishStream", RPC_KIND_STREAM, &livehub__v1__publish_stream_request__descriptor,
+         &livehub__v1__publish_stream_response__descriptor, NULL},
 };
 
 #define NMETHODS (sizeof methods / sizeof methods[0])
@@ -385,6 +390,75 @@ int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
 	}
 	p->ts_ms = now_ms();
 	return 0;
+}
+
+/* The unary publish method whose request type is d, or NULL. */
+static const struct rpc_method *method_by_input(const ProtobufCMessageDescriptor *d)
+{
+	for (size_t i = 0; i < NMETHODS; i++)
+		if (methods[i].kind == RPC_KIND_PUBLISH && methods[i].input == d)
+			return &methods[i];
+	return NULL;
+}
+
+/* The oneof member of a PublishStreamRequest is found through the
+ * descriptor, so a publish method added to the oneof needs no code here. */
+int rpc_stream_prepare(const ProtobufCMessage *req, struct publication *p, uint64_t *sequence,
+                       struct rpc_error *err)
+{
+	const Livehub__V1__PublishStreamRequest *r = (const void *)req;
+	const ProtobufCMessageDescriptor *d = &livehub__v1__publish_stream_request__descriptor;
+	memset(p, 0, sizeof *p);
+	*sequence = req->descriptor == d ? r->sequence : 0;
+	if (req->descriptor != d)
+		return fail(err, RPC_INTERNAL, "message is not a PublishStreamRequest");
+	const ProtobufCFieldDescriptor *f = NULL;
+	for (unsigned i = 0; i < d->n_fields; i++)
+		if (d->fields[i].id == (uint32_t)r->request_case)
+			f = &d->fields[i];
+	const ProtobufCMessage *inner =
+	        f && f->type == PROTOBUF_C_TYPE_MESSAGE
+	                ? *(ProtobufCMessage *const *)((const char *)req + f->offset)
+	                : NULL;
+	const struct rpc_method *m = inner ? method_by_input(inner->descriptor) : NULL;
+	if (!m)
+		return fail(
+		        err, RPC_INVALID_ARGUMENT,
+		        "request: one of job_progress, job_completed, job_failed, price_updated, "
+		        "order_status, broadcast_tenant, send_to_user, publish is required");
+	if (rpc_method_prepare(m, inner, p, err) == 0)
+		return 0;
+	char msg[RPC_ERRMSG_MAX];
+	memcpy(msg, err->msg, sizeof msg);
+	return fail(err, err->code, "%s.%s", f->name, msg);
+}
+
+void rpc_stream_reject(struct rpc_stream_result *res, uint64_t sequence, uint64_t index,
+                       const struct rpc_error *err)
+{
+	if (res->rejected++ > 0)
+		return;
+	res->has_error = true;
+	res->err_sequence = sequence;
+	res->err_index = index;
+	res->error = *err;
+}
+
+const ProtobufCMessage *rpc_stream_reply_init(struct rpc_stream_reply *out,
+                                              const struct rpc_stream_result *res)
+{
+	livehub__v1__publish_stream_response__init(&out->msg);
+	out->msg.accepted = res->accepted;
+	out->msg.rejected = res->rejected;
+	if (res->has_error) {
+		livehub__v1__publish_stream_error__init(&out->error);
+		out->error.sequence = res->err_sequence;
+		out->error.index = res->err_index;
+		out->error.code = (int32_t)res->error.code;
+		out->error.message = (char *)res->error.msg;
+		out->msg.first_error = &out->error;
+	}
+	return &out->msg.base;
 }
 
 /* ------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 #define LH_RPC_METHODS_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "hub.h"
@@ -44,6 +45,7 @@ struct rpc_error {
 enum rpc_kind {
 	RPC_KIND_PUBLISH, /* turns the request into a publication */
 	RPC_KIND_STATS,   /* answered at once from hub_stats_read */
+	RPC_KIND_STREAM,  /* PublishStream: a client stream of publish requests */
 };
 
 struct rpc_method {
@@ -90,6 +92,47 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
  * message to serialize (&out->msg.base). */
 const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out,
                                                const struct rpc_method *m, struct publication *p);
+
+/* ------------------------------------------------------------------------
+ * PublishStream: each message is one publish, validated and converted as
+ * the unary method its oneof names would; a rejected message is counted and
+ * the stream goes on.
+ * ---------------------------------------------------------------------- */
+
+/* Validates req (a PublishStreamRequest) and fills p exactly as
+ * rpc_method_prepare does for the unary method named by the oneof; error
+ * messages start with the oneof field's name
+ * ("job_progress.event.progress: must be between 0 and 100"). *sequence is
+ * set to the client's sequence number even when validation fails. Same
+ * return and ownership as rpc_method_prepare. */
+int rpc_stream_prepare(const ProtobufCMessage *req, struct publication *p, uint64_t *sequence,
+                       struct rpc_error *err);
+
+/* What one PublishStream has done so far. Zero-initialise. */
+struct rpc_stream_result {
+	uint64_t accepted;
+	uint64_t rejected;
+	bool has_error;         /* the first rejection is below */
+	uint64_t err_sequence;  /* its client sequence number */
+	uint64_t err_index;     /* its position in the stream, from 0 */
+	struct rpc_error error; /* its status and message */
+};
+
+/* Counts message number index (client sequence `sequence`) as rejected
+ * with err; the first rejection is kept for the response. */
+void rpc_stream_reject(struct rpc_stream_result *res, uint64_t sequence, uint64_t index,
+                       const struct rpc_error *err);
+
+/* The PublishStreamResponse, built in place; points into res, which must
+ * outlive it. Never freed. */
+struct rpc_stream_reply {
+	Livehub__V1__PublishStreamResponse msg;
+	Livehub__V1__PublishStreamError error;
+};
+
+/* Fills out from res; returns the message to serialize (&out->msg.base). */
+const ProtobufCMessage *rpc_stream_reply_init(struct rpc_stream_reply *out,
+                                              const struct rpc_stream_result *res);
 
 /* Fills out (a GetStatsResponse) from the hub's counters. out->version
  * points to a static string. */

@@ -11,8 +11,9 @@
  * drops the per-session struct when it re-binds the connection to the ws
  * protocol), opens the hub connection and queues `connected`; RECEIVE parses
  * client messages and queues replies through the hub so they stay in order
- * with events; SERVER_WRITEABLE writes one queued frame per callback; CLOSED
- * closes the hub connection.
+ * with events; SERVER_WRITEABLE writes one WebSocket frame per callback,
+ * several queued messages joined by '\n' when a backlog has formed (see
+ * write_batch()); CLOSED closes the hub connection.
  */
 #include "ws.h"
 
@@ -24,9 +25,12 @@
 #include <strings.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <uv.h>
 
 #include "livehub.h"
 #include "log.h"
+#include "metrics.h"
+#include "strbuf.h"
 #include "publication.h"
 #include "ws_protocol.h"
 
@@ -40,6 +44,9 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_SWEEP_US       (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
 #define WS_SWEEP_IDLE_MS  60000                /* how long an unused channel lives on */
 #define WS_CLOSE_SHUTDOWN 1001
+#define WS_KILL_GRACE_S   5             /* a killed connection that never becomes writable */
+#define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
+#define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
 
 /* A client message that spans several RECEIVE callbacks. */
 struct rxbuf {
@@ -58,25 +65,39 @@ struct session {
 	struct session *prev, *next; /* ws->sessions */
 	const char *close_reason;    /* static text, with close_code */
 	int close_code;              /* nonzero: close at the next write */
+	unsigned char why;           /* enum metrics_close, when close_code does not tell */
+};
+
+/* Settings a SIGHUP reload hands to the service thread (ws_reload). */
+struct reload {
+	struct auth *auth; /* owned until applied */
+	struct hub_limits lim;
 };
 
 struct ws {
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
-	struct hub *hub;   /* owned */
-	struct auth *auth; /* borrowed */
-	struct handoff *q; /* borrowed */
+	struct hub *hub;                 /* owned */
+	struct auth *auth;               /* borrowed, or owned_auth after a reload */
+	struct auth *owned_auth;         /* the auth of the last reload; freed with w */
+	_Atomic(struct reload *) reload; /* any thread: pending reload */
+	struct handoff *q;               /* borrowed */
 	int port;
-	int ping_interval_s, ping_timeout_s, shutdown_timeout_s;
+	int ping_interval_s, ping_timeout_s;
 	lws_retry_bo_t retry;              /* lws keeps a pointer */
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
 	lws_sorted_usec_list_t sul_deadline;
 	struct session *sessions;   /* live WebSocket connections */
 	bool closing;               /* shutdown has begun: no new clients */
-	bool deadline_passed;       /* shutdown_timeout_s is over */
+	bool deadline_passed;       /* the shutdown grace (grace_ms) is over */
 	_Atomic bool stop;          /* any thread: ws_stop() was called */
+	_Atomic int grace_ms;       /* any thread: how long closing clients may take */
 	char tokbuf[WS_HEADER_MAX]; /* scratch for the token, service thread */
+	uv_loop_t *uv;              /* owned; NULL: lws' own poll() loop */
+	void *foreign_loops[1];     /* lws keeps a pointer */
+	size_t batch_cap;           /* write_batch: payload bytes of batch, 0 = no batching */
+	unsigned char *batch;       /* owned; LWS_PRE + batch_cap bytes, service thread */
 };
 
 /* ------------------------------------------------------------------------
@@ -160,19 +181,84 @@ static void tr_want_write(void *tctx)
  * that is not in a callback of its own. */
 static void tr_kill(void *tctx, int close_code, const char *reason)
 {
-	close_later(tctx, close_code, reason);
+	struct session *s = tctx;
+	close_later(s, close_code, reason);
+	/* A peer that stopped reading may never make the socket writable again:
+	 * drop it after a few seconds rather than at the ping timeout. */
+	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
 }
 
 /* ------------------------------------------------------------------------
  * HTTP and the handshake
  * ------------------------------------------------------------------------ */
 
+/* Renders /metrics: the counters plus gauges only the service thread can
+ * read (send queue lengths, walked here once per scrape). */
+static int metrics_reply(struct ws *w, struct lws *wsi)
+{
+	struct hub_stats_snapshot hs;
+	struct metrics_gauges g = {0};
+	hub_stats_read(w->hub, &hs);
+	g.connections = hs.connections;
+	g.users = hs.users;
+	g.tenants = hs.tenants;
+	g.channels = hs.channels;
+	g.subscriptions = hs.subscriptions;
+	g.slow_consumers = hs.slow_consumers;
+	g.messages_in = hs.messages_received;
+	g.publications = hs.messages_published;
+	g.events_out = hs.messages_delivered;
+	g.handoff_depth = handoff_depth(w->q);
+	for (struct session *s = w->sessions; s; s = s->next) {
+		size_t n = hub_conn_queued(s->conn);
+		g.sendq_frames += n;
+		if (n > g.sendq_max)
+			g.sendq_max = n;
+	}
+	struct strbuf sb = STRBUF_INIT;
+	char head[200] = {0};
+	metrics_render(&sb, &g);
+	if (sb.oom) {
+		sb_free(&sb);
+		return http_reply(wsi, 503, "out of memory\n");
+	}
+	size_t body = sb.len;
+	int n = snprintf(head, sizeof head,
+	                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; "
+	                 "charset=utf-8\r\ncontent-length: %zu\r\ncache-control: no-store\r\n\r\n",
+	                 body);
+	/* LWS_PRE bytes of headroom, then the headers, then the body. */
+	struct strbuf out = STRBUF_INIT;
+	static const char pre[LWS_PRE];
+	sb_add(&out, pre, LWS_PRE);
+	sb_add(&out, head, (size_t)n);
+	sb_add(&out, sb.buf, body);
+	sb_free(&sb);
+	int rc = -1;
+	if (!out.oom) {
+		size_t len = out.len - LWS_PRE;
+		rc = lws_write(wsi, (unsigned char *)out.buf + LWS_PRE, len, LWS_WRITE_HTTP) ==
+		                     (int)len
+		             ? 0
+		             : -1;
+	}
+	sb_free(&out);
+	return rc;
+}
+
+/* /healthz: the process is alive (also while it shuts down). /readyz:
+ * it takes clients and calls (503 while starting or shutting down).
+ * /metrics: Prometheus text format. */
 static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 {
 	int rc;
+	bool ready = atomic_load(&lh_metrics.ready) && !w->closing;
 	if (strcmp(uri, "/healthz") == 0)
-		rc = w->closing ? http_reply(wsi, 503, "shutting down\n")
-		                : http_reply(wsi, 200, "ok\n");
+		rc = http_reply(wsi, 200, "ok\n");
+	else if (strcmp(uri, "/readyz") == 0)
+		rc = ready ? http_reply(wsi, 200, "ready\n") : http_reply(wsi, 503, "not ready\n");
+	else if (strcmp(uri, "/metrics") == 0)
+		rc = metrics_reply(w, wsi);
 	else
 		rc = http_reply(wsi, 404, "not found\n");
 	if (rc || lws_http_transaction_completed(wsi))
@@ -216,15 +302,18 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 {
 	char path[256];
 	if (!proto || strcmp(proto, "websocket") != 0) {
+		metrics_inc(&lh_metrics.refused[MR_NOT_WEBSOCKET], 1);
 		http_reply(wsi, 400, "only WebSocket upgrades are supported\n");
 		return 1;
 	}
 	int n = lws_hdr_copy(wsi, path, (int)sizeof(path), WSI_TOKEN_GET_URI);
 	if (n <= 0 || strcmp(path, "/ws") != 0) {
+		metrics_inc(&lh_metrics.refused[MR_NOT_FOUND], 1);
 		http_reply(wsi, 404, "not found\n");
 		return 1;
 	}
 	if (w->closing) {
+		metrics_inc(&lh_metrics.refused[MR_SHUTTING_DOWN], 1);
 		http_reply(wsi, 503, "shutting down\n");
 		return 1;
 	}
@@ -236,8 +325,10 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 		snprintf(body, sizeof(body), "%s: %s\n",
 		         rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED", why);
 		http_reply(wsi, 401, body);
-		log_debug("msg=\"handshake refused\" code=%s reason=\"%s\"",
-		          rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED", why);
+		metrics_inc(&lh_metrics.refused[MR_AUTH], 1);
+		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
+		log_info("event=handshake_refused code=%s reason=\"%s\"",
+		         rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED", why);
 		return 1;
 	}
 	return 0;
@@ -274,14 +365,17 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	if (w->closing)
 		return close_now(wsi, WS_CLOSE_SHUTDOWN, "server shutting down");
 	int rc = verify(w, wsi, &id, &why);
-	if (rc)
+	if (rc) {
+		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
 		return close_now(wsi, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+	}
 	s->conn = hub_conn_open(w->hub, id.tenant, id.user, s);
 	if (!s->conn)
 		return close_now(wsi, 1011, "SERVER_ERROR");
 	session_link(w, s);
-	log_debug("msg=\"client connected\" client=%s tenant=%s user=%s", hub_conn_id(s->conn),
-	          id.tenant, id.user);
+	metrics_inc(&lh_metrics.conn_opened, 1);
+	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id.tenant,
+	         id.user);
 	/* From here on CLOSED must follow, so failures close from the writer. */
 	struct frame *f = wsp_connected(hub_conn_id(s->conn), id.tenant, id.user,
 	                                w->ping_interval_s, w->ping_timeout_s);
@@ -289,6 +383,7 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 		close_later(s, 1011, "SERVER_ERROR");
 		return 0;
 	}
+	metrics_inc(&lh_metrics.msg_out[MO_CONNECTED], 1);
 	hub_conn_send(w->hub, s->conn, f);
 	frame_unref(f);
 	return 0;
@@ -312,6 +407,25 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 	}
 }
 
+/* Counts a client message by type and its reply (error or not). */
+static void count_message(const struct wsp_request *req, struct frame *f)
+{
+	static const char err_prefix[] = "{\"type\":\"error\"";
+	bool error = f->len >= sizeof err_prefix - 1 &&
+	             memcmp(frame_payload(f), err_prefix, sizeof err_prefix - 1) == 0;
+	enum metrics_in in = MI_OTHER;
+	if (req->type == WSP_SUBSCRIBE)
+		in = MI_SUBSCRIBE;
+	else if (req->type == WSP_UNSUBSCRIBE)
+		in = MI_UNSUBSCRIBE;
+	else if (req->type == WSP_PING)
+		in = MI_PING;
+	/* A message that did not parse was counted as invalid already. */
+	if (!error || in != MI_OTHER)
+		metrics_inc(&lh_metrics.msg_in[in], 1);
+	metrics_inc(&lh_metrics.msg_out[error ? MO_ERROR : MO_REPLY], 1);
+}
+
 /* Handles one complete client message: parse, act, queue the reply. */
 static void on_message(struct ws *w, struct session *s, const char *buf, size_t len)
 {
@@ -320,6 +434,7 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 	struct frame *f;
 	hub_count_received(w->hub);
 	if (wsp_parse(buf, len, &req, &err)) {
+		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
 		f = wsp_error(err.code, err.message, true, &req);
 	} else if (req.type == WSP_SUBSCRIBE) {
 		f = do_subscribe(w, s, &req);
@@ -334,6 +449,7 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 		close_later(s, 1011, "SERVER_ERROR");
 		return;
 	}
+	count_message(&req, f);
 	hub_conn_send(w->hub, s->conn, f);
 	frame_unref(f);
 }
@@ -371,9 +487,11 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	struct lws *wsi = s->wsi;
 	if (!s->conn)
 		return -1;
-	if (lws_frame_is_binary(wsi))
+	if (lws_frame_is_binary(wsi)) {
+		s->why = MC_PROTOCOL_ERROR;
 		return close_now(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
 		                 "binary frames are not accepted");
+	}
 	if (s->close_code)
 		return 0; /* closing: nothing more is answered */
 	bool final = lws_is_final_fragment(wsi);
@@ -382,8 +500,10 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 		return 0;
 	}
 	int rc = rx_append(s, in, len);
-	if (rc == LH_ELIMIT)
+	if (rc == LH_ELIMIT) {
+		s->why = MC_PROTOCOL_ERROR;
 		return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message over 64 KiB");
+	}
 	if (rc)
 		return close_now(wsi, 1011, "SERVER_ERROR");
 	if (final) {
@@ -398,8 +518,29 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
  * Writing and closing
  * ------------------------------------------------------------------------ */
 
-/* Writes the oldest queued frame: one lws_write per callback. A pending
- * close goes first, except at shutdown, when queued frames are sent
+/* Writes the oldest queued frames joined by '\n' as one WebSocket frame,
+ * from w->batch (lws copies what the socket does not take at once, so the
+ * buffer is free again on return). Returns 0 when it wrote, -1 on a write
+ * error, 1 when fewer than two frames fit and nothing was taken. */
+static int write_batch(struct ws *w, struct session *s)
+{
+	size_t n;
+	unsigned char *buf = w->batch + LWS_PRE;
+	size_t len = hub_conn_take_batch(s->conn, buf, w->batch_cap, WS_BATCH_FRAMES, &n);
+	if (len == 0)
+		return 1;
+	if (lws_write(s->wsi, buf, len, LWS_WRITE_TEXT) < 0)
+		return -1;
+	metrics_inc(&lh_metrics.bytes_out, len);
+	if (hub_conn_queued(s->conn) > 0 || s->close_code)
+		lws_callback_on_writable(s->wsi);
+	return 0;
+}
+
+/* Writes the oldest queued frames, one lws_write per callback: several
+ * joined into one WebSocket frame when more than one is queued and they
+ * fit in write_batch bytes, else the oldest alone, from the shared frame
+ * without a copy. A pending close goes first, except at shutdown, when queued frames are sent
  * before the 1001. */
 static int on_writeable(struct ws *w, struct session *s)
 {
@@ -408,6 +549,11 @@ static int on_writeable(struct ws *w, struct session *s)
 	size_t queued = hub_conn_queued(s->conn);
 	if (s->close_code && !(s->close_code == WS_CLOSE_SHUTDOWN && queued > 0))
 		return close_now(s->wsi, s->close_code, s->close_reason);
+	if (queued > 1 && w->batch_cap) {
+		int rc = write_batch(w, s);
+		if (rc <= 0)
+			return rc;
+	}
 	struct frame *f = hub_conn_peek(s->conn);
 	if (!f)
 		return 0;
@@ -415,10 +561,25 @@ static int on_writeable(struct ws *w, struct session *s)
 	 * server frames are unmasked, so the shared payload is not changed. */
 	if (lws_write(s->wsi, frame_payload(f), f->len, LWS_WRITE_TEXT) < 0)
 		return -1;
+	metrics_inc(&lh_metrics.bytes_out, f->len);
 	hub_conn_pop(s->conn);
 	if (queued > 1 || s->close_code)
 		lws_callback_on_writable(s->wsi);
 	return 0;
+}
+
+/* Why s ended, from what the server decided; otherwise the client did. */
+static enum metrics_close close_reason_of(const struct session *s)
+{
+	if (s->why)
+		return (enum metrics_close)s->why;
+	switch (s->close_code) {
+	case 0: return MC_CLIENT;
+	case WS_CLOSE_SHUTDOWN: return MC_SHUTDOWN;
+	case 4000: return MC_SLOW_CONSUMER;
+	case 1011: return MC_SERVER_ERROR;
+	default: return MC_PROTOCOL_ERROR;
+	}
 }
 
 static void on_closed(struct ws *w, struct session *s)
@@ -427,7 +588,10 @@ static void on_closed(struct ws *w, struct session *s)
 	s->rx = NULL;
 	if (!s->conn)
 		return;
-	log_debug("msg=\"client disconnected\" client=%s", hub_conn_id(s->conn));
+	enum metrics_close why = close_reason_of(s);
+	metrics_inc(&lh_metrics.conn_closed[why], 1);
+	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
+	         metrics_close_name(why), s->close_code);
 	session_unlink(w, s);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
@@ -445,10 +609,41 @@ static void drain(struct ws *w)
 	}
 }
 
+/* Applies a pending SIGHUP reload: new handshakes verify with the new
+ * auth, the hub takes the new limits; open connections stay. */
+static void apply_reload(struct ws *w)
+{
+	struct reload *rl = atomic_exchange(&w->reload, NULL);
+	if (!rl)
+		return;
+	auth_free(w->owned_auth);
+	w->auth = w->owned_auth = rl->auth;
+	hub_set_limits(w->hub, &rl->lim);
+	free(rl);
+	log_info("event=reload_applied");
+}
+
+/* Hands metrics the tenants of every open connection, for GetStats' top
+ * tenants. O(connections) every WS_SWEEP_US, off the delivery path. */
+static void tenants_snapshot(struct ws *w)
+{
+	size_t n = 0, i = 0;
+	for (struct session *s = w->sessions; s; s = s->next)
+		n++;
+	const char **t = malloc((n ? n : 1) * sizeof *t);
+	if (!t)
+		return;
+	for (struct session *s = w->sessions; s; s = s->next)
+		t[i++] = hub_conn_tenant(s->conn);
+	metrics_tenants_snapshot(t, n);
+	free(t);
+}
+
 static void on_sweep(lws_sorted_usec_list_t *sul)
 {
 	struct ws *w = lws_container_of(sul, struct ws, sul_sweep);
 	hub_sweep(w->hub, wall_ms(), WS_SWEEP_IDLE_MS);
+	tenants_snapshot(w);
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 }
 
@@ -469,7 +664,10 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_RECEIVE: return on_receive(ws_of(wsi), s, in, len);
 	case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
-	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: drain(ws_of(wsi)); return 0;
+	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		apply_reload(ws_of(wsi));
+		drain(ws_of(wsi));
+		return 0;
 	default: return lws_callback_http_dummy(wsi, reason, user, in, len);
 	}
 }
@@ -531,6 +729,14 @@ static int start_lws(struct ws *w, const struct lh_config *cfg)
 	info.fd_limit_per_thread = fd_limit();
 	info.max_http_header_data = WS_HEADER_MAX;
 	info.max_http_header_pool = WS_HEADER_POOL;
+	if (w->uv) {
+		/* Our own loop, so that lws installs no signal handlers (main's
+		 * signal thread has them) and ws_run can run it one turn at a
+		 * time, like lws_service(). */
+		info.options |= LWS_SERVER_OPTION_LIBUV;
+		w->foreign_loops[0] = w->uv;
+		info.foreign_loops = w->foreign_loops;
+	}
 	w->ctx = lws_create_context(&info);
 	if (!w->ctx) {
 		log_error("msg=\"cannot create the lws context\"");
@@ -559,6 +765,50 @@ static int start_lws(struct ws *w, const struct lh_config *cfg)
 	return 0;
 }
 
+/* Sets up the event loop cfg names: "poll" is lws' own poll() loop, whose
+ * every turn costs O(connections); "libuv" is a libuv loop (epoll) owned by
+ * w, whose turns cost O(active connections). Returns 0 or LH_EINVAL. */
+static int open_loop(struct ws *w, const char *name)
+{
+	if (strcmp(name, "poll") == 0)
+		return 0;
+	if (strcmp(name, "libuv") != 0) {
+		log_error("msg=\"unknown event loop\" event_loop=%s (poll or libuv)", name);
+		return LH_EINVAL;
+	}
+	w->uv = malloc(sizeof(*w->uv));
+	if (!w->uv || uv_loop_init(w->uv) != 0) {
+		free(w->uv);
+		w->uv = NULL;
+		log_error("msg=\"cannot start the libuv loop\"");
+		return LH_EIO;
+	}
+	return 0;
+}
+
+/* Destroys the lws context (closing every connection) and then our libuv
+ * loop, if any: lws closes its libuv handles asynchronously, so the loop
+ * runs until they are all gone before it is closed and freed. */
+static void destroy_lws(struct ws *w)
+{
+	struct lws_context *ctx = w->ctx;
+	w->ctx = NULL;
+	if (ctx)
+		lws_context_destroy(ctx);
+	if (!w->uv)
+		return;
+	/* With a foreign loop lws finishes in two steps: the first destroy
+	 * starts closing its handles, the loop completes the closes, and a
+	 * second destroy frees the context. */
+	uv_run(w->uv, UV_RUN_DEFAULT);
+	lws_context_destroy(ctx);
+	uv_run(w->uv, UV_RUN_DEFAULT);
+	if (uv_loop_close(w->uv) != 0)
+		log_warn("msg=\"libuv loop closed with handles left\"");
+	free(w->uv);
+	w->uv = NULL;
+}
+
 struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q)
 {
 	struct ws *w = calloc(1, sizeof(*w));
@@ -568,31 +818,36 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->q = q;
 	w->ping_interval_s = cfg->ping_interval_s;
 	w->ping_timeout_s = cfg->ping_timeout_s;
-	w->shutdown_timeout_s = cfg->shutdown_timeout_s;
 	w->retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
 	w->retry.secs_since_valid_hangup = (uint16_t)cfg->ping_timeout_s;
 	w->protocols[0] = (struct lws_protocols){
 	        .name = WS_PROTOCOL_NAME,
 	        .callback = on_event,
 	        .per_session_data_size = sizeof(struct session),
-	        .rx_buffer_size = (size_t)(cfg->rx_buffer_size > 0 ? cfg->rx_buffer_size : 512),
+	        .rx_buffer_size = (size_t)(cfg->rx_buffer_size > 0 ? cfg->rx_buffer_size : 128),
+	        /* Without it lws cuts every send() to rx_buffer_size bytes and
+	         * sends the rest from a copy, one piece per writable event. */
+	        .tx_packet_size = WS_TX_PACKET,
 	};
 	struct hub_limits lim = {(uint32_t)cfg->max_subs_per_conn, (uint32_t)cfg->sendq_max_frames};
 	struct hub_transport tr = {tr_want_write, tr_kill};
 	w->hub = hub_new(&lim, &tr);
 	if (!w->hub)
 		goto fail;
+	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
+	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
+		goto fail;
 	lws_set_log_level(LLL_ERR | LLL_WARN, on_lws_log);
-	if (start_lws(w, cfg))
+	if (open_loop(w, cfg->event_loop) || start_lws(w, cfg))
 		goto fail;
 	handoff_set_wake(q, ws_wake, w);
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 	log_info("msg=\"websocket listening\" host=%s port=%d", cfg->ws_host, w->port);
 	return w;
 fail:
-	if (w->ctx)
-		lws_context_destroy(w->ctx);
+	destroy_lws(w);
 	hub_free(w->hub);
+	free(w->batch);
 	free(w);
 	return NULL;
 }
@@ -616,14 +871,25 @@ static void begin_shutdown(struct ws *w)
 	for (struct session *s = w->sessions; s; s = s->next)
 		close_later(s, WS_CLOSE_SHUTDOWN, "server shutting down");
 	lws_sul_schedule(w->ctx, 0, &w->sul_deadline, on_deadline,
-	                 (lws_usec_t)w->shutdown_timeout_s * LWS_US_PER_SEC);
+	                 (lws_usec_t)atomic_load(&w->grace_ms) * 1000);
+}
+
+/* One turn of the event loop: waits for events (a cancel, a timer, a
+ * socket) and services them. Returns 0 or -1. */
+static int service_once(struct ws *w)
+{
+	if (w->uv) {
+		uv_run(w->uv, UV_RUN_ONCE);
+		return 0;
+	}
+	return lws_service(w->ctx, 0) < 0 ? -1 : 0;
 }
 
 int ws_run(struct ws *w)
 {
 	int rc = 0;
 	while (!atomic_load(&w->stop)) {
-		if (lws_service(w->ctx, 0) < 0) {
+		if (service_once(w) < 0) {
 			log_error("msg=\"lws service loop failed\"");
 			rc = -1;
 			break;
@@ -632,7 +898,7 @@ int ws_run(struct ws *w)
 	drain(w);
 	begin_shutdown(w);
 	while (w->sessions && !w->deadline_passed) {
-		if (lws_service(w->ctx, 0) < 0)
+		if (service_once(w) < 0)
 			break;
 	}
 	if (w->sessions)
@@ -641,11 +907,31 @@ int ws_run(struct ws *w)
 	return rc;
 }
 
-void ws_stop(struct ws *w)
+void ws_stop(struct ws *w, int grace_ms)
 {
+	atomic_store(&w->grace_ms, grace_ms);
 	atomic_store(&w->stop, true);
 	if (w->ctx)
 		lws_cancel_service(w->ctx);
+}
+
+void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim)
+{
+	struct reload *rl = malloc(sizeof *rl);
+	if (!rl) {
+		auth_free(auth);
+		return;
+	}
+	rl->auth = auth;
+	rl->lim = *lim;
+	/* A reload not yet applied is replaced, and freed by whoever takes it
+	 * out: here or the service thread. */
+	struct reload *old = atomic_exchange(&w->reload, rl);
+	if (old) {
+		auth_free(old->auth);
+		free(old);
+	}
+	lws_cancel_service(w->ctx);
 }
 
 void ws_wake(void *arg)
@@ -664,7 +950,14 @@ void ws_free(struct ws *w)
 	lws_sul_cancel(&w->sul_deadline);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
-	lws_context_destroy(w->ctx);
+	destroy_lws(w);
 	hub_free(w->hub);
+	struct reload *rl = atomic_exchange(&w->reload, NULL);
+	if (rl) {
+		auth_free(rl->auth);
+		free(rl);
+	}
+	auth_free(w->owned_auth);
+	free(w->batch);
 	free(w);
 }

@@ -26,8 +26,14 @@ struct hub *ws_hub(struct ws *w);
 /* Runs the service loop on the calling thread until ws_stop(); then closes
  * every client (1001) and returns. */
 int ws_run(struct ws *w);
-/* Any thread: asks the service loop to finish. */
-void ws_stop(struct ws *w);
+/* Any thread: asks the service loop to finish; closing the clients (1001,
+ * after their queued frames) may then take up to grace_ms before the rest
+ * are dropped. */
+void ws_stop(struct ws *w, int grace_ms);
+/* Any thread (SIGHUP): new handshakes verify with auth (ownership passes
+ * to w) and the hub takes lim, applied on the service thread at its next
+ * wake-up; open connections stay. */
+void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim);
 /* Any thread: wakes the service thread (the hand-off queue's wake hook). */
 void ws_wake(void *w);
 void ws_free(struct ws *w);

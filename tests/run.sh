@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `make test`: every check livehub ships with, in order.
-#   1. format check (.clang-format)
+#   1. format check (.clang-format), and buf lint / buf breaking over proto/
 #   2. normal build + unit tests (ctest)
 #   3. ASan+UBSan build + unit tests
 #   4. integration tests (pytest, real gRPC and WebSocket peers) against the normal binary
 #   5. the same integration tests against the ASan+UBSan binary (leaks fail the run)
-#   6. fuzz smoke: each libFuzzer target briefly over its seed corpus
+#   6. the same against a TSan binary (any race report fails the run)
+#   7. fuzz smoke: each libFuzzer target briefly over its seed corpus
 # Ends with one line "checks: N passed, M failed"; exits non-zero when any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,15 +45,21 @@ integration() { # integration BINARY
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=23}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# gRPC's Debian libraries are not TSan-instrumented: tests/tsan.supp ignores
+# reports whose frames are all inside them (never our own code).
+export TSAN_OPTIONS=${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp:halt_on_error=0:exitcode=66}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp}
 
 stage "format" format_check
+stage "contract (buf lint, breaking)" bash tests/buf.sh
 stage "build" build build
 stage "unit" ctest --test-dir build --output-on-failure
 stage "build (asan+ubsan)" build build-asan -DLH_SANITIZE=ON
 stage "unit (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
 stage "integration" integration "$PWD/build/livehub"
 stage "integration (asan+ubsan)" integration "$PWD/build-asan/livehub"
+stage "build (tsan)" build build-tsan -DLH_TSAN=ON
+stage "integration (tsan)" integration "$PWD/build-tsan/livehub"
 stage "fuzz smoke" bash tests/fuzz.sh "${FUZZ_SMOKE_SECONDS:-15}"
 
 echo

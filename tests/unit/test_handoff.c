@@ -167,13 +167,40 @@ static void test_stress(void **state)
 	handoff_free(q);
 }
 
+/* A lazy push owes the wake-up instead of making it: 1 for the push onto an
+ * empty queue, 0 after; handoff_wake pays it; the bound and FIFO order are
+ * those of handoff_push. */
+static void test_lazy_push(void **state)
+{
+	struct handoff *q = handoff_new(2);
+	_Atomic int mine = 0;
+	handoff_set_wake(q, wake, &mine);
+	struct publication p[3];
+	memset(p, 0, sizeof(p));
+
+	assert_int_equal(handoff_push_lazy(q, &p[0]), 1);
+	assert_int_equal(handoff_push_lazy(q, &p[1]), 0);
+	assert_int_equal(handoff_push_lazy(q, &p[2]), LH_EFULL);
+	assert_int_equal(atomic_load(&mine), 0);
+	handoff_wake(q);
+	assert_int_equal(atomic_load(&mine), 1);
+	struct publication *l = handoff_take(q);
+	assert_ptr_equal(l, &p[0]);
+	assert_ptr_equal(l->next, &p[1]);
+	assert_null(l->next->next);
+	assert_int_equal(handoff_push_lazy(q, &p[2]), 1);
+	assert_ptr_equal(handoff_take(q), &p[2]);
+	handoff_close(q);
+	assert_int_equal(handoff_push_lazy(q, &p[0]), LH_EFULL);
+	handoff_free(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	        cmocka_unit_test(test_fifo_and_wake),
-	        cmocka_unit_test(test_bound),
-	        cmocka_unit_test(test_close),
-	        cmocka_unit_test(test_stress),
+	        cmocka_unit_test(test_fifo_and_wake), cmocka_unit_test(test_bound),
+	        cmocka_unit_test(test_close),         cmocka_unit_test(test_stress),
+	        cmocka_unit_test(test_lazy_push),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

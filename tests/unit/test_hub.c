@@ -202,7 +202,8 @@ static void test_accessors_and_ids(void **state)
 }
 
 /* Closing connections takes them off every channel and zeroes the gauges;
- * the channels themselves wait for the sweep. */
+ * channels that carried a publication wait for the sweep, the others go at
+ * once. */
 static void test_close_cleanup(void **state)
 {
 	struct hub *h = new_hub(8, 16);
@@ -226,6 +227,10 @@ static void test_close_cleanup(void **state)
 	/* acme: $tenant $user:alice $user:bob job:1 odd even; globex: $tenant
 	 * $user:alice job:1 odd. */
 	assert_int_equal(s.channels, 10);
+	/* job:1 of acme carries a publication: it outlives its subscribers. */
+	struct publication p;
+	assert_int_equal(publish(h, &p, "acme", "job:1", NULL), 0);
+	assert_int_equal(p.subscribers, 3);
 
 	hub_conn_close(h, c[1]);
 	s = stats(h);
@@ -239,15 +244,15 @@ static void test_close_cleanup(void **state)
 	assert_int_equal(s.users, 0);
 	assert_int_equal(s.tenants, 0);
 	assert_int_equal(s.subscriptions, 0);
-	assert_int_equal(s.channels, 10);
+	assert_int_equal(s.channels, 1);
 
-	/* A publication reaches nobody now. */
-	struct publication p;
+	/* A publication reaches nobody now, and continues the offsets. */
 	assert_int_equal(publish(h, &p, "acme", "job:1", NULL), 0);
 	assert_int_equal(p.subscribers, 0);
+	assert_int_equal(p.pos[0].offset, 2);
 
 	hub_sweep(h, p.ts_ms + 1000, 60000); /* recent: kept */
-	assert_int_equal(stats(h).channels, 10);
+	assert_int_equal(stats(h).channels, 1);
 	hub_sweep(h, INT64_MAX / 2, 60000);
 	assert_int_equal(stats(h).channels, 0);
 	hub_free(h);
@@ -456,6 +461,99 @@ static void test_shared_frame(void **state)
 	hub_free(h);
 }
 
+/* Queues the NUL-terminated text as a frame on c. */
+static void send_text(struct hub *h, struct hub_conn *c, const char *text)
+{
+	struct frame *f = frame_from(text, strlen(text));
+	assert_non_null(f);
+	assert_int_equal(hub_conn_send(h, c, f), 0);
+	frame_unref(f);
+}
+
+/* Batches join the oldest frames with '\n', in order, within cap bytes
+ * and max_frames, and pop exactly what they took. */
+static void test_take_batch(void **state)
+{
+	struct hub *h = new_hub(8, 64);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "u", &fk);
+	unsigned char buf[64];
+	char text[8];
+	size_t n = 99;
+
+	/* Empty queue, and a single frame: nothing taken (zero-copy path). */
+	assert_int_equal(hub_conn_take_batch(c, buf, sizeof(buf), 64, &n), 0);
+	assert_int_equal(n, 0);
+	send_text(h, c, "aaa");
+	assert_int_equal(hub_conn_take_batch(c, buf, sizeof(buf), 64, &n), 0);
+	assert_int_equal(hub_conn_queued(c), 1);
+
+	/* Ten frames "m0".."m9" (2 bytes each); 3 + 1 + 2 = 6 bytes of cap
+	 * "aaa\nm0" take two; the cap is exact, not one more. */
+	for (int i = 0; i < 10; i++) {
+		snprintf(text, sizeof(text), "m%d", i);
+		send_text(h, c, text);
+	}
+	assert_int_equal(hub_conn_take_batch(c, buf, 6, 64, &n), 6);
+	assert_int_equal(n, 2);
+	assert_memory_equal(buf, "aaa\nm0", 6);
+	assert_int_equal(hub_conn_queued(c), 9);
+
+	/* max_frames bounds the count. */
+	assert_int_equal(hub_conn_take_batch(c, buf, sizeof(buf), 3, &n), 8);
+	assert_int_equal(n, 3);
+	assert_memory_equal(buf, "m1\nm2\nm3", 8);
+
+	/* A cap that fits one frame only: nothing taken. */
+	assert_int_equal(hub_conn_take_batch(c, buf, 4, 64, &n), 0);
+	assert_int_equal(hub_conn_queued(c), 6);
+
+	/* The rest, across the ring's wrap-around. */
+	assert_int_equal(hub_conn_take_batch(c, buf, sizeof(buf), 64, &n), 17);
+	assert_int_equal(n, 6);
+	assert_memory_equal(buf, "m4\nm5\nm6\nm7\nm8\nm9", 17);
+	assert_int_equal(hub_conn_queued(c), 0);
+	assert_null(hub_conn_peek(c));
+
+	/* The queue works as before afterwards, and want_write fires again. */
+	int wants = fk.wants;
+	send_text(h, c, "x");
+	assert_int_equal(fk.wants, wants + 1);
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
+/* A batch drops exactly one reference per frame it took. */
+static void test_take_batch_refs(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	struct hub_conn *c[2];
+	for (int i = 0; i < 2; i++) {
+		c[i] = hub_conn_open(h, "acme", "u", &fk);
+		assert_int_equal(hub_subscribe(h, c[i], "x"), 0);
+	}
+	struct publication p[2];
+	assert_int_equal(publish(h, &p[0], "acme", "x", "{\"a\":1}"), 0);
+	assert_int_equal(publish(h, &p[1], "acme", "x", "{\"a\":2}"), 0);
+	struct frame *f = hub_conn_peek(c[1]);
+	assert_int_equal(f->refs, 2);
+	unsigned char buf[1024];
+	size_t n;
+	size_t len = hub_conn_take_batch(c[0], buf, sizeof(buf), 64, &n);
+	assert_int_equal(n, 2);
+	assert_int_equal(f->refs, 1);
+	buf[len] = '\0';
+	char *nl = strchr((char *)buf, '\n');
+	assert_non_null(nl);
+	assert_null(strchr(nl + 1, '\n'));
+	assert_non_null(strstr((char *)buf, "\"offset\":1"));
+	assert_non_null(strstr(nl, "\"offset\":2"));
+	hub_conn_close(h, c[0]);
+	hub_conn_close(h, c[1]);
+	hub_free(h);
+}
+
 static void test_epoch_after_sweep(void **state)
 {
 	struct hub *h = new_hub(8, 16);
@@ -492,7 +590,8 @@ static void test_sweep_keeps_subscribed(void **state)
 		assert_int_equal(publish(h, &p, "acme", name, NULL), 0);
 	}
 	assert_int_equal(hub_unsubscribe(h, c, "dropped"), 0);
-	assert_int_equal(stats(h).channels, 4 + 50);
+	/* "dropped" never carried a publication: freed at once. */
+	assert_int_equal(stats(h).channels, 3 + 50);
 	hub_sweep(h, INT64_MAX / 2, 1000);
 	/* $tenant, $user:alice and kept remain. */
 	assert_int_equal(stats(h).channels, 3);
@@ -786,6 +885,8 @@ int main(void)
 	        cmocka_unit_test(test_offsets),
 	        cmocka_unit_test(test_frame_bytes),
 	        cmocka_unit_test(test_shared_frame),
+	        cmocka_unit_test(test_take_batch),
+	        cmocka_unit_test(test_take_batch_refs),
 	        cmocka_unit_test(test_epoch_after_sweep),
 	        cmocka_unit_test(test_sweep_keeps_subscribed),
 	        cmocka_unit_test(test_want_write_edges),

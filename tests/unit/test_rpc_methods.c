@@ -333,6 +333,98 @@ static void test_stats(void **state)
 	assert_string_equal(r.version, LH_VERSION);
 }
 
+/* A PublishStreamRequest is prepared as the unary request its oneof holds,
+ * and errors carry the oneof field's name. */
+static void test_stream_prepare(void **state)
+{
+	Livehub__V1__JobProgress ev = LIVEHUB__V1__JOB_PROGRESS__INIT;
+	ev.job_id = "42";
+	ev.progress = 50;
+	Livehub__V1__PublishJobProgressRequest jp = LIVEHUB__V1__PUBLISH_JOB_PROGRESS_REQUEST__INIT;
+	jp.tenant_id = "acme";
+	jp.event = &ev;
+	Livehub__V1__PublishStreamRequest req = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__INIT;
+	req.sequence = 77;
+	req.request_case = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_JOB_PROGRESS;
+	req.job_progress = &jp;
+
+	struct publication p, u;
+	struct rpc_error err;
+	uint64_t seq = 0;
+	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), 0);
+	assert_int_equal(seq, 77);
+	assert_int_equal(prepare("PublishJobProgress", &jp, &u, &err), 0);
+	assert_string_equal(p.type, u.type);
+	assert_string_equal(p.tenant, "acme");
+	assert_int_equal(p.nchannels, 1);
+	assert_string_equal(p.channels[0], "job:42");
+	assert_string_equal(p.data, u.data);
+	assert_true(p.conflate_key == u.conflate_key && p.conflate_key != 0);
+	free(p.data);
+	free(u.data);
+
+	ev.progress = 101;
+	seq = 0;
+	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), -1);
+	assert_int_equal(seq, 77);
+	assert_int_equal(err.code, RPC_INVALID_ARGUMENT);
+	assert_string_equal(err.msg, "job_progress.event.progress: must be between 0 and 100");
+	assert_null(p.data);
+
+	Livehub__V1__PublishRequest pr = LIVEHUB__V1__PUBLISH_REQUEST__INIT;
+	pr.tenant_id = "acme";
+	pr.channel = "$tenant";
+	pr.type = "x";
+	req.request_case = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_PUBLISH;
+	req.publish = &pr;
+	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), -1);
+	assert_ptr_equal(strstr(err.msg, "publish.channel: names starting with $"), err.msg);
+
+	req.request_case = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST__NOT_SET;
+	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), -1);
+	assert_int_equal(err.code, RPC_INVALID_ARGUMENT);
+	assert_non_null(strstr(err.msg, "request: one of job_progress"));
+
+	/* Not a PublishStreamRequest at all. */
+	assert_int_equal(rpc_stream_prepare(&jp.base, &p, &seq, &err), -1);
+	assert_int_equal(err.code, RPC_INTERNAL);
+}
+
+/* Counting and the response: the first rejection is kept, later ones only
+ * counted; the response round-trips through the wire format. */
+static void test_stream_result(void **state)
+{
+	struct rpc_stream_result res = {0};
+	struct rpc_stream_reply rep;
+	uint8_t buf[512];
+
+	size_t n = protobuf_c_message_pack(rpc_stream_reply_init(&rep, &res), buf);
+	Livehub__V1__PublishStreamResponse *r =
+	        livehub__v1__publish_stream_response__unpack(NULL, n, buf);
+	assert_non_null(r);
+	assert_int_equal(r->accepted + r->rejected, 0);
+	assert_null(r->first_error);
+	livehub__v1__publish_stream_response__free_unpacked(r, NULL);
+
+	struct rpc_error e1 = {RPC_INVALID_ARGUMENT, "publish.type: required"};
+	struct rpc_error e2 = {RPC_UNAVAILABLE, "livehub is shutting down"};
+	res.accepted = 5;
+	rpc_stream_reject(&res, 900, 3, &e1);
+	rpc_stream_reject(&res, 901, 4, &e2);
+	assert_int_equal(res.rejected, 2);
+	n = protobuf_c_message_pack(rpc_stream_reply_init(&rep, &res), buf);
+	r = livehub__v1__publish_stream_response__unpack(NULL, n, buf);
+	assert_non_null(r);
+	assert_int_equal(r->accepted, 5);
+	assert_int_equal(r->rejected, 2);
+	assert_non_null(r->first_error);
+	assert_int_equal(r->first_error->sequence, 900);
+	assert_int_equal(r->first_error->index, 3);
+	assert_int_equal(r->first_error->code, RPC_INVALID_ARGUMENT);
+	assert_string_equal(r->first_error->message, "publish.type: required");
+	livehub__v1__publish_stream_response__free_unpacked(r, NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -344,6 +436,8 @@ int main(void)
 	        cmocka_unit_test(test_reply),
 	        cmocka_unit_test(test_status),
 	        cmocka_unit_test(test_stats),
+	        cmocka_unit_test(test_stream_prepare),
+	        cmocka_unit_test(test_stream_result),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,325 @@
+/* metrics: counters, histograms and their Prometheus rendering. See metrics.h. */
+#include "metrics.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "livehub.h"
+
+struct metrics lh_metrics;
+
+/* Upper bounds of the histogram buckets, in microseconds. */
+static const int64_t bounds_us[METRICS_NBUCKETS] = {
+        50,    100,   250,    500,    1000,   2500,    5000,    10000,
+        25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 10000000,
+};
+
+static const char *const close_names[MC_NCLOSE] = {
+        "client", "shutdown", "slow_consumer", "protocol_error", "auth", "server_error",
+};
+static const char *const refusal_names[MR_NREFUSAL] = {
+        "not_websocket",
+        "not_found",
+        "shutting_down",
+        "auth",
+};
+static const char *const auth_names[MA_NAUTH] = {
+        "no_token", "malformed", "algorithm", "signature", "expired", "not_yet_valid", "claims",
+};
+static const char *const in_names[MI_NIN] = {
+        "subscribe", "unsubscribe", "ping", "other", "invalid",
+};
+static const char *const out_names[MO_NOUT] = {"event", "connected", "reply", "error"};
+static const char *const code_names[METRICS_NCODES] = {
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+};
+
+/* The per-tenant snapshot: written by the service thread every few
+ * seconds, read by GetStats. */
+static pthread_mutex_t tenants_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct metrics_tenant top[METRICS_TOP_TENANTS];
+static size_t ntop;
+
+int64_t metrics_now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void metrics_init(void)
+{
+	memset(&lh_metrics, 0, sizeof lh_metrics);
+	lh_metrics.started_ms = metrics_now_us() / 1000;
+	pthread_mutex_lock(&tenants_mu);
+	ntop = 0;
+	pthread_mutex_unlock(&tenants_mu);
+}
+
+void metrics_observe(struct metrics_hist *h, int64_t us)
+{
+	if (us < 0)
+		us = 0;
+	int i = 0;
+	while (i < METRICS_NBUCKETS && us > bounds_us[i])
+		i++;
+	metrics_inc(&h->bucket[i], 1);
+	metrics_inc(&h->sum_us, (uint64_t)us);
+	metrics_inc(&h->count, 1);
+}
+
+int metrics_grpc_method(const char *path)
+{
+	int n = atomic_load(&lh_metrics.nmethods);
+	for (int i = 0; i < n; i++)
+		if (strcmp(lh_metrics.method[i], path) == 0)
+			return i;
+	if (n >= METRICS_MAX_METHODS || strlen(path) >= sizeof lh_metrics.method[0])
+		return -1;
+	strcpy(lh_metrics.method[n], path);
+	atomic_store(&lh_metrics.nmethods, n + 1);
+	return n;
+}
+
+void metrics_grpc_done(int slot, int code, int64_t us)
+{
+	if (slot < 0 || slot >= METRICS_MAX_METHODS)
+		return;
+	if (code < 0 || code >= METRICS_NCODES)
+		code = 2; /* UNKNOWN */
+	metrics_inc(&lh_metrics.grpc_calls[slot][code], 1);
+	metrics_observe(&lh_metrics.grpc_latency[slot], us);
+}
+
+const char *metrics_close_name(enum metrics_close why)
+{
+	return (unsigned)why < MC_NCLOSE ? close_names[why] : "unknown";
+}
+
+enum metrics_auth metrics_auth_reason(const char *why)
+{
+	if (!why || strstr(why, "no token"))
+		return MA_NO_TOKEN;
+	if (strstr(why, "expired"))
+		return MA_EXPIRED;
+	if (strstr(why, "not valid yet"))
+		return MA_NOT_YET_VALID;
+	if (strstr(why, "algorithm"))
+		return MA_ALGORITHM;
+	if (strstr(why, "signature"))
+		return MA_SIGNATURE;
+	if (strstr(why, "claim") || strstr(why, "must be"))
+		return MA_CLAIMS;
+	return MA_MALFORMED;
+}
+
+/* ------------------------------------------------------------------------
+ * Rendering
+ * ---------------------------------------------------------------------- */
+
+static void head(struct strbuf *sb, const char *name, const char *type, const char *help)
+{
+	sb_addf(sb, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void one(struct strbuf *sb, const char *name, const char *type, const char *help, uint64_t v)
+{
+	head(sb, name, type, help);
+	sb_addf(sb, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* A counter family with one label over a fixed set of values. */
+static void labelled(struct strbuf *sb, const char *name, const char *help, const char *label,
+                     const char *const *names, _Atomic uint64_t *v, int n)
+{
+	head(sb, name, "counter", help);
+	for (int i = 0; i < n; i++)
+		sb_addf(sb, "%s{%s=\"%s\"} %llu\n", name, label, names[i],
+		        (unsigned long long)metrics_get(&v[i]));
+}
+
+/* The series of one histogram; labels is "" or `method="..."`. */
+static void hist(struct strbuf *sb, const char *name, const char *labels, struct metrics_hist *h)
+{
+	uint64_t cum = 0;
+	const char *sep = labels[0] ? "," : "";
+	for (int i = 0; i <= METRICS_NBUCKETS; i++) {
+		cum += metrics_get(&h->bucket[i]);
+		if (i < METRICS_NBUCKETS)
+			sb_addf(sb, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep,
+			        (double)bounds_us[i] / 1e6, (unsigned long long)cum);
+		else
+			sb_addf(sb, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+			        (unsigned long long)cum);
+	}
+	const char *open = labels[0] ? "{" : "", *close = labels[0] ? "}" : "";
+	sb_addf(sb, "%s_sum%s%s%s %.6f\n", name, open, labels, close,
+	        (double)metrics_get(&h->sum_us) / 1e6);
+	sb_addf(sb, "%s_count%s%s%s %llu\n", name, open, labels, close, (unsigned long long)cum);
+}
+
+static void render_grpc(struct strbuf *sb)
+{
+	struct metrics *m = &lh_metrics;
+	int n = atomic_load(&m->nmethods);
+	head(sb, "livehub_grpc_calls_total", "counter",
+	     "gRPC calls finished, by method and status code");
+	for (int i = 0; i < n; i++)
+		for (int c = 0; c < METRICS_NCODES; c++) {
+			uint64_t v = metrics_get(&m->grpc_calls[i][c]);
+			/* OK always shows, so every method has a series from the start. */
+			if (v || c == 0)
+				sb_addf(sb,
+				        "livehub_grpc_calls_total{method=\"%s\",code=\"%s\"} %llu\n",
+				        m->method[i], code_names[c], (unsigned long long)v);
+		}
+	head(sb, "livehub_grpc_call_duration_seconds", "histogram",
+	     "gRPC call latency, arrival to status sent (streams: whole stream), by method");
+	for (int i = 0; i < n; i++) {
+		char labels[160];
+		snprintf(labels, sizeof labels, "method=\"%s\"", m->method[i]);
+		hist(sb, "livehub_grpc_call_duration_seconds", labels, &m->grpc_latency[i]);
+	}
+}
+
+static void render_gauges(struct strbuf *sb, const struct metrics_gauges *g)
+{
+	one(sb, "livehub_connections", "gauge", "Open WebSocket connections", g->connections);
+	one(sb, "livehub_users", "gauge", "Distinct users with an open connection", g->users);
+	one(sb, "livehub_tenants", "gauge", "Distinct tenants with an open connection", g->tenants);
+	one(sb, "livehub_channels", "gauge", "Channels that exist", g->channels);
+	one(sb, "livehub_subscriptions", "gauge", "Explicit channel subscriptions",
+	    g->subscriptions);
+	one(sb, "livehub_handoff_queue_depth", "gauge",
+	    "Publications waiting to be handed from gRPC to the service thread", g->handoff_depth);
+	one(sb, "livehub_send_queue_frames", "gauge",
+	    "Frames queued for clients, over all connections", g->sendq_frames);
+	one(sb, "livehub_send_queue_frames_max", "gauge",
+	    "The longest send queue of a single connection", g->sendq_max);
+}
+
+void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
+{
+	struct metrics *m = &lh_metrics;
+	head(sb, "livehub_build_info", "gauge", "Always 1; the version is a label");
+	sb_addf(sb, "livehub_build_info{version=\"%s\"} 1\n", LH_VERSION);
+	one(sb, "livehub_up_seconds", "gauge", "Seconds since the process started",
+	    (uint64_t)(metrics_now_us() / 1000 - m->started_ms) / 1000);
+	one(sb, "livehub_ready", "gauge", "1 while accepting clients and calls, 0 while stopping",
+	    atomic_load(&m->ready) ? 1 : 0);
+	render_gauges(sb, g);
+	one(sb, "livehub_connections_opened_total", "counter", "WebSocket connections accepted",
+	    metrics_get(&m->conn_opened));
+	labelled(sb, "livehub_connections_closed_total", "WebSocket connections ended, by reason",
+	         "reason", close_names, m->conn_closed, MC_NCLOSE);
+	labelled(sb, "livehub_handshake_refusals_total",
+	         "WebSocket upgrades refused with an HTTP status, by reason", "reason",
+	         refusal_names, m->refused, MR_NREFUSAL);
+	labelled(sb, "livehub_auth_failures_total", "Tokens refused, by reason", "reason",
+	         auth_names, m->auth_failed, MA_NAUTH);
+	labelled(sb, "livehub_messages_in_total", "Client messages received, by type", "type",
+	         in_names, m->msg_in, MI_NIN);
+	head(sb, "livehub_messages_out_total", "counter", "Frames queued for clients, by type");
+	for (int i = 0; i < MO_NOUT; i++)
+		sb_addf(sb, "livehub_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
+		        (unsigned long long)(i == MO_EVENT ? g->events_out
+		                                           : metrics_get(&m->msg_out[i])));
+	one(sb, "livehub_bytes_out_total", "counter", "WebSocket payload bytes written",
+	    metrics_get(&m->bytes_out));
+	one(sb, "livehub_publications_total", "counter",
+	    "Publications accepted by the hub (one per channel written)", g->publications);
+	one(sb, "livehub_slow_consumer_disconnects_total", "counter",
+	    "Connections closed because their send queue overflowed", g->slow_consumers);
+	one(sb, "livehub_messages_dropped_total", "counter",
+	    "Frames dropped without closing the connection (not built yet: 0)",
+	    metrics_get(&m->dropped));
+	one(sb, "livehub_messages_conflated_total", "counter",
+	    "Queued frames replaced by a newer one with the same key (not built yet: 0)",
+	    metrics_get(&m->conflated));
+	one(sb, "livehub_rate_limited_total", "counter",
+	    "Client messages refused by rate limits (not built yet: 0)",
+	    metrics_get(&m->rate_limited));
+	one(sb, "livehub_config_reloads_total", "counter", "Successful SIGHUP reloads",
+	    metrics_get(&m->reloads));
+	one(sb, "livehub_config_reload_failures_total", "counter",
+	    "SIGHUP reloads refused (invalid configuration; the old one stays)",
+	    metrics_get(&m->reload_failures));
+	head(sb, "livehub_publish_latency_seconds", "histogram",
+	     "gRPC arrival of a publication to its frame queued on every subscriber");
+	hist(sb, "livehub_publish_latency_seconds", "", &m->publish_latency);
+	render_grpc(sb);
+}
+
+/* ------------------------------------------------------------------------
+ * Per-tenant snapshot
+ * ---------------------------------------------------------------------- */
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Inserts (t, n) into the top list if it belongs there (largest first). */
+static void top_insert(struct metrics_tenant *list, size_t *len, const char *t, uint64_t n)
+{
+	size_t i = *len;
+	if (i == METRICS_TOP_TENANTS) {
+		if (list[i - 1].connections >= n)
+			return;
+		i--;
+	} else {
+		(*len)++;
+	}
+	while (i > 0 && list[i - 1].connections < n) {
+		list[i] = list[i - 1];
+		i--;
+	}
+	snprintf(list[i].tenant, sizeof list[i].tenant, "%s", t);
+	list[i].connections = n;
+}
+
+void metrics_tenants_snapshot(const char **tenants, size_t n)
+{
+	struct metrics_tenant fresh[METRICS_TOP_TENANTS];
+	size_t len = 0;
+	qsort(tenants, n, sizeof *tenants, cmp_str);
+	for (size_t i = 0; i < n;) {
+		size_t j = i + 1;
+		while (j < n && strcmp(tenants[j], tenants[i]) == 0)
+			j++;
+		top_insert(fresh, &len, tenants[i], j - i);
+		i = j;
+	}
+	pthread_mutex_lock(&tenants_mu);
+	memcpy(top, fresh, len * sizeof fresh[0]);
+	ntop = len;
+	pthread_mutex_unlock(&tenants_mu);
+}
+
+size_t metrics_top_tenants(struct metrics_tenant *out, size_t max)
+{
+	pthread_mutex_lock(&tenants_mu);
+	size_t n = ntop < max ? ntop : max;
+	memcpy(out, top, n * sizeof top[0]);
+	pthread_mutex_unlock(&tenants_mu);
+	return n;
+}
