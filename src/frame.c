@@ -16,6 +16,7 @@ struct frame *frame_new(size_t cap)
 	f->cap = (uint32_t)cap;
 	f->flags = 0;
 	f->key = 0;
+	f->t0_us = 0;
 	return f;
 }
 

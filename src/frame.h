@@ -25,7 +25,8 @@ struct frame {
 	uint32_t len;        /* payload bytes */
 	uint32_t cap;        /* payload capacity */
 	uint32_t flags;      /* FRAME_F_* */
-	uint64_t key;        /* conflation key (0 = none), see sendq.h */
+	uint64_t key;        /* conflation key (0 = none) */
+	int64_t t0_us;       /* CLOCK_MONOTONIC µs its publish call arrived; 0 for replies */
 	unsigned char mem[]; /* LH_FRAME_HEADROOM bytes, then cap payload bytes */
 };
 

@@ -690,6 +690,7 @@ static struct frame *event_frame(const struct publication *p, const struct chan 
 	*o++ = '}';
 	f->len = (uint32_t)(o - start);
 	f->key = p->conflate_key;
+	f->t0_us = p->t0_us;
 	return f;
 }
 

@@ -266,6 +266,10 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	head(sb, "livehub_publish_latency_seconds", "histogram",
 	     "gRPC arrival of a publication to its frame queued on every subscriber");
 	hist(sb, "livehub_publish_latency_seconds", "", &m->publish_latency);
+	head(sb, "livehub_publish_to_write_seconds", "histogram",
+	     "gRPC arrival of a publication to the write of its frame to a client socket "
+	     "(observed once per send, for the oldest event in it)");
+	hist(sb, "livehub_publish_to_write_seconds", "", &m->write_latency);
 	render_grpc(sb);
 }
 

@@ -88,6 +88,7 @@ struct metrics {
 	_Atomic bool ready;                  /* accepting clients and calls */
 	int64_t started_ms;                  /* CLOCK_MONOTONIC, set by metrics_init */
 	struct metrics_hist publish_latency; /* gRPC arrival -> queued on every subscriber */
+	struct metrics_hist write_latency;   /* gRPC arrival -> written to a client socket */
 	_Atomic int nmethods;
 	char method[METRICS_MAX_METHODS][128]; /* "/pkg.Service/Method" */
 	_Atomic uint64_t grpc_calls[METRICS_MAX_METHODS][METRICS_NCODES];

@@ -35,6 +35,7 @@ struct publication {
 	char *data; /* JSON object text of the payload; publisher-owned */
 	size_t data_len;
 	int64_t ts_ms;         /* publish time, ms since the Unix epoch */
+	int64_t t0_us;         /* CLOCK_MONOTONIC µs the call arrived; 0 = unknown */
 	uint64_t conflate_key; /* 0, or a key under which queued frames conflate */
 
 	/* Output, set by the service thread before on_done. */

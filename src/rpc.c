@@ -487,6 +487,7 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 		reply_error(c, err.code, err.msg);
 		return;
 	}
+	c->pub.t0_us = c->start_us;
 	c->pub.on_done = on_published;
 	c->pub.owner = c;
 	c->state = CALL_PUBLISHING;
@@ -745,6 +746,7 @@ static void stream_message(struct call *c)
 	s->msg = NULL;
 	ProtobufCMessage *req = decode(c, &err);
 	int rc = req ? rpc_stream_prepare(req, &sl->pub, &sl->sequence, &err) : -1;
+	sl->pub.t0_us = metrics_now_us();
 	arena_reset(&c->r->arena);
 	if (rc) {
 		stream_slot_done(c, sl, &err, true);

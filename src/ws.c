@@ -522,15 +522,27 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
  * from w->batch (lws copies what the socket does not take at once, so the
  * buffer is free again on return). Returns 0 when it wrote, -1 on a write
  * error, 1 when fewer than two frames fit and nothing was taken. */
+/* Records how long the oldest event of a write waited since its publish
+ * call arrived: once per send, not per event, to stay off the per-delivery
+ * cost. */
+static void observe_write(int64_t t0_us)
+{
+	if (t0_us)
+		metrics_observe(&lh_metrics.write_latency, metrics_now_us() - t0_us);
+}
+
 static int write_batch(struct ws *w, struct session *s)
 {
 	size_t n;
 	unsigned char *buf = w->batch + LWS_PRE;
+	const struct frame *oldest = hub_conn_peek(s->conn);
+	int64_t t0_us = oldest ? oldest->t0_us : 0;
 	size_t len = hub_conn_take_batch(s->conn, buf, w->batch_cap, WS_BATCH_FRAMES, &n);
 	if (len == 0)
 		return 1;
 	if (lws_write(s->wsi, buf, len, LWS_WRITE_TEXT) < 0)
 		return -1;
+	observe_write(t0_us);
 	metrics_inc(&lh_metrics.bytes_out, len);
 	if (hub_conn_queued(s->conn) > 0 || s->close_code)
 		lws_callback_on_writable(s->wsi);
@@ -561,6 +573,7 @@ static int on_writeable(struct ws *w, struct session *s)
 	 * server frames are unmasked, so the shared payload is not changed. */
 	if (lws_write(s->wsi, frame_payload(f), f->len, LWS_WRITE_TEXT) < 0)
 		return -1;
+	observe_write(f->t0_us);
 	metrics_inc(&lh_metrics.bytes_out, f->len);
 	hub_conn_pop(s->conn);
 	if (queued > 1 || s->close_code)

@@ -160,6 +160,9 @@ async def test_metrics_count_what_happens(fresh_hub):
     assert m[("livehub_grpc_call_duration_seconds_count",
               '{method="/livehub.v1.HubService/Publish"}')] == 1
     assert m[("livehub_publish_latency_seconds_count", "")] == 1
+    # One event written in one send; the connected frame and the error reply
+    # came from no publish call and are not observed.
+    assert m[("livehub_publish_to_write_seconds_count", "")] == 1
     for name in ("livehub_messages_dropped_total", "livehub_messages_conflated_total",
                  "livehub_rate_limited_total"):
         assert m[(name, "")] == 0
@@ -208,5 +211,6 @@ def test_metrics_families_present(hub):
                 "livehub_slow_consumer_disconnects_total", "livehub_rate_limited_total",
                 "livehub_auth_failures_total", "livehub_handoff_queue_depth",
                 "livehub_send_queue_frames", "livehub_grpc_calls_total",
-                "livehub_grpc_call_duration_seconds", "livehub_publish_latency_seconds"):
+                "livehub_grpc_call_duration_seconds", "livehub_publish_latency_seconds",
+                "livehub_publish_to_write_seconds"):
         assert re.search(r"^# TYPE %s " % fam, body, re.M), fam
