@@ -19,6 +19,9 @@
  *   JSON.parse keeps the last one, as protobuf does;
  * - google.protobuf.Any is not special-cased (not among our generated WKTs);
  * - numbers go through snprintf("%g"), so LC_NUMERIC must stay "C".
+ * Each message type's JSON keys ("\"jobId\":") and camel names are built once,
+ * on first use, into a table that lives as long as the process (descriptors
+ * are static); see keytab_get.
  * Nesting is limited to PBJSON_MAX_DEPTH levels, counting each message and
  * each google.protobuf.Value (not map entries); deeper input is LH_EINVAL.
  * pbjson_check_depth, at the end, guards protobuf-c's unpack, which has no
@@ -36,6 +39,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -134,6 +138,49 @@ static void path_pop(struct ctx *c, size_t old)
 	c->path[old] = '\0';
 }
 
+/* Appends n bytes of s to the path, cut short (and NUL-terminated) when it is
+ * full: the same text path_push's vsnprintf would leave, without the cost. */
+static void path_add(struct ctx *c, const char *s, size_t n)
+{
+	size_t old = c->plen;
+	if (old + 1 >= sizeof(c->path))
+		return;
+	size_t room = sizeof(c->path) - old - 1;
+	if (n > room)
+		n = room;
+	memcpy(c->path + old, s, n);
+	c->plen = old + n;
+	c->path[c->plen] = '\0';
+}
+
+/* Appends "[i]" to the path; returns the old length for path_pop. */
+static size_t path_push_index(struct ctx *c, size_t i)
+{
+	char tmp[24];
+	size_t at = sizeof(tmp);
+	size_t old = c->plen;
+	tmp[--at] = ']';
+	do {
+		tmp[--at] = (char)('0' + i % 10);
+		i /= 10;
+	} while (i);
+	tmp[--at] = '[';
+	path_add(c, tmp + at, sizeof(tmp) - at);
+	return old;
+}
+
+/* path_push_field for a name already in lowerCamelCase (n bytes). */
+static size_t path_push_camel(struct ctx *c, const char *camel, size_t n)
+{
+	size_t old = c->plen;
+	if (sizeof(c->path) - old <= 2)
+		return old;
+	if (old > 0)
+		c->path[c->plen++] = '.';
+	path_add(c, camel, n);
+	return old;
+}
+
 /* Copies the path to errpath, cut back to a whole UTF-8 character when it
  * does not fit (map keys in it are valid UTF-8). */
 static void copy_path(const struct ctx *c, char *errpath, size_t errlen)
@@ -170,6 +217,168 @@ static void add_camel_str(struct strbuf *sb, const char *name, size_t n)
 		scratch[m++] = ch;
 	}
 	sb_add_json_str(sb, scratch, m);
+}
+
+/* Appends one byte; the common case (room already there) stays inline. */
+static inline void add_ch(struct strbuf *sb, char ch)
+{
+	if (!sb->oom && sb->len + 2 <= sb->cap) {
+		sb->buf[sb->len++] = ch;
+		sb->buf[sb->len] = '\0';
+		return;
+	}
+	sb_addc(sb, ch);
+}
+
+/* Appends n bytes; the common case stays inline. */
+static inline void add_raw(struct strbuf *sb, const char *p, size_t n)
+{
+	if (!sb->oom && sb->len + n + 1 <= sb->cap) {
+		memcpy(sb->buf + sb->len, p, n);
+		sb->len += n;
+		sb->buf[sb->len] = '\0';
+		return;
+	}
+	sb_add(sb, p, n);
+}
+
+/* Whether all eight bytes of x are plain: printable ASCII other than '"' and
+ * '\\'. (v - ones * k) & ~v & highs is non-zero exactly when some byte of v
+ * is below k (k <= 0x80), so a zero byte in x ^ ones * c means a byte equals c;
+ * borrows can only misreport when some byte is already not plain. */
+static inline bool plain8(uint64_t x)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\'), d = x ^ (ones * 0x7f);
+	uint64_t bad = ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) |
+	               ((d - ones) & ~d) | x;
+	return !(bad & highs);
+}
+
+/* Whether s (n bytes) is printable ASCII with no '"' or '\\': valid UTF-8
+ * that sb_add_json_str would copy unchanged between its quotes. */
+static bool plain_ascii(const char *s, size_t n)
+{
+	uint64_t x = 0x6161616161616161ull; /* "aaaaaaaa" pads a short string */
+	if (n == 0)
+		return true;
+	if (n < 8) {
+		memcpy(&x, s, n);
+		return plain8(x);
+	}
+	/* Eight bytes at a time; the last load overlaps the one before it. */
+	for (size_t i = 0; i + 8 < n; i += 8) {
+		memcpy(&x, s + i, 8);
+		if (!plain8(x))
+			return false;
+	}
+	memcpy(&x, s + n - 8, 8);
+	return plain8(x);
+}
+
+/* Appends s (n bytes, valid UTF-8) quoted, exactly as sb_add_json_str does;
+ * plain says plain_ascii(s, n) holds, so the bytes are copied in one go. */
+static void add_quoted(struct strbuf *sb, const char *s, size_t n, bool plain)
+{
+	if (!plain) {
+		sb_add_json_str(sb, s, n);
+		return;
+	}
+	if (sb_reserve(sb, n + 2))
+		return;
+	char *o = sb->buf + sb->len;
+	*o++ = '"';
+	memcpy(o, s, n);
+	o += n;
+	*o++ = '"';
+	sb->len = (size_t)(o - sb->buf);
+	sb->buf[sb->len] = '\0';
+}
+
+/* ---------------------------------------------------------------------------
+ * Per-type key cache
+ * ------------------------------------------------------------------------- */
+
+/* One field's cached names: its JSON key with quotes and colon, and its
+ * lowerCamelCase name for error paths. */
+struct fkey {
+	const char *key;
+	const char *camel;
+	uint32_t key_len;
+	uint32_t camel_len;
+};
+
+/* The cached names of one message type's fields, in descriptor order. */
+struct keytab {
+	const ProtobufCMessageDescriptor *d;
+	struct fkey f[];
+};
+
+/* Open addressing over descriptor addresses. A slot goes from NULL to a table
+ * once (compare-and-swap) and never changes again; tables are never freed,
+ * since descriptors live as long as the process. A full array only means the
+ * uncached path is taken. */
+#define KEYTAB_SLOTS 256
+static _Atomic(struct keytab *) keytabs[KEYTAB_SLOTS];
+
+/* Builds the key table of d in one allocation (owned by keytabs once
+ * published); NULL when out of memory or a name is absurdly long. */
+static struct keytab *keytab_build(const ProtobufCMessageDescriptor *d)
+{
+	struct strbuf txt = STRBUF_INIT;
+	struct keytab *t = NULL;
+	size_t head = sizeof(*t) + d->n_fields * sizeof(t->f[0]);
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		const char *name = d->fields[i].name;
+		size_t n = strlen(name);
+		if (n > UINT16_MAX || sb_reserve(&txt, n + 1))
+			goto out;
+		size_t at = txt.len;
+		txt.len += camel_into(txt.buf + at, n + 1, name) + 1;
+		add_camel_str(&txt, name, n);
+		sb_add(&txt, ":", 2); /* the ':' and a NUL */
+	}
+	if (txt.oom || !(t = malloc(head + txt.len)))
+		goto out;
+	t->d = d;
+	char *p = (char *)t + head;
+	if (txt.len)
+		memcpy(p, txt.buf, txt.len);
+	for (unsigned i = 0; i < d->n_fields; i++) {
+		t->f[i].camel = p;
+		t->f[i].camel_len = (uint32_t)strlen(p);
+		p += t->f[i].camel_len + 1;
+		t->f[i].key = p;
+		t->f[i].key_len = (uint32_t)strlen(p);
+		p += t->f[i].key_len + 1;
+	}
+out:
+	sb_free(&txt);
+	return t;
+}
+
+/* Returns the key table of d, building and publishing it on first use; NULL
+ * (use the uncached path) when it cannot be built or the array is full. Safe
+ * from any number of threads: a lost publishing race frees its own copy. */
+static const struct keytab *keytab_get(const ProtobufCMessageDescriptor *d)
+{
+	size_t h = (size_t)(((uintptr_t)d >> 4) * 0x9E3779B97F4A7C15ull >> 32);
+	for (size_t i = 0; i < KEYTAB_SLOTS; i++) {
+		_Atomic(struct keytab *) *slot = &keytabs[(h + i) & (KEYTAB_SLOTS - 1)];
+		struct keytab *t = atomic_load_explicit(slot, memory_order_acquire);
+		if (!t) {
+			struct keytab *nt = keytab_build(d);
+			if (!nt)
+				return NULL;
+			if (atomic_compare_exchange_strong_explicit(
+			            slot, &t, nt, memory_order_acq_rel, memory_order_acquire))
+				return nt;
+			free(nt); /* t is now the winner's table */
+		}
+		if (t->d == d)
+			return t;
+	}
+	return NULL;
 }
 
 /* ---------------------------------------------------------------------------
@@ -251,22 +460,27 @@ static void add_base64(struct strbuf *sb, const uint8_t *p, size_t n)
 /* Writes a string after checking its UTF-8; NULL counts as "". */
 static int add_string(struct ctx *c, const char *s)
 {
-	size_t n = s ? strlen(s) : 0;
-	if (n && !utf8_valid(s, n))
+	if (!s)
+		s = "";
+	size_t n = strlen(s);
+	bool plain = plain_ascii(s, n);
+	if (!plain && !utf8_valid(s, n))
 		return LH_EUTF8;
-	sb_add_json_str(c->sb, s ? s : "", n);
+	add_quoted(c->sb, s, n, plain);
 	return 0;
 }
 
 static void add_enum(struct strbuf *sb, const ProtobufCEnumDescriptor *ed, int v)
 {
 	const ProtobufCEnumValue *ev = ed ? protobuf_c_enum_descriptor_get_value(ed, v) : NULL;
-	if (ed && strcmp(ed->name, "google.protobuf.NullValue") == 0)
+	if (ed && strcmp(ed->name, "google.protobuf.NullValue") == 0) {
 		sb_adds(sb, "null");
-	else if (ev)
-		sb_add_json_str(sb, ev->name, strlen(ev->name));
-	else
+	} else if (ev) {
+		size_t n = strlen(ev->name);
+		add_quoted(sb, ev->name, n, plain_ascii(ev->name, n));
+	} else {
 		sb_add_i64(sb, v);
+	}
 }
 
 /* Size of one element of a repeated field of type t in protobuf-c's arrays. */
@@ -300,15 +514,15 @@ static int write_value(struct ctx *c, const ProtobufCFieldDescriptor *f, const v
 	case PROTOBUF_C_TYPE_INT64:
 	case PROTOBUF_C_TYPE_SINT64:
 	case PROTOBUF_C_TYPE_SFIXED64:
-		sb_addc(sb, '"');
+		add_ch(sb, '"');
 		sb_add_i64(sb, *(const int64_t *)p);
-		sb_addc(sb, '"');
+		add_ch(sb, '"');
 		break;
 	case PROTOBUF_C_TYPE_UINT64:
 	case PROTOBUF_C_TYPE_FIXED64:
-		sb_addc(sb, '"');
+		add_ch(sb, '"');
 		sb_add_u64(sb, *(const uint64_t *)p);
-		sb_addc(sb, '"');
+		add_ch(sb, '"');
 		break;
 	case PROTOBUF_C_TYPE_FLOAT: add_fp(sb, *(const float *)p, true); break;
 	case PROTOBUF_C_TYPE_DOUBLE: add_fp(sb, *(const double *)p, false); break;
@@ -373,10 +587,15 @@ static int write_map_key(struct ctx *c, const ProtobufCFieldDescriptor *kf, cons
 		const char *k = *(char *const *)p;
 		if (!k)
 			k = "";
-		if (!utf8_valid(k, strlen(k)))
+		size_t n = strlen(k);
+		bool plain = plain_ascii(k, n);
+		if (!plain && !utf8_valid(k, n))
 			return LH_EUTF8;
-		*old = path_push(c, "[\"%s\"]", k);
-		sb_add_json_str(sb, k, strlen(k));
+		*old = c->plen;
+		path_add(c, "[\"", 2);
+		path_add(c, k, n);
+		path_add(c, "\"]", 2);
+		add_quoted(sb, k, n, plain);
 	} else if (kf->type == PROTOBUF_C_TYPE_BOOL) {
 		bool b = *(const protobuf_c_boolean *)p;
 		*old = path_push(c, "[%s]", b ? "true" : "false");
@@ -390,14 +609,14 @@ static int write_map_key(struct ctx *c, const ProtobufCFieldDescriptor *kf, cons
 		if (sb->oom)
 			return LH_ENOMEM;
 		if (sb->buf[at] != '"') {
-			sb_addc(sb, '"');
+			add_ch(sb, '"');
 			memmove(sb->buf + at + 1, sb->buf + at, sb->len - at - 1);
 			sb->buf[at] = '"';
-			sb_addc(sb, '"');
+			add_ch(sb, '"');
 		}
 		*old = path_push(c, "[%.*s]", (int)(sb->len - at - 2), sb->buf + at + 1);
 	}
-	sb_addc(sb, ':');
+	add_ch(sb, ':');
 	return 0;
 }
 
@@ -406,13 +625,13 @@ static int write_map(struct ctx *c, const ProtobufCFieldDescriptor *f,
                      ProtobufCMessage *const *entries, size_t n)
 {
 	const ProtobufCMessageDescriptor *e = f->descriptor;
-	sb_addc(c->sb, '{');
+	add_ch(c->sb, '{');
 	for (size_t i = 0, out = 0; i < n; i++) {
 		const char *base = (const char *)entries[i];
 		if (!base)
 			continue;
 		if (out++ > 0)
-			sb_addc(c->sb, ',');
+			add_ch(c->sb, ',');
 		size_t old;
 		int rc = write_map_key(c, &e->fields[0], base + e->fields[0].offset, &old);
 		if (rc)
@@ -422,7 +641,7 @@ static int write_map(struct ctx *c, const ProtobufCFieldDescriptor *f,
 			return rc;
 		path_pop(c, old);
 	}
-	sb_addc(c->sb, '}');
+	add_ch(c->sb, '}');
 	return 0;
 }
 
@@ -437,17 +656,17 @@ static int write_repeated(struct ctx *c, const ProtobufCMessageDescriptor *d,
 	if (is_map_field(d, f))
 		return write_map(c, f, (ProtobufCMessage *const *)(const void *)arr, n);
 	size_t sz = elem_size(f->type);
-	sb_addc(c->sb, '[');
+	add_ch(c->sb, '[');
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0)
-			sb_addc(c->sb, ',');
-		size_t old = path_push(c, "[%zu]", i);
+			add_ch(c->sb, ',');
+		size_t old = path_push_index(c, i);
 		int rc = write_value(c, f, arr + i * sz);
 		if (rc)
 			return rc;
 		path_pop(c, old);
 	}
-	sb_addc(c->sb, ']');
+	add_ch(c->sb, ']');
 	return 0;
 }
 
@@ -526,25 +745,31 @@ static int write_value_wkt(struct ctx *c, const Google__Protobuf__Value *v);
 static int write_struct(struct ctx *c, const Google__Protobuf__Struct *st)
 {
 	size_t n = st ? st->n_fields : 0;
-	sb_addc(c->sb, '{');
+	add_ch(c->sb, '{');
 	for (size_t i = 0, out = 0; i < n; i++) {
 		const Google__Protobuf__Struct__FieldsEntry *e = st->fields[i];
 		if (!e)
 			continue;
 		const char *k = e->key ? e->key : "";
-		if (!utf8_valid(k, strlen(k)))
+		size_t kn = strlen(k);
+		bool plain = plain_ascii(k, kn);
+		if (!plain && !utf8_valid(k, kn))
 			return LH_EUTF8;
 		if (out++ > 0)
-			sb_addc(c->sb, ',');
-		sb_add_json_str(c->sb, k, strlen(k));
-		sb_addc(c->sb, ':');
-		size_t old = path_push(c, "%sfields.%s", c->plen ? "." : "", k);
+			add_ch(c->sb, ',');
+		add_quoted(c->sb, k, kn, plain);
+		add_ch(c->sb, ':');
+		size_t old = c->plen;
+		if (old)
+			path_add(c, ".", 1);
+		path_add(c, "fields.", 7);
+		path_add(c, k, kn);
 		int rc = write_value_wkt(c, e->value);
 		if (rc)
 			return rc;
 		path_pop(c, old);
 	}
-	sb_addc(c->sb, '}');
+	add_ch(c->sb, '}');
 	return 0;
 }
 
@@ -552,17 +777,17 @@ static int write_struct(struct ctx *c, const Google__Protobuf__Struct *st)
 static int write_list(struct ctx *c, const Google__Protobuf__ListValue *l)
 {
 	size_t n = l ? l->n_values : 0;
-	sb_addc(c->sb, '[');
+	add_ch(c->sb, '[');
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0)
-			sb_addc(c->sb, ',');
-		size_t old = path_push(c, "[%zu]", i);
+			add_ch(c->sb, ',');
+		size_t old = path_push_index(c, i);
 		int rc = write_value_wkt(c, l->values[i]);
 		if (rc)
 			return rc;
 		path_pop(c, old);
 	}
-	sb_addc(c->sb, ']');
+	add_ch(c->sb, ']');
 	return 0;
 }
 
@@ -600,7 +825,7 @@ static int write_field_mask(struct ctx *c, const Google__Protobuf__FieldMask *fm
 {
 	size_t n = fm ? fm->n_paths : 0;
 	struct strbuf *sb = c->sb;
-	sb_addc(sb, '"');
+	add_ch(sb, '"');
 	for (size_t i = 0; i < n; i++) {
 		const char *p = fm->paths[i] ? fm->paths[i] : "";
 		size_t len = strlen(p);
@@ -609,7 +834,7 @@ static int write_field_mask(struct ctx *c, const Google__Protobuf__FieldMask *fm
 			return LH_EUTF8;
 		}
 		if (i > 0)
-			sb_addc(sb, ',');
+			add_ch(sb, ',');
 		/* Reuse the quoted writer, then drop its quotes. */
 		size_t at = sb->len;
 		add_camel_str(sb, p, len);
@@ -619,7 +844,7 @@ static int write_field_mask(struct ctx *c, const Google__Protobuf__FieldMask *fm
 		sb->len -= 2;
 		sb->buf[sb->len] = '\0';
 	}
-	sb_addc(sb, '"');
+	add_ch(sb, '"');
 	return 0;
 }
 
@@ -696,25 +921,32 @@ static bool field_present(const ProtobufCFieldDescriptor *f, const char *base)
 /* Writes the fields of the (non-WKT) message at base as a JSON object. */
 static int write_fields(struct ctx *c, const ProtobufCMessageDescriptor *d, const char *base)
 {
+	const struct keytab *kt = keytab_get(d);
 	bool first = true;
-	sb_addc(c->sb, '{');
+	add_ch(c->sb, '{');
 	for (unsigned i = 0; i < d->n_fields; i++) {
 		const ProtobufCFieldDescriptor *f = &d->fields[i];
 		bool rep = f->label == PROTOBUF_C_LABEL_REPEATED;
 		if (!rep && !field_present(f, base))
 			continue;
 		if (!first)
-			sb_addc(c->sb, ',');
+			add_ch(c->sb, ',');
 		first = false;
-		add_camel_str(c->sb, f->name, strlen(f->name));
-		sb_addc(c->sb, ':');
-		size_t old = path_push_field(c, f->name);
+		size_t old;
+		if (kt) {
+			add_raw(c->sb, kt->f[i].key, kt->f[i].key_len);
+			old = path_push_camel(c, kt->f[i].camel, kt->f[i].camel_len);
+		} else {
+			add_camel_str(c->sb, f->name, strlen(f->name));
+			add_ch(c->sb, ':');
+			old = path_push_field(c, f->name);
+		}
 		int rc = rep ? write_repeated(c, d, f, base) : write_value(c, f, base + f->offset);
 		if (rc)
 			return rc;
 		path_pop(c, old);
 	}
-	sb_addc(c->sb, '}');
+	add_ch(c->sb, '}');
 	return 0;
 }
 
