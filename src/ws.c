@@ -48,6 +48,11 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
 #define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
 
+/* lws' own opcode for a close frame: 4, the value lws-write.h leaves out
+ * ("LWS_WRITE_CLOSE is handled by lws_close_reason()"); send_close() needs
+ * it where lws_close_reason() cannot be used. */
+#define WS_WRITE_CLOSE ((enum lws_write_protocol)4)
+
 /* A client message that spans several RECEIVE callbacks. */
 struct rxbuf {
 	size_t len;
@@ -66,6 +71,7 @@ struct session {
 	const char *close_reason;    /* static text, with close_code */
 	int close_code;              /* nonzero: close at the next write */
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
+	bool killing;                /* libuv: closing; the close frame goes at the next write */
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -116,11 +122,46 @@ static struct ws *ws_of(struct lws *wsi)
 	return lws_context_user(lws_get_context(wsi));
 }
 
-/* Sets the close frame's code and reason and returns -1, which makes lws
- * send it and close the connection. */
-static int close_now(struct lws *wsi, int code, const char *reason)
+/* Sets the close frame's code and reason and has lws send it and close the
+ * connection. With lws' poll loop, returning -1 from the callback does
+ * that. Under libuv it does not: Debian's lws 4.1.6 is built with _DEBUG,
+ * and lws_service_fd_tsi() then closes a wsi a second time right after a
+ * callback returned -1 ("uv repeat test"); that second close finds the
+ * close frame still waiting to be sent and drops the socket without it
+ * (lws' timeouts kill without a close frame too). So with libuv s is
+ * marked, the callback returns 0, and on_writeable() writes the close
+ * frame itself (send_close()) before returning -1. */
+static int close_now(struct ws *w, struct session *s, int code, const char *reason)
 {
-	lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, strlen(reason));
+	if (!w->uv) {
+		lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)reason,
+		                 strlen(reason));
+		return -1;
+	}
+	s->close_code = code;
+	s->close_reason = reason;
+	s->killing = true;
+	lws_callback_on_writable(s->wsi);
+	/* A peer that stopped reading may never make it writable again. */
+	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+	return 0;
+}
+
+/* libuv only (see close_now()): writes the close frame for s->close_code
+ * and s->close_reason, then returns -1 so that lws shuts the connection
+ * down, as its own close does (it does not wait for the client's answer
+ * either); what the socket did not take at once lws still flushes
+ * before it closes. */
+static int send_close(struct session *s)
+{
+	unsigned char buf[LWS_PRE + 125];
+	size_t n = strlen(s->close_reason);
+	if (n > 123)
+		n = 123;
+	buf[LWS_PRE] = (unsigned char)(s->close_code >> 8);
+	buf[LWS_PRE + 1] = (unsigned char)(s->close_code & 0xff);
+	memcpy(buf + LWS_PRE + 2, s->close_reason, n);
+	(void)lws_write(s->wsi, buf + LWS_PRE, n + 2, WS_WRITE_CLOSE);
 	return -1;
 }
 
@@ -182,6 +223,8 @@ static void tr_want_write(void *tctx)
 static void tr_kill(void *tctx, int close_code, const char *reason)
 {
 	struct session *s = tctx;
+	if (s->killing)
+		return; /* close_now() asked for the write that closes it */
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
 	 * drop it after a few seconds rather than at the ping timeout. */
@@ -363,15 +406,15 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	const char *why = "invalid token";
 	s->wsi = wsi;
 	if (w->closing)
-		return close_now(wsi, WS_CLOSE_SHUTDOWN, "server shutting down");
+		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
 	int rc = verify(w, wsi, &id, &why);
 	if (rc) {
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		return close_now(wsi, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
 	}
 	s->conn = hub_conn_open(w->hub, id.tenant, id.user, s);
 	if (!s->conn)
-		return close_now(wsi, 1011, "SERVER_ERROR");
+		return close_now(w, s, 1011, "SERVER_ERROR");
 	session_link(w, s);
 	metrics_inc(&lh_metrics.conn_opened, 1);
 	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id.tenant,
@@ -485,11 +528,13 @@ static int rx_append(struct session *s, const void *in, size_t len)
 static int on_receive(struct ws *w, struct session *s, const void *in, size_t len)
 {
 	struct lws *wsi = s->wsi;
+	if (s->killing)
+		return 0; /* closing (libuv): the rest of the read is dropped */
 	if (!s->conn)
 		return -1;
 	if (lws_frame_is_binary(wsi)) {
 		s->why = MC_PROTOCOL_ERROR;
-		return close_now(wsi, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
+		return close_now(w, s, LWS_CLOSE_STATUS_UNACCEPTABLE_OPCODE,
 		                 "binary frames are not accepted");
 	}
 	if (s->close_code)
@@ -502,10 +547,10 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	int rc = rx_append(s, in, len);
 	if (rc == LH_ELIMIT) {
 		s->why = MC_PROTOCOL_ERROR;
-		return close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message over 64 KiB");
+		return close_now(w, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message over 64 KiB");
 	}
 	if (rc)
-		return close_now(wsi, 1011, "SERVER_ERROR");
+		return close_now(w, s, 1011, "SERVER_ERROR");
 	if (final) {
 		on_message(w, s, s->rx->data, s->rx->len);
 		free(s->rx);
@@ -556,11 +601,13 @@ static int write_batch(struct ws *w, struct session *s)
  * before the 1001. */
 static int on_writeable(struct ws *w, struct session *s)
 {
+	if (s->killing)
+		return send_close(s);
 	if (!s->conn)
 		return 0;
 	size_t queued = hub_conn_queued(s->conn);
 	if (s->close_code && !(s->close_code == WS_CLOSE_SHUTDOWN && queued > 0))
-		return close_now(s->wsi, s->close_code, s->close_reason);
+		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
 	if (queued > 1 && w->batch_cap) {
 		int rc = write_batch(w, s);
 		if (rc <= 0)
