@@ -218,18 +218,26 @@ static void on_final_done(struct xcall *c, bool ok)
 	finish(c, c->code);
 }
 
-/* Sends [metadata], [c->send], status code/msg as the call's last batch. */
-static void send_final(struct xcall *c, bool with_md, int code, const char *msg)
+/* Fills ops (room for 3, zeroed here) with [initial metadata] and [c->send];
+ * returns how many were set, so the caller can add its last op. */
+static size_t send_ops(struct xcall *c, grpc_op *ops, bool with_md)
 {
-	grpc_op ops[3];
 	size_t n = 0;
-	memset(ops, 0, sizeof ops);
+	memset(ops, 0, 3 * sizeof *ops);
 	if (with_md)
 		ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
 	if (c->send) {
 		ops[n].op = GRPC_OP_SEND_MESSAGE;
 		ops[n++].data.send_message.send_message = c->send;
 	}
+	return n;
+}
+
+/* Sends [metadata], [c->send], status code/msg as the call's last batch. */
+static void send_final(struct xcall *c, bool with_md, int code, const char *msg)
+{
+	grpc_op ops[3];
+	size_t n = send_ops(c, ops, with_md);
 	if (msg) {
 		c->details = grpc_slice_from_copied_string(msg);
 		c->has_details = true;
@@ -435,14 +443,7 @@ static void on_refl_step(struct xcall *c, bool ok);
 static void refl_next(struct xcall *c, bool with_md)
 {
 	grpc_op ops[3];
-	size_t n = 0;
-	memset(ops, 0, sizeof ops);
-	if (with_md)
-		ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
-	if (c->send) {
-		ops[n].op = GRPC_OP_SEND_MESSAGE;
-		ops[n++].data.send_message.send_message = c->send;
-	}
+	size_t n = send_ops(c, ops, with_md);
 	ops[n].op = GRPC_OP_RECV_MESSAGE;
 	ops[n++].data.recv_message.recv_message = &c->recv;
 	if (start(c, ops, n, on_refl_step))
