@@ -15,8 +15,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct wsp_error err;
 	struct frame *f;
 	if (wsp_parse(data, size, &req, &err) == 0) {
-		/* Every request that parses has a reply (auth/refresh never parse). */
-		f = wsp_reply(&req);
+		/* Every request that parses has a reply; auth and refresh get
+		 * theirs from the WebSocket front (connected, refreshed). */
+		if (req.type == WSP_AUTH)
+			f = wsp_connected_req("c1", "t", "u", 30, 90, &req);
+		else if (req.type == WSP_REFRESH)
+			f = wsp_refreshed(&req, 0);
+		else
+			f = wsp_reply(&req);
 	} else {
 		f = wsp_error(err.code, err.message, true, &req);
 	}

@@ -51,7 +51,16 @@ static const struct setting settings[] = {
 	STR(dev_secret_file, "dev-secret-file", "LIVEHUB_DEV_SECRET_FILE",
 	    "where the development secret is kept when no secret is set"),
 	STR(tenant_claim, "jwt-tenant-claim", "LIVEHUB_JWT_TENANT_CLAIM", "token claim naming the tenant"),
-	INT(jwt_leeway_s, "jwt-leeway", "LIVEHUB_JWT_LEEWAY", 0, 3600, "seconds of clock skew allowed on exp/nbf"),
+	INT(jwt_leeway_s, "jwt-leeway", "LIVEHUB_JWT_LEEWAY", 0, 3600, "seconds of clock skew allowed on exp/nbf/iat"),
+	STR(jwt_keys, "jwt-keys", "LIVEHUB_JWT_KEYS",
+	    "token keys, kid:ALG:SOURCE,... (ALG HS256..HS512 RS256..RS512 ES256 ES384; SOURCE env:VAR, file:PATH or PATH)"),
+	STR(user_claim, "jwt-user-claim", "LIVEHUB_JWT_USER_CLAIM", "token claim naming the user"),
+	STR(jwt_issuer, "jwt-issuer", "LIVEHUB_JWT_ISSUER", "required iss claim (none: not checked)"),
+	STR(jwt_audience, "jwt-audience", "LIVEHUB_JWT_AUDIENCE", "required aud claim value (none: not checked)"),
+	STR(guest_channels, "guest-channels", "LIVEHUB_GUEST_CHANNELS",
+	    "channel patterns a role \"guest\" token may subscribe to, comma-separated"),
+	INT(auth_timeout_s, "auth-timeout", "LIVEHUB_AUTH_TIMEOUT", 0, 300,
+	    "seconds a client that connected without a token has to send auth (0: refuse with 401)"),
 	INT(handoff_max, "handoff-max", "LIVEHUB_HANDOFF_MAX", 1, 10000000,
 	    "publications queued from gRPC to the hub before RESOURCE_EXHAUSTED"),
 	INT(max_subs_per_conn, "max-subscriptions", "LIVEHUB_MAX_SUBSCRIPTIONS", 1, 100000,
@@ -85,6 +94,8 @@ static void defaults(struct lh_config *cfg)
 	cfg->grpc_port = 50051;
 	strcpy(cfg->dev_secret_file, ".livehub/dev-secret");
 	strcpy(cfg->tenant_claim, "tenant_id");
+	strcpy(cfg->user_claim, "sub");
+	cfg->auth_timeout_s = 5;
 	cfg->jwt_leeway_s = 30;
 	cfg->handoff_max = 65536;
 	cfg->max_subs_per_conn = 128;
@@ -297,7 +308,36 @@ static int check(struct lh_config *cfg)
 		        cfg->jwt_secret_len);
 		return -1;
 	}
+	/* Keys, claims and guest patterns are checked by building them once. */
+	struct auth_config ac;
+	char err[400];
+	config_auth(cfg, &ac);
+	if (!ac.secret_len && !ac.keys[0]) {
+		ac.secret = "a development secret stands in here";
+		ac.secret_len = strlen(ac.secret);
+	}
+	struct auth *a = auth_new(&ac, err, sizeof err);
+	if (!a) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
+	auth_free(a);
 	return 0;
+}
+
+void config_auth(const struct lh_config *cfg, struct auth_config *ac)
+{
+	*ac = (struct auth_config){
+	        .secret = cfg->jwt_secret,
+	        .secret_len = cfg->jwt_secret_len,
+	        .keys = cfg->jwt_keys,
+	        .tenant_claim = cfg->tenant_claim,
+	        .user_claim = cfg->user_claim,
+	        .leeway_s = cfg->jwt_leeway_s,
+	        .issuer = cfg->jwt_issuer,
+	        .audience = cfg->jwt_audience,
+	        .guest_channels = cfg->guest_channels,
+	};
 }
 
 int config_load(struct lh_config *cfg, int argc, char **argv, bool *help)
@@ -321,8 +361,8 @@ int config_load(struct lh_config *cfg, int argc, char **argv, bool *help)
  * the first time. */
 int config_resolve_secret(struct lh_config *cfg)
 {
-	if (cfg->jwt_secret_len > 0)
-		return 0;
+	if (cfg->jwt_secret_len > 0 || cfg->jwt_keys[0])
+		return 0; /* no development secret when keys are configured */
 	const char *path = cfg->dev_secret_file;
 	char dir[sizeof(cfg->dev_secret_file)];
 	snprintf(dir, sizeof(dir), "%s", path);

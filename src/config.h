@@ -22,12 +22,19 @@ struct lh_config {
 	char dev_secret_file[256]; /* LIVEHUB_DEV_SECRET_FILE; default .livehub/dev-secret */
 	char tenant_claim[64];     /* LIVEHUB_JWT_TENANT_CLAIM; default tenant_id */
 	int jwt_leeway_s;          /* LIVEHUB_JWT_LEEWAY; default 30 */
-	int handoff_max;           /* LIVEHUB_HANDOFF_MAX; gRPC -> hub queue bound; default 65536 */
-	int max_subs_per_conn;     /* LIVEHUB_MAX_SUBSCRIPTIONS; default 128 */
-	int sendq_max_frames;      /* LIVEHUB_SENDQ_MAX_FRAMES; default 4096 */
-	int ping_interval_s;       /* LIVEHUB_PING_INTERVAL; default 30 */
-	int ping_timeout_s;        /* LIVEHUB_PING_TIMEOUT; default 90 */
-	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
+	char jwt_keys[4096];       /* LIVEHUB_JWT_KEYS; "kid:ALG:SOURCE,..."; default none */
+	char user_claim[64];       /* LIVEHUB_JWT_USER_CLAIM; default sub */
+	char jwt_issuer[256];      /* LIVEHUB_JWT_ISSUER; required iss; default none */
+	char jwt_audience[256];    /* LIVEHUB_JWT_AUDIENCE; required aud; default none */
+	char guest_channels
+	        [1024];         /* LIVEHUB_GUEST_CHANNELS; patterns for role guest; default none */
+	int auth_timeout_s;     /* LIVEHUB_AUTH_TIMEOUT; first-message auth; default 5, 0 = off */
+	int handoff_max;        /* LIVEHUB_HANDOFF_MAX; gRPC -> hub queue bound; default 65536 */
+	int max_subs_per_conn;  /* LIVEHUB_MAX_SUBSCRIPTIONS; default 128 */
+	int sendq_max_frames;   /* LIVEHUB_SENDQ_MAX_FRAMES; default 4096 */
+	int ping_interval_s;    /* LIVEHUB_PING_INTERVAL; default 30 */
+	int ping_timeout_s;     /* LIVEHUB_PING_TIMEOUT; default 90 */
+	int shutdown_timeout_s; /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
 	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
 	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
 	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
@@ -53,5 +60,9 @@ int config_load(struct lh_config *cfg, int argc, char **argv, bool *help);
 int config_resolve_secret(struct lh_config *cfg);
 
 void config_usage(FILE *out);
+
+struct auth_config;
+/* Fills ac with cfg's token settings (pointers into cfg). */
+void config_auth(const struct lh_config *cfg, struct auth_config *ac);
 
 #endif

@@ -54,12 +54,14 @@ static void reload(struct run *r)
 		          "running one stays\"");
 		return;
 	}
-	struct auth_config ac = {nc.jwt_secret, nc.jwt_secret_len, nc.tenant_claim,
-	                         nc.jwt_leeway_s};
-	struct auth *auth = auth_new(&ac);
+	struct auth_config ac;
+	char err[400];
+	config_auth(&nc, &ac);
+	struct auth *auth = auth_new(&ac, err, sizeof err);
 	if (!auth) {
 		metrics_inc(&lh_metrics.reload_failures, 1);
-		log_error("event=reload_failed msg=\"out of memory\"");
+		log_error("event=reload_failed msg=\"%s\"", err);
+		explicit_bzero(&nc, sizeof nc);
 		return;
 	}
 	struct hub_limits lim = {(uint32_t)nc.max_subs_per_conn, (uint32_t)nc.sendq_max_frames};
@@ -71,18 +73,23 @@ static void reload(struct run *r)
 	               nc.rx_buffer_size != r->cfg.rx_buffer_size ||
 	               nc.ping_interval_s != r->cfg.ping_interval_s ||
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
-	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
+	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s ||
+	               nc.auth_timeout_s != r->cfg.auth_timeout_s;
+	bool keys_changed = strcmp(nc.jwt_keys, r->cfg.jwt_keys) != 0;
 	ws_reload(r->ws, auth, &lim);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
+	memcpy(r->cfg.jwt_keys, nc.jwt_keys, sizeof nc.jwt_keys);
 	/* The copy of the secret on this stack is not left behind. */
 	explicit_bzero(&nc, sizeof nc);
 	metrics_inc(&lh_metrics.reloads, 1);
-	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u",
-	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames);
+	log_info("event=reload secret_changed=%s keys_changed=%s max_subscriptions=%u "
+	         "sendq_max_frames=%u",
+	         secret_changed ? "true" : "false", keys_changed ? "true" : "false",
+	         lim.max_subs_per_conn, lim.sendq_max_frames);
 	if (restart)
 		log_warn("event=reload_partial msg=\"addresses, ports, ping times, rx buffer, "
-		         "hand-off size and shutdown timeout apply only after a restart\"");
+		         "hand-off size, shutdown and auth timeouts apply only after a restart\"");
 }
 
 static int64_t now_ms(void)
@@ -181,7 +188,7 @@ static int serve(int argc, char **argv)
 	}
 	if (r.cfg.check_only) {
 		printf("livehub: configuration OK%s\n",
-		       r.cfg.jwt_secret_len
+		       r.cfg.jwt_secret_len || r.cfg.jwt_keys[0]
 		               ? ""
 		               : " (no JWT secret set: the development secret would be used)");
 		return 0;
@@ -201,9 +208,12 @@ static int serve(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &r.sigs, NULL);
 
 	int rc = 1;
-	struct auth_config ac = {r.cfg.jwt_secret, r.cfg.jwt_secret_len, r.cfg.tenant_claim,
-	                         r.cfg.jwt_leeway_s};
-	struct auth *auth = auth_new(&ac);
+	struct auth_config ac;
+	char err[400] = "";
+	config_auth(&r.cfg, &ac);
+	struct auth *auth = auth_new(&ac, err, sizeof err);
+	if (!auth)
+		log_error("msg=\"%s\"", err);
 	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max);
 	if (!auth || !q)
 		goto out;

@@ -27,7 +27,8 @@ static const char *const refusal_names[MR_NREFUSAL] = {
         "auth",
 };
 static const char *const auth_names[MA_NAUTH] = {
-        "no_token", "malformed", "algorithm", "signature", "expired", "not_yet_valid", "claims",
+        "no_token",      "malformed", "algorithm",   "signature",    "expired",
+        "not_yet_valid", "claims",    "unknown_key", "auth_timeout",
 };
 static const char *const in_names[MI_NIN] = {
         "subscribe", "unsubscribe", "ping", "other", "invalid",
@@ -119,6 +120,10 @@ enum metrics_auth metrics_auth_reason(const char *why)
 {
 	if (!why || strstr(why, "no token"))
 		return MA_NO_TOKEN;
+	if (strstr(why, "auth timeout"))
+		return MA_AUTH_TIMEOUT;
+	if (strstr(why, "unknown key id"))
+		return MA_UNKNOWN_KEY;
 	if (strstr(why, "expired"))
 		return MA_EXPIRED;
 	if (strstr(why, "not valid yet"))

@@ -49,6 +49,8 @@ enum metrics_auth {
 	MA_EXPIRED,
 	MA_NOT_YET_VALID,
 	MA_CLAIMS,
+	MA_UNKNOWN_KEY,  /* a kid no configured key has */
+	MA_AUTH_TIMEOUT, /* no auth message in time after a connect without a token */
 	MA_NAUTH
 };
 

@@ -36,17 +36,24 @@
 
 _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws frame header");
 
-#define WS_PROTOCOL_NAME  "livehub"
-#define WS_MSG_MAX        (64 * 1024)          /* largest client message */
-#define WS_HEADER_MAX     8192                 /* request headers, so a long JWT fits */
-#define WS_HEADER_POOL    64                   /* handshakes parsed at the same time */
-#define WS_FD_MAX         65536                /* cap on lws' fd table */
-#define WS_SWEEP_US       (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
-#define WS_SWEEP_IDLE_MS  60000                /* how long an unused channel lives on */
-#define WS_CLOSE_SHUTDOWN 1001
-#define WS_KILL_GRACE_S   5             /* a killed connection that never becomes writable */
-#define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
-#define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
+/* Also the subprotocol a client offers ("livehub.v1, bearer.JWT"): lws
+ * selects, and echoes, the offered name that equals a protocol's name. */
+#define WS_PROTOCOL_NAME       "livehub.v1"
+#define WS_BEARER_PREFIX       "bearer."
+#define WS_MSG_MAX             (64 * 1024)          /* largest client message */
+#define WS_HEADER_MAX          8192                 /* request headers, so a long JWT fits */
+#define WS_HEADER_POOL         64                   /* handshakes parsed at the same time */
+#define WS_FD_MAX              65536                /* cap on lws' fd table */
+#define WS_SWEEP_US            (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
+#define WS_SWEEP_IDLE_MS       60000                /* how long an unused channel lives on */
+#define WS_CLOSE_SHUTDOWN      1001
+#define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
+#define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
+#define WS_CLOSE_TOKEN_EXPIRED 4001
+#define WS_CLOSE_AUTH_TIMEOUT  4002
+#define WS_CLOSE_AUTH_FAILED   4500
+#define WS_TIMER_MAX_S         ((int64_t)1 << 31) /* later expiries never fire */
 
 /* lws' own opcode for a close frame: 4, the value lws-write.h leaves out
  * ("LWS_WRITE_CLOSE is handled by lws_close_reason()"); send_close() needs
@@ -68,10 +75,12 @@ struct session {
 	struct hub_conn *conn;       /* NULL until ESTABLISHED succeeded */
 	struct rxbuf *rx;            /* only while a message spans fragments */
 	struct session *prev, *next; /* ws->sessions */
+	struct auth_rights *rights;  /* owned; NULL: the token restricts nothing */
 	const char *close_reason;    /* static text, with close_code */
 	int close_code;              /* nonzero: close at the next write */
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
 	bool killing;                /* libuv: closing; the close frame goes at the next write */
+	bool awaiting_auth;          /* connected without a token: only `auth` may come */
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -90,6 +99,7 @@ struct ws {
 	struct handoff *q;               /* borrowed */
 	int port;
 	int ping_interval_s, ping_timeout_s;
+	int auth_timeout_s;                /* 0: a handshake without a token is refused */
 	lws_retry_bo_t retry;              /* lws keeps a pointer */
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
@@ -309,20 +319,63 @@ static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 	return 0;
 }
 
+/* Finds "bearer.JWT" among the comma-separated subprotocols the client
+ * offered (browsers cannot set headers; they can offer subprotocols).
+ * Returns a pointer into w->tokbuf, or NULL. */
+static const char *protocol_token(struct ws *w, struct lws *wsi)
+{
+	int n = lws_hdr_copy(wsi, w->tokbuf, (int)sizeof(w->tokbuf), WSI_TOKEN_PROTOCOL);
+	size_t plen = strlen(WS_BEARER_PREFIX);
+	for (char *p = w->tokbuf; n > 0 && *p;) {
+		while (*p == ' ' || *p == ',')
+			p++;
+		char *end = p + strcspn(p, ", ");
+		if ((size_t)(end - p) > plen && strncmp(p, WS_BEARER_PREFIX, plen) == 0) {
+			*end = '\0';
+			return p + plen;
+		}
+		p = end;
+	}
+	return NULL;
+}
+
+/* True when the client offered no subprotocol or offered ours among
+ * others: a client that offers only others cannot be answered (the 101
+ * must name one it offered). */
+static bool protocol_offered(struct ws *w, struct lws *wsi)
+{
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) <= 0)
+		return true;
+	bool hit = false;
+	int n = lws_hdr_copy(wsi, w->tokbuf, (int)sizeof(w->tokbuf), WSI_TOKEN_PROTOCOL);
+	for (char *p = w->tokbuf; n > 0 && *p && !hit;) {
+		while (*p == ' ' || *p == ',')
+			p++;
+		size_t len = strcspn(p, ", ");
+		hit = len == strlen(WS_PROTOCOL_NAME) && strncmp(p, WS_PROTOCOL_NAME, len) == 0;
+		p += len;
+	}
+	explicit_bzero(w->tokbuf, sizeof(w->tokbuf));
+	return hit;
+}
+
 /* Finds the client's token: ?token= on the URL, else "Authorization:
- * Bearer". Returns a pointer into w->tokbuf, or NULL. */
+ * Bearer", else a "bearer.JWT" subprotocol. Returns a pointer into
+ * w->tokbuf, or NULL. */
 static const char *find_token(struct ws *w, struct lws *wsi)
 {
 	const char *t = lws_get_urlarg_by_name(wsi, "token=", w->tokbuf, (int)sizeof(w->tokbuf));
 	if (t && *t)
 		return t;
 	int n = lws_hdr_copy(wsi, w->tokbuf, (int)sizeof(w->tokbuf), WSI_TOKEN_HTTP_AUTHORIZATION);
-	if (n <= 7 || strncasecmp(w->tokbuf, "Bearer ", 7) != 0)
-		return NULL;
-	t = w->tokbuf + 7;
-	while (*t == ' ')
-		t++;
-	return *t ? t : NULL;
+	if (n > 7 && strncasecmp(w->tokbuf, "Bearer ", 7) == 0) {
+		t = w->tokbuf + 7;
+		while (*t == ' ')
+			t++;
+		if (*t)
+			return t;
+	}
+	return protocol_token(w, wsi);
 }
 
 /* Verifies the request's token. Returns 0 with *id filled, or LH_EAUTH /
@@ -330,6 +383,7 @@ static const char *find_token(struct ws *w, struct lws *wsi)
 static int verify(struct ws *w, struct lws *wsi, struct auth_identity *id, const char **why)
 {
 	const char *token = find_token(w, wsi);
+	id->rights = NULL;
 	if (!token) {
 		*why = "no token";
 		return LH_EAUTH;
@@ -360,9 +414,22 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 		http_reply(wsi, 503, "shutting down\n");
 		return 1;
 	}
+	if (!protocol_offered(w, wsi)) {
+		metrics_inc(&lh_metrics.refused[MR_NOT_WEBSOCKET], 1);
+		http_reply(wsi, 400,
+		           "offer the " WS_PROTOCOL_NAME " subprotocol (with bearer.TOKEN if you "
+		           "like), or none\n");
+		return 1;
+	}
+	if (w->auth_timeout_s > 0 && !find_token(w, wsi)) {
+		/* No token: the first message must bring one (on_first_message). */
+		memset(w->tokbuf, 0, sizeof(w->tokbuf));
+		return 0;
+	}
 	struct auth_identity id;
 	const char *why = "invalid token";
 	int rc = verify(w, wsi, &id, &why);
+	auth_rights_free(id.rights);
 	if (rc) {
 		char body[160];
 		snprintf(body, sizeof(body), "%s: %s\n",
@@ -397,31 +464,43 @@ static void session_unlink(struct ws *w, struct session *s)
 	s->prev = s->next = NULL;
 }
 
-/* The connection is a WebSocket now. Its identity is derived again from
- * the token (still readable in the headers) because lws dropped whatever
- * CONFIRM_UPGRADE stored. */
-static int on_established(struct ws *w, struct lws *wsi, struct session *s)
+/* Arms the wsi's timer for when the token of s stops being valid (exp
+ * plus leeway, as auth_verify judges it), or cancels it (exp 0). */
+static void schedule_expiry(struct ws *w, struct session *s, int64_t exp)
 {
-	struct auth_identity id;
-	const char *why = "invalid token";
-	s->wsi = wsi;
-	if (w->closing)
-		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
-	int rc = verify(w, wsi, &id, &why);
-	if (rc) {
-		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+	if (!exp) {
+		lws_set_timer_usecs(s->wsi, LWS_SET_TIMER_USEC_CANCEL);
+		return;
 	}
-	s->conn = hub_conn_open(w->hub, id.tenant, id.user, s);
-	if (!s->conn)
+	int64_t left_ms = (exp + auth_leeway(w->auth) + 1) * 1000 - wall_ms();
+	if (left_ms < 0)
+		left_ms = 0;
+	if (left_ms > WS_TIMER_MAX_S * 1000)
+		left_ms = WS_TIMER_MAX_S * 1000;
+	lws_set_timer_usecs(s->wsi, (lws_usec_t)left_ms * 1000);
+}
+
+/* Opens the hub connection of a verified identity, takes id->rights, and
+ * queues `connected` (echoing the id of the auth message req, if any).
+ * Returns 0, or the result of closing s. */
+static int open_session(struct ws *w, struct session *s, struct auth_identity *id,
+                        const struct wsp_request *req)
+{
+	s->conn = hub_conn_open(w->hub, id->tenant, id->user, s);
+	if (!s->conn) {
+		auth_rights_free(id->rights);
 		return close_now(w, s, 1011, "SERVER_ERROR");
+	}
+	s->rights = id->rights;
+	id->rights = NULL;
 	session_link(w, s);
+	schedule_expiry(w, s, id->exp);
 	metrics_inc(&lh_metrics.conn_opened, 1);
-	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id.tenant,
-	         id.user);
+	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id->tenant,
+	         id->user);
 	/* From here on CLOSED must follow, so failures close from the writer. */
-	struct frame *f = wsp_connected(hub_conn_id(s->conn), id.tenant, id.user,
-	                                w->ping_interval_s, w->ping_timeout_s);
+	struct frame *f = wsp_connected_req(hub_conn_id(s->conn), id->tenant, id->user,
+	                                    w->ping_interval_s, w->ping_timeout_s, req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
 		return 0;
@@ -432,12 +511,67 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	return 0;
 }
 
+/* The connection is a WebSocket now. Its identity is derived again from
+ * the token (still readable in the headers) because lws dropped whatever
+ * CONFIRM_UPGRADE stored. Without a token (first-message auth allowed) the
+ * session waits for `auth`, holding no hub connection, until the timer. */
+static int on_established(struct ws *w, struct lws *wsi, struct session *s)
+{
+	struct auth_identity id;
+	const char *why = "invalid token";
+	s->wsi = wsi;
+	if (w->closing)
+		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
+	if (w->auth_timeout_s > 0 && !find_token(w, wsi)) {
+		memset(w->tokbuf, 0, sizeof(w->tokbuf));
+		s->awaiting_auth = true;
+		lws_set_timer_usecs(wsi, (lws_usec_t)w->auth_timeout_s * LWS_US_PER_SEC);
+		return 0;
+	}
+	int rc = verify(w, wsi, &id, &why);
+	if (rc) {
+		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
+		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+	}
+	return open_session(w, s, &id, NULL);
+}
+
+/* The wsi's timer: the auth timeout of a session without a token, or the
+ * expiry of the token of an open one. Closes from the writer, after the
+ * queued frames (TOKEN_EXPIRED error included). */
+static int on_timer(struct ws *w, struct session *s)
+{
+	if (s->close_code || s->killing)
+		return 0;
+	if (s->awaiting_auth) {
+		metrics_inc(&lh_metrics.auth_failed[MA_AUTH_TIMEOUT], 1);
+		close_later(s, WS_CLOSE_AUTH_TIMEOUT, "AUTH_TIMEOUT");
+	} else if (s->conn) {
+		struct frame *f = wsp_error(
+		        WSP_TOKEN_EXPIRED,
+		        "the token expired: refresh it, or reconnect with a new one", false, NULL);
+		if (f) {
+			metrics_inc(&lh_metrics.msg_out[MO_ERROR], 1);
+			hub_conn_send(w->hub, s->conn, f);
+			frame_unref(f);
+		}
+		metrics_inc(&lh_metrics.auth_failed[MA_EXPIRED], 1);
+		s->why = MC_AUTH;
+		close_later(s, WS_CLOSE_TOKEN_EXPIRED, "TOKEN_EXPIRED");
+	}
+	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+	return 0;
+}
+
 /* ------------------------------------------------------------------------
  * Client messages
  * ------------------------------------------------------------------------ */
 
 static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req)
 {
+	if (!auth_rights_allow(s->rights, AUTH_SUBSCRIBE, req->channel))
+		return wsp_error(WSP_CHANNEL_ACCESS_DENIED, "the token does not allow this channel",
+		                 true, req);
 	int rc = hub_subscribe(w->hub, s->conn, req->channel);
 	switch (rc) {
 	case 0:
@@ -469,12 +603,83 @@ static void count_message(const struct wsp_request *req, struct frame *f)
 	metrics_inc(&lh_metrics.msg_out[error ? MO_ERROR : MO_REPLY], 1);
 }
 
-/* Handles one complete client message: parse, act, queue the reply. */
-static void on_message(struct ws *w, struct session *s, const char *buf, size_t len)
+/* Clears the token a message carried from the stack. */
+static void forget_token(struct wsp_request *req)
+{
+	explicit_bzero(req->token, strnlen(req->token, sizeof req->token));
+}
+
+/* refresh: a valid token for the same tenant and user moves the expiry
+ * and replaces the rights; anything else ends the connection (4001 for an
+ * expired token, 4500 otherwise) after the error frame. */
+static struct frame *do_refresh(struct ws *w, struct session *s, const struct wsp_request *req)
+{
+	struct auth_identity id;
+	const char *why = "invalid token";
+	int rc = auth_verify(w->auth, req->token, &id, &why);
+	if (rc == 0 && (strcmp(id.tenant, hub_conn_tenant(s->conn)) != 0 ||
+	                strcmp(id.user, hub_conn_user(s->conn)) != 0)) {
+		auth_rights_free(id.rights);
+		rc = LH_EAUTH;
+		why = "the token is for another tenant or user";
+	}
+	if (rc) {
+		bool expired = rc == LH_EEXPIRED;
+		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
+		log_info("event=refresh_refused client=%s reason=\"%s\"", hub_conn_id(s->conn),
+		         why);
+		s->why = MC_AUTH;
+		close_later(s, expired ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
+		            expired ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+		return wsp_error(expired ? WSP_TOKEN_EXPIRED : WSP_AUTH_FAILED, why, false, req);
+	}
+	auth_rights_free(s->rights);
+	s->rights = id.rights;
+	schedule_expiry(w, s, id.exp);
+	return wsp_refreshed(req, (long long)id.exp);
+}
+
+/* The first message of a session that connected without a token: it must
+ * be `auth` with a valid token, else the connection closes (4002 for any
+ * other message, 4001 for an expired token, 4500 for a refused one). */
+static int on_first_message(struct ws *w, struct session *s, const char *buf, size_t len)
+{
+	struct wsp_request req;
+	struct wsp_error err;
+	struct auth_identity id;
+	const char *why = "invalid token";
+	if (w->closing)
+		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
+	if (wsp_parse(buf, len, &req, &err) || req.type != WSP_AUTH) {
+		forget_token(&req);
+		metrics_inc(&lh_metrics.auth_failed[MA_AUTH_TIMEOUT], 1);
+		return close_now(w, s, WS_CLOSE_AUTH_TIMEOUT, "AUTH_TIMEOUT: send auth first");
+	}
+	int rc = auth_verify(w->auth, req.token, &id, &why);
+	forget_token(&req);
+	if (rc) {
+		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
+		log_info("event=auth_refused code=%s reason=\"%s\"",
+		         rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED", why);
+		return close_now(w, s,
+		                 rc == LH_EEXPIRED ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
+		                 why);
+	}
+	s->awaiting_auth = false;
+	lws_set_timer_usecs(s->wsi, LWS_SET_TIMER_USEC_CANCEL);
+	return open_session(w, s, &id, &req);
+}
+
+/* Handles one complete client message: parse, act, queue the reply.
+ * Returns 0, or the result of closing s. */
+static int on_message(struct ws *w, struct session *s, const char *buf, size_t len)
 {
 	struct wsp_request req;
 	struct wsp_error err;
 	struct frame *f;
+	if (s->awaiting_auth)
+		return on_first_message(w, s, buf, len);
 	hub_count_received(w->hub);
 	if (wsp_parse(buf, len, &req, &err)) {
 		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
@@ -485,16 +690,23 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 		/* LH_ENOENT is fine: unsubscribing is idempotent. */
 		hub_unsubscribe(w->hub, s->conn, req.channel);
 		f = wsp_unsubscribed(&req);
+	} else if (req.type == WSP_REFRESH) {
+		f = do_refresh(w, s, &req);
+	} else if (req.type == WSP_AUTH) {
+		f = wsp_error(WSP_BAD_REQUEST, "already authenticated: use refresh for a new token",
+		              true, &req);
 	} else {
 		f = wsp_reply(&req);
 	}
+	forget_token(&req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
-		return;
+		return 0;
 	}
 	count_message(&req, f);
 	hub_conn_send(w->hub, s->conn, f);
 	frame_unref(f);
+	return 0;
 }
 
 /* Appends a fragment to s->rx. Returns 0, LH_ELIMIT past WS_MSG_MAX or
@@ -530,7 +742,7 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	struct lws *wsi = s->wsi;
 	if (s->killing)
 		return 0; /* closing (libuv): the rest of the read is dropped */
-	if (!s->conn)
+	if (!s->conn && !s->awaiting_auth)
 		return -1;
 	if (lws_frame_is_binary(wsi)) {
 		s->why = MC_PROTOCOL_ERROR;
@@ -540,10 +752,8 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	if (s->close_code)
 		return 0; /* closing: nothing more is answered */
 	bool final = lws_is_final_fragment(wsi);
-	if (final && !s->rx) {
-		on_message(w, s, in, len);
-		return 0;
-	}
+	if (final && !s->rx)
+		return on_message(w, s, in, len);
 	int rc = rx_append(s, in, len);
 	if (rc == LH_ELIMIT) {
 		s->why = MC_PROTOCOL_ERROR;
@@ -552,11 +762,11 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	if (rc)
 		return close_now(w, s, 1011, "SERVER_ERROR");
 	if (final) {
-		on_message(w, s, s->rx->data, s->rx->len);
+		rc = on_message(w, s, s->rx->data, s->rx->len);
 		free(s->rx);
 		s->rx = NULL;
 	}
-	return 0;
+	return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -594,6 +804,14 @@ static int write_batch(struct ws *w, struct session *s)
 	return 0;
 }
 
+/* Closes that let the queued frames go first: shutdown, and the auth
+ * closes whose error frame says why. */
+static bool flushes_first(int code)
+{
+	return code == WS_CLOSE_SHUTDOWN || code == WS_CLOSE_TOKEN_EXPIRED ||
+	       code == WS_CLOSE_AUTH_FAILED;
+}
+
 /* Writes the oldest queued frames, one lws_write per callback: several
  * joined into one WebSocket frame when more than one is queued and they
  * fit in write_batch bytes, else the oldest alone, from the shared frame
@@ -603,11 +821,11 @@ static int on_writeable(struct ws *w, struct session *s)
 {
 	if (s->killing)
 		return send_close(s);
+	size_t queued = s->conn ? hub_conn_queued(s->conn) : 0;
+	if (s->close_code && !(flushes_first(s->close_code) && queued > 0))
+		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
 	if (!s->conn)
 		return 0;
-	size_t queued = hub_conn_queued(s->conn);
-	if (s->close_code && !(s->close_code == WS_CLOSE_SHUTDOWN && queued > 0))
-		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
 	if (queued > 1 && w->batch_cap) {
 		int rc = write_batch(w, s);
 		if (rc <= 0)
@@ -646,6 +864,8 @@ static void on_closed(struct ws *w, struct session *s)
 {
 	free(s->rx);
 	s->rx = NULL;
+	auth_rights_free(s->rights);
+	s->rights = NULL;
 	if (!s->conn)
 		return;
 	enum metrics_close why = close_reason_of(s);
@@ -723,6 +943,7 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_ESTABLISHED: return on_established(ws_of(wsi), wsi, s);
 	case LWS_CALLBACK_RECEIVE: return on_receive(ws_of(wsi), s, in, len);
 	case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(ws_of(wsi), s);
+	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		apply_reload(ws_of(wsi));
@@ -878,6 +1099,7 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->q = q;
 	w->ping_interval_s = cfg->ping_interval_s;
 	w->ping_timeout_s = cfg->ping_timeout_s;
+	w->auth_timeout_s = cfg->auth_timeout_s;
 	w->retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
 	w->retry.secs_since_valid_hangup = (uint16_t)cfg->ping_timeout_s;
 	w->protocols[0] = (struct lws_protocols){

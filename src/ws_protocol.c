@@ -100,6 +100,23 @@ bad:
 	            "\"projectId\" must be 1-152 characters of A-Z a-z 0-9 _ . : @ + = / -");
 }
 
+/* Fills req->token from "token" (auth, refresh). */
+static int take_token(const json_t *root, struct wsp_request *req, struct wsp_error *err)
+{
+	const json_t *t = json_object_get(root, "token");
+	bool auth = req->type == WSP_AUTH;
+	if (!json_is_string(t) || json_string_length(t) == 0)
+		return fail(err, WSP_BAD_REQUEST,
+		            auth ? "auth needs a string \"token\""
+		                 : "refresh needs a string \"token\"");
+	size_t n = json_string_length(t);
+	if (n > WSP_TOKEN_MAX || memchr(json_string_value(t), '\0', n))
+		return fail(err, WSP_BAD_REQUEST,
+		            "\"token\" is longer than 8192 bytes or malformed");
+	memcpy(req->token, json_string_value(t), n + 1);
+	return 0;
+}
+
 /* Fills req->channel from "channel" or "projectId" (exactly one of them). */
 static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_error *err)
 {
@@ -136,6 +153,7 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	req->project_alias = false;
 	req->id[0] = '\0';
 	req->id_len = 0;
+	req->token[0] = '\0';
 	json_t *root = load(buf, len);
 	if (!root)
 		return fail(err, WSP_PROTOCOL_ERROR, "the message is not valid JSON");
@@ -165,13 +183,7 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	case WSP_UNSUBSCRIBE: rc = take_channel(root, req, err); break;
 	case WSP_PING: rc = 0; break;
 	case WSP_AUTH:
-		fail(err, WSP_BAD_REQUEST,
-		     "\"auth\" is not supported yet: pass the token when connecting");
-		break;
-	case WSP_REFRESH:
-		fail(err, WSP_BAD_REQUEST,
-		     "\"refresh\" is not supported yet: reconnect with a new token");
-		break;
+	case WSP_REFRESH: rc = take_token(root, req, err); break;
 	}
 out:
 	json_decref(root);
@@ -225,13 +237,31 @@ static void add_id(struct strbuf *sb, const struct wsp_request *req)
 struct frame *wsp_connected(const char *client_id, const char *tenant, const char *user,
                             int ping_interval_s, int ping_timeout_s)
 {
+	return wsp_connected_req(client_id, tenant, user, ping_interval_s, ping_timeout_s, NULL);
+}
+
+struct frame *wsp_connected_req(const char *client_id, const char *tenant, const char *user,
+                                int ping_interval_s, int ping_timeout_s,
+                                const struct wsp_request *req)
+{
 	struct strbuf sb = STRBUF_INIT;
 	add_str(&sb, "{\"type\":\"connected\",\"clientId\":", client_id);
 	sb_addf(&sb, ",\"version\":%d,\"server\":\"livehub/" LH_VERSION "\"", LH_PROTOCOL_VERSION);
 	add_str(&sb, ",\"tenant\":", tenant);
 	add_str(&sb, ",\"user\":", user);
-	sb_addf(&sb, ",\"heartbeat\":{\"pingInterval\":%d,\"pingTimeout\":%d}}", ping_interval_s,
+	sb_addf(&sb, ",\"heartbeat\":{\"pingInterval\":%d,\"pingTimeout\":%d}", ping_interval_s,
 	        ping_timeout_s);
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
+}
+
+struct frame *wsp_refreshed(const struct wsp_request *req, long long exp)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sb_addf(&sb, "{\"type\":\"refreshed\",\"exp\":%lld", exp);
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
 	return finish(&sb);
 }
 

@@ -25,13 +25,15 @@
 /* "project:" in front of a seed-004 projectId. */
 #define WSP_PROJECT_PREFIX     "project:"
 #define WSP_PROJECT_PREFIX_LEN 8
+/* Longest token in an auth or refresh message (auth.h AUTH_TOKEN_MAX). */
+#define WSP_TOKEN_MAX 8192
 
 enum wsp_type {
 	WSP_SUBSCRIBE,
 	WSP_UNSUBSCRIBE,
 	WSP_PING,
-	WSP_AUTH,    /* recognised; answered BAD_REQUEST until supported */
-	WSP_REFRESH, /* recognised; answered BAD_REQUEST until supported */
+	WSP_AUTH,    /* first-message authentication: token */
+	WSP_REFRESH, /* a new token for an open connection: token */
 };
 
 /* The error codes of docs/PROTOCOL.md. */
@@ -58,6 +60,7 @@ struct wsp_request {
 	bool project_alias;           /* channel came from projectId ("project:" + projectId) */
 	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
 	size_t id_len;
+	char token[WSP_TOKEN_MAX + 1]; /* auth/refresh: the token, NUL-terminated */
 };
 
 /* Why a message was refused: a code and a static, client-safe message. */
@@ -78,6 +81,12 @@ const char *wsp_code_name(enum wsp_code code);
  * "tenant":…,"user":…,"heartbeat":{"pingInterval":…,"pingTimeout":…}} */
 struct frame *wsp_connected(const char *client_id, const char *tenant, const char *user,
                             int ping_interval_s, int ping_timeout_s);
+/* The same with the id of the auth message it answers ({…,"id":…}). */
+struct frame *wsp_connected_req(const char *client_id, const char *tenant, const char *user,
+                                int ping_interval_s, int ping_timeout_s,
+                                const struct wsp_request *req);
+/* {"type":"refreshed","exp":…[,"id":…]} (exp: unix seconds, 0 = none) */
+struct frame *wsp_refreshed(const struct wsp_request *req, long long exp);
 /* {"type":"subscribed","channel":…[,"projectId":…][,"id":…]} */
 struct frame *wsp_subscribed(const struct wsp_request *req);
 /* {"type":"unsubscribed","channel":…[,"projectId":…][,"id":…]} */

@@ -300,17 +300,52 @@ static void test_channel_length(void **state)
 	        parse("{\"type\":\"subscribe\",\"channel\":\"a_b.c:d@e+f=g/h-i\"}", &req, &err), 0);
 }
 
-static void test_auth_refresh_unsupported(void **state)
+/* Reads a frame's payload as a C string (frames are small here). */
+static const char *payload_str(struct frame *f)
+{
+	static char buf[512];
+	assert_true(f->len < sizeof buf);
+	memcpy(buf, frame_payload(f), f->len);
+	buf[f->len] = '\0';
+	return buf;
+}
+
+static void test_auth_refresh(void **state)
 {
 	struct wsp_request req;
-	const char *m =
-	        parse_err("{\"type\":\"auth\",\"token\":\"x\",\"id\":9}", WSP_BAD_REQUEST, &req);
-	assert_non_null(strstr(m, "not supported"));
+	struct wsp_error err;
+	assert_int_equal(parse("{\"type\":\"auth\",\"token\":\"a.b.c\",\"id\":9}", &req, &err), 0);
 	assert_int_equal(req.type, WSP_AUTH);
+	assert_string_equal(req.token, "a.b.c");
 	assert_string_equal(req.id, "9");
 	assert_null(wsp_reply(&req));
-	parse_err("{\"type\":\"refresh\",\"token\":\"x\"}", WSP_BAD_REQUEST, &req);
+	assert_int_equal(
+	        parse("{\"type\":\"refresh\",\"token\":\"x.y.z\",\"id\":\"r\"}", &req, &err), 0);
 	assert_int_equal(req.type, WSP_REFRESH);
+	assert_string_equal(req.token, "x.y.z");
+	struct frame *f = wsp_refreshed(&req, 1763719200);
+	assert_string_equal(payload_str(f),
+	                    "{\"type\":\"refreshed\",\"exp\":1763719200,\"id\":\"r\"}");
+	frame_unref(f);
+	f = wsp_connected_req("c1", "acme", "alice", 30, 90, &req);
+	assert_string_equal(payload_str(f),
+	                    "{\"type\":\"connected\",\"clientId\":\"c1\",\"version\":1,"
+	                    "\"server\":\"livehub/" LH_VERSION
+	                    "\",\"tenant\":\"acme\",\"user\":\"alice\","
+	                    "\"heartbeat\":{\"pingInterval\":30,\"pingTimeout\":90},\"id\":\"r\"}");
+	frame_unref(f);
+	/* A token that is missing, empty, not a string or too long. */
+	parse_err("{\"type\":\"auth\"}", WSP_BAD_REQUEST, &req);
+	parse_err("{\"type\":\"auth\",\"token\":\"\"}", WSP_BAD_REQUEST, &req);
+	parse_err("{\"type\":\"refresh\",\"token\":7,\"id\":4}", WSP_BAD_REQUEST, &req);
+	assert_string_equal(req.id, "4");
+	/* jansson refuses \\u0000 in strings: not JSON the hub takes. */
+	parse_err("{\"type\":\"auth\",\"token\":\"a\\u0000b\"}", WSP_PROTOCOL_ERROR, &req);
+	static char big[WSP_TOKEN_MAX + 64];
+	int n = snprintf(big, sizeof big, "{\"type\":\"auth\",\"token\":\"");
+	memset(big + n, 'a', WSP_TOKEN_MAX + 1);
+	strcpy(big + n + WSP_TOKEN_MAX + 1, "\"}");
+	parse_err(big, WSP_BAD_REQUEST, &req);
 }
 
 int main(void)
@@ -331,7 +366,7 @@ int main(void)
 	        cmocka_unit_test(test_channel_errors),
 	        cmocka_unit_test(test_reserved_channel),
 	        cmocka_unit_test(test_channel_length),
-	        cmocka_unit_test(test_auth_refresh_unsupported),
+	        cmocka_unit_test(test_auth_refresh),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
