@@ -361,19 +361,21 @@ static bool protocol_offered(struct ws *w, struct lws *wsi)
 
 /* Finds the client's token: ?token= on the URL, else "Authorization:
  * Bearer", else a "bearer.JWT" subprotocol. Returns a pointer into
- * w->tokbuf, or NULL. */
+ * w->tokbuf (or "" for a malformed Authorization header), or NULL when the
+ * request carries no credential at all. */
 static const char *find_token(struct ws *w, struct lws *wsi)
 {
 	const char *t = lws_get_urlarg_by_name(wsi, "token=", w->tokbuf, (int)sizeof(w->tokbuf));
 	if (t && *t)
 		return t;
 	int n = lws_hdr_copy(wsi, w->tokbuf, (int)sizeof(w->tokbuf), WSI_TOKEN_HTTP_AUTHORIZATION);
-	if (n > 7 && strncasecmp(w->tokbuf, "Bearer ", 7) == 0) {
-		t = w->tokbuf + 7;
+	if (n > 0) {
+		/* A header that is not "Bearer TOKEN" is a bad credential (401),
+		 * not a missing one: "" never verifies. */
+		t = n > 7 && strncasecmp(w->tokbuf, "Bearer ", 7) == 0 ? w->tokbuf + 7 : "";
 		while (*t == ' ')
 			t++;
-		if (*t)
-			return t;
+		return t;
 	}
 	return protocol_token(w, wsi);
 }
