@@ -893,15 +893,17 @@ int auth_verify(struct auth *a, const char *token, struct auth_identity *id, con
  * Minting and randomness
  * ------------------------------------------------------------------------ */
 
-char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim, const char *tenant,
-                const char *user, int64_t ttl_s)
+char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim,
+                const char *user_claim, const char *tenant, const char *user, int64_t ttl_s)
 {
 	jwt_t *jwt = NULL;
 	char *token = NULL;
 	int64_t now = (int64_t)time(NULL);
 	if (jwt_new(&jwt))
 		return NULL;
-	if (jwt_add_grant(jwt, "sub", user) ||
+	if (secret_len == 0)
+		goto out;
+	if (jwt_add_grant(jwt, user_claim && *user_claim ? user_claim : "sub", user) ||
 	    jwt_add_grant(jwt, tenant_claim && *tenant_claim ? tenant_claim : "tenant_id",
 	                  tenant) ||
 	    jwt_add_grant_int(jwt, "iat", (long)now) ||

@@ -88,9 +88,10 @@ void auth_rights_free(struct auth_rights *r);
 bool auth_pattern_match(const char *pattern, const char *channel);
 
 /* Mints an HS256 token for (tenant, user) valid for ttl_s seconds (0: no
- * exp). Returns a malloc'd string the caller frees, or NULL. */
-char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim, const char *tenant,
-                const char *user, int64_t ttl_s);
+ * exp), with the given claim names (NULL: tenant_id, sub). Returns a
+ * malloc'd string the caller frees, or NULL. */
+char *auth_mint(const char *secret, size_t secret_len, const char *tenant_claim,
+                const char *user_claim, const char *tenant, const char *user, int64_t ttl_s);
 
 /* Fills out with n random bytes from the OS CSPRNG; returns 0 or LH_EIO. */
 int auth_random(void *out, size_t n);

@@ -155,8 +155,8 @@ static void print_banner(const struct run *r, const char *argv0)
 	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)\n",
 	        LH_VERSION, host, wsp, host, wsp, c->grpc_host, rpc_port(r->rpc));
 	if (c->jwt_secret_dev) {
-		char *demo = auth_mint(c->jwt_secret, c->jwt_secret_len, c->tenant_claim, "demo",
-		                       "alice", 86400);
+		char *demo = auth_mint(c->jwt_secret, c->jwt_secret_len, c->tenant_claim,
+		                       c->user_claim, "demo", "alice", 86400);
 		fprintf(stderr,
 		        "  Tokens     development secret in %s (set LIVEHUB_JWT_SECRET in production)\n"
 		        "             mint one: %s token --tenant demo --user alice\n"
@@ -321,8 +321,14 @@ static int cmd_token(int argc, char **argv)
 	}
 	if (config_resolve_secret(&cfg))
 		return 2;
-	char *tok =
-	        auth_mint(cfg.jwt_secret, cfg.jwt_secret_len, cfg.tenant_claim, tenant, user, ttl);
+	if (cfg.jwt_secret_len == 0) {
+		fprintf(stderr,
+		        "livehub: token signs with LIVEHUB_JWT_SECRET (HS256), and none is set; "
+		        "tokens for LIVEHUB_JWT_KEYS come from your token issuer\n");
+		return 2;
+	}
+	char *tok = auth_mint(cfg.jwt_secret, cfg.jwt_secret_len, cfg.tenant_claim, cfg.user_claim,
+	                      tenant, user, ttl);
 	if (!tok) {
 		fprintf(stderr, "livehub: minting the token failed\n");
 		return 1;

@@ -233,7 +233,8 @@ static void expect(struct auth *a, const char *tok, int rc, const char *why)
 static void test_minted_token_verifies(void **state)
 {
 	struct auth *a = auth_with(NULL, NULL);
-	char *tok = auth_mint(SECRET, strlen(SECRET), "tenant_id", "acme", "alice@example.com", 60);
+	char *tok = auth_mint(SECRET, strlen(SECRET), "tenant_id", NULL, "acme",
+	                      "alice@example.com", 60);
 	assert_non_null(tok);
 	struct auth_identity id;
 	const char *why = NULL;
@@ -250,7 +251,7 @@ static void test_wrong_secret_and_tampering_refused(void **state)
 {
 	struct auth *a = auth_with(NULL, NULL);
 	const char *other = "ffffffffffffffffffffffffffffffff";
-	char *tok = auth_mint(other, strlen(other), "tenant_id", "acme", "alice", 60);
+	char *tok = auth_mint(other, strlen(other), "tenant_id", NULL, "acme", "alice", 60);
 	expect(a, tok, LH_EAUTH, "bad signature");
 	free(tok);
 	/* The payload swapped for another tenant's under the same signature. */
