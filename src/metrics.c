@@ -263,6 +263,17 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	one(sb, "livehub_rate_limited_total", "counter",
 	    "Client messages refused by rate limits (not built yet: 0)",
 	    metrics_get(&m->rate_limited));
+	one(sb, "livehub_token_refreshes_total", "counter",
+	    "Token refreshes accepted on open connections", metrics_get(&m->token_refreshes));
+	one(sb, "livehub_token_expirations_total", "counter",
+	    "Connections closed (4001) because their token expired unrefreshed",
+	    metrics_get(&m->token_expirations));
+	one(sb, "livehub_connections_awaiting_auth", "gauge",
+	    "Sockets that connected without a token and have not sent auth yet",
+	    metrics_get(&m->awaiting_auth));
+	one(sb, "livehub_channel_access_denied_total", "counter",
+	    "Subscribes refused because the token's rights do not allow the channel",
+	    metrics_get(&m->channel_denied));
 	one(sb, "livehub_config_reloads_total", "counter", "Successful SIGHUP reloads",
 	    metrics_get(&m->reloads));
 	one(sb, "livehub_config_reload_failures_total", "counter",

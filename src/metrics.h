@@ -87,6 +87,10 @@ struct metrics {
 	_Atomic uint64_t rate_limited;
 	_Atomic uint64_t reloads;
 	_Atomic uint64_t reload_failures;
+	_Atomic uint64_t token_refreshes;    /* refresh accepted */
+	_Atomic uint64_t token_expirations;  /* closed 4001: exp passed unrefreshed */
+	_Atomic uint64_t awaiting_auth;      /* gauge: sockets without a token, before auth */
+	_Atomic uint64_t channel_denied;     /* subscribes refused by token rights */
 	_Atomic bool ready;                  /* accepting clients and calls */
 	int64_t started_ms;                  /* CLOCK_MONOTONIC, set by metrics_init */
 	struct metrics_hist publish_latency; /* gRPC arrival -> queued on every subscriber */

@@ -662,6 +662,10 @@ void rpc_extra_stats(Livehub__V1__GetStatsResponse *out, struct rpc_extra_stats 
 	for (int i = 0; i < MA_NAUTH; i++)
 		sum += metrics_get(&m->auth_failed[i]);
 	out->auth_failures = sum;
+	out->token_refreshes = metrics_get(&m->token_refreshes);
+	out->token_expirations = metrics_get(&m->token_expirations);
+	out->awaiting_auth = metrics_get(&m->awaiting_auth);
+	out->channel_access_denied = metrics_get(&m->channel_denied);
 	sum = s->messages_delivered;
 	for (int i = 0; i < MO_NOUT; i++)
 		sum += metrics_get(&m->msg_out[i]);

@@ -527,6 +527,7 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	if (w->auth_timeout_s > 0 && !find_token(w, wsi)) {
 		memset(w->tokbuf, 0, sizeof(w->tokbuf));
 		s->awaiting_auth = true;
+		metrics_inc(&lh_metrics.awaiting_auth, 1);
 		lws_set_timer_usecs(wsi, (lws_usec_t)w->auth_timeout_s * LWS_US_PER_SEC);
 		return 0;
 	}
@@ -558,6 +559,7 @@ static int on_timer(struct ws *w, struct session *s)
 			frame_unref(f);
 		}
 		metrics_inc(&lh_metrics.auth_failed[MA_EXPIRED], 1);
+		metrics_inc(&lh_metrics.token_expirations, 1);
 		s->why = MC_AUTH;
 		close_later(s, WS_CLOSE_TOKEN_EXPIRED, "TOKEN_EXPIRED");
 	}
@@ -571,9 +573,11 @@ static int on_timer(struct ws *w, struct session *s)
 
 static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req)
 {
-	if (!auth_rights_allow(s->rights, AUTH_SUBSCRIBE, req->channel))
+	if (!auth_rights_allow(s->rights, AUTH_SUBSCRIBE, req->channel)) {
+		metrics_inc(&lh_metrics.channel_denied, 1);
 		return wsp_error(WSP_CHANNEL_ACCESS_DENIED, "the token does not allow this channel",
 		                 true, req);
+	}
 	int rc = hub_subscribe(w->hub, s->conn, req->channel);
 	switch (rc) {
 	case 0:
@@ -639,6 +643,7 @@ static struct frame *do_refresh(struct ws *w, struct session *s, const struct ws
 	auth_rights_free(s->rights);
 	s->rights = id.rights;
 	schedule_expiry(w, s, id.exp);
+	metrics_inc(&lh_metrics.token_refreshes, 1);
 	return wsp_refreshed(req, (long long)id.exp);
 }
 
@@ -669,6 +674,7 @@ static int on_first_message(struct ws *w, struct session *s, const char *buf, si
 		                 why);
 	}
 	s->awaiting_auth = false;
+	atomic_fetch_sub_explicit(&lh_metrics.awaiting_auth, 1, memory_order_relaxed);
 	lws_set_timer_usecs(s->wsi, LWS_SET_TIMER_USEC_CANCEL);
 	return open_session(w, s, &id, &req);
 }
@@ -868,6 +874,10 @@ static void on_closed(struct ws *w, struct session *s)
 	s->rx = NULL;
 	auth_rights_free(s->rights);
 	s->rights = NULL;
+	if (s->awaiting_auth) {
+		s->awaiting_auth = false;
+		atomic_fetch_sub_explicit(&lh_metrics.awaiting_auth, 1, memory_order_relaxed);
+	}
 	if (!s->conn)
 		return;
 	enum metrics_close why = close_reason_of(s);

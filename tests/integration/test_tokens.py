@@ -217,8 +217,8 @@ async def test_auth_message_opens_the_session_only_then(tmp_path, keys):
     try:
         t = uniq()
         c = await raw_connect(h)
-        # Unauthenticated: not a hub connection yet.
-        await asyncio.sleep(0.2)
+        # Unauthenticated: not a hub connection yet, counted apart.
+        await h.wait_stats(lambda s: s.awaiting_auth == 1)
         assert h.stats().connections == 0
         tok = mint(keys, h, "RS256", t, "alice")
         # Sent in three WebSocket fragments (larger than the 128-byte rx buffer).
@@ -227,7 +227,7 @@ async def test_auth_message_opens_the_session_only_then(tmp_path, keys):
         conn = await c.next()
         assert conn["type"] == "connected" and conn["id"] == 7
         assert (conn["tenant"], conn["user"]) == (t, "alice")
-        await h.wait_stats(lambda s: s.connections == 1)
+        await h.wait_stats(lambda s: s.connections == 1 and s.awaiting_auth == 0)
         await c.subscribe("job:1")
         h.rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="job:1", type="x"))
         assert (await c.next())["type"] == "x"
@@ -485,6 +485,35 @@ async def test_auth_closes_under_the_libuv_loop(tmp_path, keys):
         await c.send({"type": "refresh", "token": mint(keys, h, "ES256", t, "b"), "id": 1})
         code, got = await c.expect_close()
         assert code == 4500 and got[0]["code"] == "AUTH_FAILED"
+    finally:
+        await hubtest.close_all_clients()
+        h.stop_and_check()
+
+
+@aio
+async def test_token_counters_in_stats_and_metrics(tmp_path, keys):
+    from test_ops import metrics
+    h = start(tmp_path, keys)
+    try:
+        t = uniq()
+        c = await connect_via(h, "query", mint(keys, h, "ES256", t, "a", exp_in=2,
+                                               channels=["job:*"]))
+        assert (await c.request({"type": "subscribe", "channel": "x:1"}))["code"] == \
+            "CHANNEL_ACCESS_DENIED"
+        fresh = mint(keys, h, "ES256", t, "a", exp_in=2)
+        assert (await c.request({"type": "refresh", "token": fresh}))["type"] == "refreshed"
+        assert (await c.expect_close(timeout=RECV_TIMEOUT + 3))[0] == 4001
+        lone = await raw_connect(h)
+        assert (await lone.expect_close(timeout=AUTH_TIMEOUT + RECV_TIMEOUT))[0] == 4002
+        s = await h.wait_stats(lambda s: s.connections == 0 and s.awaiting_auth == 0)
+        assert (s.token_refreshes, s.token_expirations, s.channel_access_denied) == (1, 1, 1)
+        m, _ = metrics(h)
+        assert m[("livehub_token_refreshes_total", "")] == 1
+        assert m[("livehub_token_expirations_total", "")] == 1
+        assert m[("livehub_channel_access_denied_total", "")] == 1
+        assert m[("livehub_connections_awaiting_auth", "")] == 0
+        assert m[("livehub_auth_failures_total", '{reason="auth_timeout"}')] == 1
+        assert m[("livehub_auth_failures_total", '{reason="expired"}')] == 1
     finally:
         await hubtest.close_all_clients()
         h.stop_and_check()
