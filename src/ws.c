@@ -105,6 +105,7 @@ struct ws {
 	lws_sorted_usec_list_t sul_sweep;
 	lws_sorted_usec_list_t sul_deadline;
 	struct session *sessions;   /* live WebSocket connections */
+	struct session *unauthed;   /* connected without a token, waiting for auth */
 	bool closing;               /* shutdown has begun: no new clients */
 	bool deadline_passed;       /* the shutdown grace (grace_ms) is over */
 	_Atomic bool stop;          /* any thread: ws_stop() was called */
@@ -446,21 +447,23 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 	return 0;
 }
 
-static void session_link(struct ws *w, struct session *s)
+/* Puts s at the head of *list (w->sessions, or w->unauthed for sessions
+ * waiting for `auth`: a session is on one of them at a time). */
+static void session_link(struct session **list, struct session *s)
 {
 	s->prev = NULL;
-	s->next = w->sessions;
-	if (w->sessions)
-		w->sessions->prev = s;
-	w->sessions = s;
+	s->next = *list;
+	if (*list)
+		(*list)->prev = s;
+	*list = s;
 }
 
-static void session_unlink(struct ws *w, struct session *s)
+static void session_unlink(struct session **list, struct session *s)
 {
 	if (s->prev)
 		s->prev->next = s->next;
-	else if (w->sessions == s)
-		w->sessions = s->next;
+	else if (*list == s)
+		*list = s->next;
 	if (s->next)
 		s->next->prev = s->prev;
 	s->prev = s->next = NULL;
@@ -495,7 +498,7 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	}
 	s->rights = id->rights;
 	id->rights = NULL;
-	session_link(w, s);
+	session_link(&w->sessions, s);
 	schedule_expiry(w, s, id->exp);
 	metrics_inc(&lh_metrics.conn_opened, 1);
 	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id->tenant,
@@ -527,6 +530,7 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	if (w->auth_timeout_s > 0 && !find_token(w, wsi)) {
 		memset(w->tokbuf, 0, sizeof(w->tokbuf));
 		s->awaiting_auth = true;
+		session_link(&w->unauthed, s);
 		metrics_inc(&lh_metrics.awaiting_auth, 1);
 		lws_set_timer_usecs(wsi, (lws_usec_t)w->auth_timeout_s * LWS_US_PER_SEC);
 		return 0;
@@ -674,6 +678,7 @@ static int on_first_message(struct ws *w, struct session *s, const char *buf, si
 		                 why);
 	}
 	s->awaiting_auth = false;
+	session_unlink(&w->unauthed, s);
 	atomic_fetch_sub_explicit(&lh_metrics.awaiting_auth, 1, memory_order_relaxed);
 	lws_set_timer_usecs(s->wsi, LWS_SET_TIMER_USEC_CANCEL);
 	return open_session(w, s, &id, &req);
@@ -876,6 +881,7 @@ static void on_closed(struct ws *w, struct session *s)
 	s->rights = NULL;
 	if (s->awaiting_auth) {
 		s->awaiting_auth = false;
+		session_unlink(&w->unauthed, s);
 		atomic_fetch_sub_explicit(&lh_metrics.awaiting_auth, 1, memory_order_relaxed);
 	}
 	if (!s->conn)
@@ -884,7 +890,7 @@ static void on_closed(struct ws *w, struct session *s)
 	metrics_inc(&lh_metrics.conn_closed[why], 1);
 	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
 	         metrics_close_name(why), s->close_code);
-	session_unlink(w, s);
+	session_unlink(&w->sessions, s);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
 }
@@ -1164,6 +1170,8 @@ static void begin_shutdown(struct ws *w)
 	w->closing = true;
 	for (struct session *s = w->sessions; s; s = s->next)
 		close_later(s, WS_CLOSE_SHUTDOWN, "server shutting down");
+	for (struct session *s = w->unauthed; s; s = s->next)
+		close_later(s, WS_CLOSE_SHUTDOWN, "server shutting down");
 	lws_sul_schedule(w->ctx, 0, &w->sul_deadline, on_deadline,
 	                 (lws_usec_t)atomic_load(&w->grace_ms) * 1000);
 }
@@ -1191,11 +1199,11 @@ int ws_run(struct ws *w)
 	}
 	drain(w);
 	begin_shutdown(w);
-	while (w->sessions && !w->deadline_passed) {
+	while ((w->sessions || w->unauthed) && !w->deadline_passed) {
 		if (service_once(w) < 0)
 			break;
 	}
-	if (w->sessions)
+	if (w->sessions || w->unauthed)
 		log_warn("msg=\"shutdown timeout: closing remaining clients\"");
 	drain(w);
 	return rc;

@@ -517,3 +517,13 @@ async def test_token_counters_in_stats_and_metrics(tmp_path, keys):
     finally:
         await hubtest.close_all_clients()
         h.stop_and_check()
+
+
+@aio
+async def test_shutdown_closes_sockets_waiting_for_auth(tmp_path, keys):
+    h = start(tmp_path, keys, auth_timeout=60)
+    c = await raw_connect(h)
+    await h.wait_stats(lambda s: s.awaiting_auth == 1)
+    status = h.terminate()  # blocks this loop; the close frame waits in the socket
+    assert status == 0, h.stderr_tail()
+    assert await c.expect_close() == (1001, [])
