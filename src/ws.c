@@ -83,6 +83,16 @@ struct session {
 	bool awaiting_auth;          /* connected without a token: only `auth` may come */
 };
 
+/* What CONFIRM_UPGRADE verified, for ESTABLISHED of the same wsi with the
+ * same token: lws calls the two back to back, and verifying a token twice
+ * costs twice (~30 µs for RS256, ~90 µs for ES256 here). Service thread. */
+struct verified {
+	struct lws *wsi; /* NULL: empty */
+	size_t len;
+	char token[WS_HEADER_MAX];
+	struct auth_identity id; /* owns id.rights */
+};
+
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
 struct reload {
 	struct auth *auth; /* owned until applied */
@@ -111,6 +121,7 @@ struct ws {
 	_Atomic bool stop;          /* any thread: ws_stop() was called */
 	_Atomic int grace_ms;       /* any thread: how long closing clients may take */
 	char tokbuf[WS_HEADER_MAX]; /* scratch for the token, service thread */
+	struct verified last;       /* the handshake verified last, service thread */
 	uv_loop_t *uv;              /* owned; NULL: lws' own poll() loop */
 	void *foreign_loops[1];     /* lws keeps a pointer */
 	size_t batch_cap;           /* write_batch: payload bytes of batch, 0 = no batching */
@@ -381,9 +392,24 @@ static const char *find_token(struct ws *w, struct lws *wsi)
 	return protocol_token(w, wsi);
 }
 
+static void forget_verified(struct ws *w)
+{
+	if (!w->last.wsi)
+		return;
+	auth_rights_free(w->last.id.rights);
+	explicit_bzero(w->last.token, w->last.len);
+	memset(&w->last.id, 0, sizeof w->last.id);
+	w->last.len = 0;
+	w->last.wsi = NULL;
+}
+
 /* Verifies the request's token. Returns 0 with *id filled, or LH_EAUTH /
- * LH_EEXPIRED with *why set to a client-safe reason. */
-static int verify(struct ws *w, struct lws *wsi, struct auth_identity *id, const char **why)
+ * LH_EEXPIRED with *why set to a client-safe reason. With keep (the
+ * handshake) the identity is kept in w->last instead (id->rights NULL);
+ * without (ESTABLISHED) a kept identity of the same wsi and token is used
+ * instead of verifying again. */
+static int verify(struct ws *w, struct lws *wsi, struct auth_identity *id, const char **why,
+                  bool keep)
 {
 	const char *token = find_token(w, wsi);
 	id->rights = NULL;
@@ -391,7 +417,23 @@ static int verify(struct ws *w, struct lws *wsi, struct auth_identity *id, const
 		*why = "no token";
 		return LH_EAUTH;
 	}
-	int rc = auth_verify(w->auth, token, id, why);
+	size_t len = strlen(token);
+	int rc = 0;
+	if (!keep && w->last.wsi == wsi && w->last.len == len &&
+	    memcmp(w->last.token, token, len) == 0) {
+		*id = w->last.id;
+		w->last.id.rights = NULL;
+	} else {
+		rc = auth_verify(w->auth, token, id, why);
+	}
+	forget_verified(w);
+	if (keep && rc == 0) {
+		w->last.wsi = wsi;
+		w->last.len = len;
+		memcpy(w->last.token, token, len);
+		w->last.id = *id;
+		id->rights = NULL;
+	}
 	memset(w->tokbuf, 0, sizeof(w->tokbuf));
 	return rc;
 }
@@ -431,8 +473,7 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 	}
 	struct auth_identity id;
 	const char *why = "invalid token";
-	int rc = verify(w, wsi, &id, &why);
-	auth_rights_free(id.rights);
+	int rc = verify(w, wsi, &id, &why, true);
 	if (rc) {
 		char body[160];
 		snprintf(body, sizeof(body), "%s: %s\n",
@@ -535,7 +576,7 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 		lws_set_timer_usecs(wsi, (lws_usec_t)w->auth_timeout_s * LWS_US_PER_SEC);
 		return 0;
 	}
-	int rc = verify(w, wsi, &id, &why);
+	int rc = verify(w, wsi, &id, &why, false);
 	if (rc) {
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
 		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
@@ -916,6 +957,7 @@ static void apply_reload(struct ws *w)
 		return;
 	auth_free(w->owned_auth);
 	w->auth = w->owned_auth = rl->auth;
+	forget_verified(w);
 	hub_set_limits(w->hub, &rl->lim);
 	free(rl);
 	log_info("event=reload_applied");
@@ -1260,6 +1302,7 @@ void ws_free(struct ws *w)
 		free(rl);
 	}
 	auth_free(w->owned_auth);
+	forget_verified(w);
 	free(w->batch);
 	free(w);
 }
