@@ -6,13 +6,18 @@
  * here runs on the service thread except ws_stop() and ws_wake(), which only
  * touch an atomic flag and call lws_cancel_service().
  *
- * A connection's life: CONFIRM_UPGRADE checks the path and the token (HTTP
- * 401/404 before the upgrade); ESTABLISHED verifies the token again (lws
- * drops the per-session struct when it re-binds the connection to the ws
- * protocol), opens the hub connection and queues `connected`; RECEIVE parses
- * client messages and queues replies through the hub so they stay in order
- * with events; SERVER_WRITEABLE writes one WebSocket frame per callback,
- * several queued messages joined by '\n' when a backlog has formed (see
+ * A connection's life: CONFIRM_UPGRADE checks the path, the subprotocol
+ * and the token (HTTP 400/401/404 before the upgrade); ESTABLISHED takes the
+ * identity CONFIRM_UPGRADE verified (lws drops the per-session struct when
+ * it re-binds the connection to the ws protocol, so it is kept in w->last,
+ * matched by wsi and token), opens the hub connection, arms the token's
+ * expiry timer and queues `connected`. A connection without any token
+ * instead waits for an `auth` message (on_first_message) on w->unauthed,
+ * with no hub connection, until the auth timer. RECEIVE parses client
+ * messages and queues replies through the hub so they stay in order with
+ * events; TIMER closes on an expired token (4001) or a missing `auth`
+ * (4002); SERVER_WRITEABLE writes one WebSocket frame per callback, several
+ * queued messages joined by '\n' when a backlog has formed (see
  * write_batch()); CLOSED closes the hub connection.
  */
 #include "ws.h"
