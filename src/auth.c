@@ -336,8 +336,12 @@ static int load_keys(struct auth *a, const struct auth_config *cfg, char *err, s
 		k->secret_len = cfg->secret_len;
 	}
 	for (const char *p = spec; *spec && p;) {
+		while (*p == ' ')
+			p++;
 		const char *end = strchr(p, ',');
 		size_t len = end ? (size_t)(end - p) : strlen(p);
+		while (len > 0 && p[len - 1] == ' ')
+			len--;
 		char why[300] = "";
 		size_t idx = a->nkeys;
 		if (key_parse(&a->keys[a->nkeys++], p, len, why, sizeof why)) {

@@ -272,7 +272,8 @@ static void test_wrong_secret_and_tampering_refused(void **state)
 
 static void test_hmac_algorithms(void **state)
 {
-	struct auth *a = auth_with("h3:HS384:env:LH_TEST_HS384,h5:HS512:env:LH_TEST_HS512", NULL);
+	struct auth *a =
+	        auth_with(" h3:HS384:env:LH_TEST_HS384 , h5:HS512:env:LH_TEST_HS512", NULL);
 	struct signer s48 = {.secret = S48}, s64 = {.secret = S64};
 	expect(a, token("{\"alg\":\"HS384\",\"kid\":\"h3\"}", CLAIMS, &s48), 0, NULL);
 	expect(a, token("{\"alg\":\"HS384\"}", CLAIMS, &s48), 0, NULL);
