@@ -10,9 +10,12 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+import urllib.request
 
 import jwt
 import pytest
@@ -527,3 +530,73 @@ async def test_shutdown_closes_sockets_waiting_for_auth(tmp_path, keys):
     status = h.terminate()  # blocks this loop; the close frame waits in the socket
     assert status == 0, h.stderr_tail()
     assert await c.expect_close() == (1001, [])
+
+
+
+# -- a real browser --------------------------------------------------------------
+
+async def browser_eval(expr, timeout=RECV_TIMEOUT):
+    """Evaluates the promise expr in headless Chromium (over the DevTools
+    protocol) and returns its value."""
+    d = tempfile.mkdtemp(prefix="lh-chromium-")
+    p = subprocess.Popen(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                          "--remote-debugging-port=0", "--user-data-dir=" + d, "about:blank"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=hubtest._die_with_parent)
+    try:
+        path = os.path.join(d, "DevToolsActivePort")
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = open(path).read().split("\n") if os.path.exists(path) else []
+            if len(lines) >= 2 and lines[0]:
+                break
+            assert time.monotonic() < deadline, "chromium did not start"
+            await asyncio.sleep(0.05)
+        url = "http://127.0.0.1:%d/json/list" % int(lines[0])
+        while True:
+            pages = [t for t in json.load(urllib.request.urlopen(url, timeout=timeout))
+                     if t["type"] == "page"]
+            if pages:
+                break
+            assert time.monotonic() < deadline, "chromium has no page"
+            await asyncio.sleep(0.05)
+        async with websockets.connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as cdp:
+            await cdp.send(json.dumps({"id": 1, "method": "Runtime.evaluate", "params": {
+                "expression": expr, "awaitPromise": True, "returnByValue": True}}))
+            while True:
+                m = json.loads(await asyncio.wait_for(cdp.recv(), timeout))
+                if m.get("id") == 1:
+                    return m["result"]["result"]["value"]
+    finally:
+        p.terminate()
+        p.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+BROWSER_CONNECT = """new Promise(res => {
+  const ws = new WebSocket(%s, %s);
+  const got = [];
+  ws.onopen = () => { if (%s) ws.send(JSON.stringify({type: "auth", token: %s, id: 1})); };
+  ws.onmessage = e => { got.push(JSON.parse(e.data)); ws.close(1000); };
+  ws.onclose = e => res({protocol: ws.protocol, got: got, code: e.code});
+})"""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+@aio
+async def test_a_browser_hands_over_its_token_without_the_url(khub, keys):
+    """Browsers fail a handshake whose answer does not name an offered
+    subprotocol, and cannot set headers: check both browser ways in
+    Chromium itself."""
+    t = uniq()
+    tok = mint(keys, khub, "ES256", t, "alice")
+    url = json.dumps(khub.ws_url())
+    sub = await browser_eval(BROWSER_CONNECT % (
+        url, json.dumps(["livehub.v1", "bearer." + tok]), "false", '""'))
+    assert sub["protocol"] == "livehub.v1"
+    assert [(m["type"], m["tenant"], m["user"]) for m in sub["got"]] == [("connected", t, "alice")]
+    msg = await browser_eval(BROWSER_CONNECT % (url, "[]", "true", json.dumps(tok)))
+    assert [(m["type"], m["id"], m["tenant"]) for m in msg["got"]] == [("connected", 1, t)]
+    # Offering only the bearer entry cannot work: the browser sees a failure.
+    bad = await browser_eval(BROWSER_CONNECT % (url, json.dumps(["bearer." + tok]), "false", '""'))
+    assert bad["got"] == [] and bad["code"] == 1006
