@@ -1030,10 +1030,11 @@ static bool wait_for(struct rpc *r, bool (*done)(const struct rpc *), int timeou
 	return ok;
 }
 
-/* Drained: the notify tag came, or no call is left to finish. */
+/* Drained: the notify tag came, or no call is left to finish (Watch calls
+ * included: their last message must go out before cancel_all_calls). */
 static bool drained(const struct rpc *r)
 {
-	return r->shutdown_done || r->ncalls == 0;
+	return r->shutdown_done || (r->ncalls == 0 && rpc_extra_idle(r->extra));
 }
 
 /* Finished: the notify tag came and every call struct is freed. */

@@ -629,6 +629,16 @@ void rpc_extra_stopping(struct rpc_extra *x)
 	}
 }
 
+bool rpc_extra_idle(struct rpc_extra *x)
+{
+	if (!x)
+		return true;
+	pthread_mutex_lock(&x->mu);
+	bool idle = x->watchers == NULL;
+	pthread_mutex_unlock(&x->mu);
+	return idle;
+}
+
 void rpc_extra_free(struct rpc_extra *x)
 {
 	if (!x)
