@@ -444,6 +444,14 @@ async def test_sighup_rotates_a_key_file(tmp_path, keys):
             await asyncio.sleep(0.05)
         assert await h.handshake_status(old_tok) == 401
         assert await c.request({"type": "ping"}) == {"type": "pong"}
+        # A key file that cannot be used fails the whole reload: the keys
+        # in use stay.
+        with open(pub, "w") as f:
+            f.write("not a key\n")
+        h.proc.send_signal(signal.SIGHUP)
+        from test_config import wait_log
+        wait_log(h, "event=reload_failed")
+        assert await h.handshake_status(new_tok) == 101
     finally:
         await hubtest.close_all_clients()
         h.stop_and_check()
