@@ -562,9 +562,10 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	return 0;
 }
 
-/* The connection is a WebSocket now. Its identity is derived again from
- * the token (still readable in the headers) because lws dropped whatever
- * CONFIRM_UPGRADE stored. Without a token (first-message auth allowed) the
+/* The connection is a WebSocket now. Its identity is the one
+ * CONFIRM_UPGRADE verified (w->last, matched by wsi and token: lws dropped
+ * the session struct since), else the token, still readable in the
+ * headers, is verified again. Without a token (first-message auth allowed) the
  * session waits for `auth`, holding no hub connection, until the timer. */
 static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 {
