@@ -94,7 +94,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
-	strcpy(cfg->event_loop, "poll");
+	strcpy(cfg->event_loop, "libuv");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
 }
