@@ -16,9 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "apikeys.h"
 #include "auth.h"
 #include "config.h"
 #include "handoff.h"
@@ -37,7 +39,51 @@ struct run {
 	_Atomic int stopped; /* the signal thread has stopped gRPC and the loop */
 	int argc;            /* the command line, read again on SIGHUP */
 	char **argv;
+	size_t nkeys; /* API keys configured at start */
 };
+
+/* Loads the gRPC API keys cfg names and applies the development-mode rule:
+ * with no key (and no mutual TLS) gRPC must listen on loopback only.
+ * Returns 0 with *out (NULL when no key is configured), or -1 after a
+ * message on stderr (nothing of a key in it). */
+static int load_keys(const struct lh_config *cfg, struct apikeys **out)
+{
+	char err[512];
+	if (apikeys_load(cfg->api_keys_file, cfg->api_keys, out, err, sizeof err)) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
+	if (!*out && !cfg->grpc_tls_client_ca[0] && !config_host_is_loopback(cfg->grpc_host)) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_GRPC_HOST is %s, but no gRPC API key is configured: "
+		        "anyone who can reach the port could publish to every tenant. Set "
+		        "LIVEHUB_API_KEYS_FILE or LIVEHUB_API_KEYS (or LIVEHUB_GRPC_TLS_CLIENT_CA "
+		        "for mutual TLS), or listen on a loopback address (127.0.0.1, ::1)\n",
+		        cfg->grpc_host);
+		return -1;
+	}
+	struct stat st;
+	if (*out && cfg->api_keys_file[0] && stat(cfg->api_keys_file, &st) == 0 &&
+	    (st.st_mode & 077))
+		log_warn("msg=\"the API key file can be read by other users; chmod 600 it\" "
+		         "file=%s mode=%03o",
+		         cfg->api_keys_file, (unsigned)(st.st_mode & 0777));
+	return 0;
+}
+
+/* The loud start-up warning of development mode. */
+static void warn_no_keys(const struct lh_config *cfg)
+{
+	if (cfg->grpc_tls_client_ca[0])
+		log_warn("event=grpc_auth_mtls_only msg=\"no gRPC API key configured: every caller "
+		         "with a client certificate signed by LIVEHUB_GRPC_TLS_CLIENT_CA may call "
+		         "every method\"");
+	else
+		log_warn("event=grpc_auth_disabled msg=\"DEVELOPMENT MODE: no gRPC API key "
+		         "configured, every local caller may publish to any tenant and call admin "
+		         "methods; gRPC listens on loopback only. Set LIVEHUB_API_KEYS_FILE or "
+		         "LIVEHUB_API_KEYS in production\"");
+}
 
 /* SIGHUP, on the signal thread: reads the configuration again (file,
  * environment, flags) and hands the JWT secret and the limits to the
@@ -54,10 +100,19 @@ static void reload(struct run *r)
 		          "running one stays\"");
 		return;
 	}
+	struct apikeys *keys;
+	if (load_keys(&nc, &keys)) {
+		metrics_inc(&lh_metrics.reload_failures, 1);
+		log_error("event=reload_failed msg=\"invalid API keys (see above); the running "
+		          "ones stay\"");
+		explicit_bzero(&nc, sizeof nc);
+		return;
+	}
 	struct auth_config ac = {nc.jwt_secret, nc.jwt_secret_len, nc.tenant_claim,
 	                         nc.jwt_leeway_s};
 	struct auth *auth = auth_new(&ac);
 	if (!auth) {
+		apikeys_free(keys);
 		metrics_inc(&lh_metrics.reload_failures, 1);
 		log_error("event=reload_failed msg=\"out of memory\"");
 		return;
@@ -71,18 +126,29 @@ static void reload(struct run *r)
 	               nc.rx_buffer_size != r->cfg.rx_buffer_size ||
 	               nc.ping_interval_s != r->cfg.ping_interval_s ||
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
-	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
+	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s ||
+	               strcmp(nc.tls_cert, r->cfg.tls_cert) || strcmp(nc.tls_key, r->cfg.tls_key) ||
+	               strcmp(nc.grpc_tls_cert, r->cfg.grpc_tls_cert) ||
+	               strcmp(nc.grpc_tls_key, r->cfg.grpc_tls_key) ||
+	               strcmp(nc.grpc_tls_client_ca, r->cfg.grpc_tls_client_ca);
 	ws_reload(r->ws, auth, &lim);
+	size_t nkeys = keys ? keys->n : 0;
+	rpc_set_keys(r->rpc, keys);
+	if (!nkeys)
+		warn_no_keys(&nc);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */
 	explicit_bzero(&nc, sizeof nc);
 	metrics_inc(&lh_metrics.reloads, 1);
-	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u",
-	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames);
+	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u "
+	         "api_keys=%zu",
+	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames,
+	         nkeys);
 	if (restart)
 		log_warn("event=reload_partial msg=\"addresses, ports, ping times, rx buffer, "
-		         "hand-off size and shutdown timeout apply only after a restart\"");
+		         "hand-off size, shutdown timeout and TLS files apply only after a "
+		         "restart\"");
 }
 
 static int64_t now_ms(void)
@@ -142,11 +208,22 @@ static void print_banner(const struct run *r, const char *argv0)
 	 * event=ready line has the ports). */
 	if (strcmp(c->log_format, "json") == 0)
 		goto ready_line;
+	bool tls = c->tls_cert[0] != '\0';
 	fprintf(stderr,
 	        "\nlivehub %s\n"
-	        "  WebSocket  ws://%s:%d/ws?token=TOKEN   (health: http://%s:%d/healthz)\n"
-	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)\n",
-	        LH_VERSION, host, wsp, host, wsp, c->grpc_host, rpc_port(r->rpc));
+	        "  WebSocket  %s://%s:%d/ws?token=TOKEN   (health: %s://%s:%d/healthz)\n"
+	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)%s\n",
+	        LH_VERSION, tls ? "wss" : "ws", host, wsp, tls ? "https" : "http", host, wsp,
+	        c->grpc_host, rpc_port(r->rpc),
+	        c->grpc_tls_client_ca[0] ? ", mutual TLS"
+	        : c->grpc_tls_cert[0]    ? ", TLS"
+	                                 : "");
+	if (r->nkeys)
+		fprintf(stderr, "  API keys   %zu configured (authorization: Bearer <key>)\n",
+		        r->nkeys);
+	else
+		fprintf(stderr, "  API keys   NONE: development mode, any local caller may call "
+		                "any method (set LIVEHUB_API_KEYS_FILE)\n");
 	if (c->jwt_secret_dev) {
 		char *demo = auth_mint(c->jwt_secret, c->jwt_secret_len, c->tenant_claim, "demo",
 		                       "alice", 86400);
@@ -179,7 +256,11 @@ static int serve(int argc, char **argv)
 		printf("livehub %s\n", LH_VERSION);
 		return 0;
 	}
+	struct apikeys *keys = NULL;
+	if (load_keys(&r.cfg, &keys))
+		return 2;
 	if (r.cfg.check_only) {
+		apikeys_free(keys);
 		printf("livehub: configuration OK%s\n",
 		       r.cfg.jwt_secret_len
 		               ? ""
@@ -188,8 +269,10 @@ static int serve(int argc, char **argv)
 	}
 	r.argc = argc;
 	r.argv = argv;
-	if (config_resolve_secret(&r.cfg))
+	if (config_resolve_secret(&r.cfg)) {
+		apikeys_free(keys);
 		return 2;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	metrics_init();
 	/* Before any thread exists, so every thread inherits the mask and only
@@ -205,12 +288,19 @@ static int serve(int argc, char **argv)
 	                         r.cfg.jwt_leeway_s};
 	struct auth *auth = auth_new(&ac);
 	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max);
-	if (!auth || !q)
+	if (!auth || !q) {
+		apikeys_free(keys);
 		goto out;
+	}
 	r.ws = ws_new(&r.cfg, auth, q);
-	if (!r.ws)
+	if (!r.ws) {
+		apikeys_free(keys);
 		goto out;
-	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q);
+	}
+	r.nkeys = keys ? keys->n : 0;
+	if (!keys)
+		warn_no_keys(&r.cfg);
+	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q, keys);
 	if (!r.rpc)
 		goto out;
 	/* Ready before the ready line: whoever waits for it may probe at once. */
