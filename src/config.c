@@ -24,6 +24,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "tls_files.h"
 
 enum kind { K_STR, K_INT };
 
@@ -280,6 +281,17 @@ static bool readable(const char *path, const char *setting)
 	return false;
 }
 
+/* tls_check_pair, with its warning (an expired certificate) logged. */
+static int check_pair(const char *cert, const char *key, const char *cs, const char *ks, char *err,
+                      size_t errlen, char *warn, size_t warnlen)
+{
+	if (tls_check_pair(cert, key, cs, ks, err, errlen, warn, warnlen))
+		return -1;
+	if (warn[0])
+		log_warn("msg=\"%s\"", warn);
+	return 0;
+}
+
 /* Certificates and keys come in pairs; the gRPC pair defaults to the
  * WebSocket one; a client CA needs gRPC TLS. */
 static int check_tls(struct lh_config *cfg)
@@ -311,6 +323,19 @@ static int check_tls(struct lh_config *cfg)
 	    (cfg->grpc_tls_client_ca[0] &&
 	     !readable(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA")))
 		return -1;
+	char err[768], warn[512];
+	if ((cfg->tls_cert[0] &&
+	     check_pair(cfg->tls_cert, cfg->tls_key, "LIVEHUB_TLS_CERT", "LIVEHUB_TLS_KEY", err,
+	                sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_cert[0] &&
+	     check_pair(cfg->grpc_tls_cert, cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_CERT",
+	                "LIVEHUB_GRPC_TLS_KEY", err, sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_client_ca[0] &&
+	     tls_check_ca(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA", err,
+	                  sizeof err))) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
 	return 0;
 }
 
