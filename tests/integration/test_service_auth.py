@@ -346,3 +346,17 @@ def test_bad_key_configuration_stops_startup(tmp_path):
         assert r.returncode == 2, (env, r.stderr)
         assert want in r.stderr, (want, r.stderr)
         assert ADMIN_KEY not in r.stderr
+
+
+def test_python_client_sends_its_key(khub):
+    """clients/python/publish_job.py sends LIVEHUB_API_KEY when set."""
+    script = os.path.join(hubtest.ROOT, "clients", "python", "publish_job.py")
+    argv = ["/usr/bin/python3", script, "--addr", "%s:%d" % (khub.grpc_host, khub.grpc_port),
+            "--tenant", ACME, "--job", "9", "--steps", "2", "--interval", "0"]
+    env = hubtest.clean_env()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "UNAUTHENTICATED" in r.stderr, (r.stdout, r.stderr)
+    env["LIVEHUB_API_KEY"] = ACME_KEY
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "job:9 completed" in r.stdout
