@@ -833,11 +833,21 @@ static void unpark(struct rpc *r)
 }
 
 /* Whether the stream's key may publish for sl's tenant; else fills err
- * (the message's rejection) and frees sl's data. */
-static bool stream_tenant_ok(struct call *c, struct slot *sl, struct rpc_error *err)
+ * (the message's rejection, naming the field as "broadcast_tenant.tenant_id"
+ * like the other rejections) and frees sl's data. req is the decoded
+ * PublishStreamRequest. */
+static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct slot *sl,
+                             struct rpc_error *err)
 {
 	const char *t = sl->pub.tenant;
-	if (apikeys_tenant_ok(c->key, t, strlen(t), "tenant_id", err->msg, sizeof err->msg))
+	if (!c->key || c->key->ntenants == 0)
+		return true;
+	const Livehub__V1__PublishStreamRequest *r = (const void *)req;
+	const ProtobufCFieldDescriptor *f =
+	        protobuf_c_message_descriptor_get_field(req->descriptor, (unsigned)r->request_case);
+	char field[80];
+	snprintf(field, sizeof field, "%s.tenant_id", f ? f->name : "request");
+	if (apikeys_tenant_ok(c->key, t, strlen(t), field, err->msg, sizeof err->msg))
 		return true;
 	err->code = RPC_PERMISSION_DENIED;
 	/* Per message, so at debug: the stream's response reports it. */
@@ -865,7 +875,7 @@ static void stream_message(struct call *c)
 	s->msg = NULL;
 	ProtobufCMessage *req = decode(c, &err);
 	int rc = req ? rpc_stream_prepare(req, &sl->pub, &sl->sequence, &err) : -1;
-	if (rc == 0 && !stream_tenant_ok(c, sl, &err))
+	if (rc == 0 && !stream_tenant_ok(c, req, sl, &err))
 		rc = -1;
 	sl->pub.t0_us = metrics_now_us();
 	arena_reset(&c->r->arena);

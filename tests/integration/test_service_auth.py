@@ -228,7 +228,7 @@ async def test_publish_stream_tenant_checked_per_message(khub):
     assert r.first_error.sequence == 2 and r.first_error.index == 1
     assert r.first_error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert r.first_error.message == \
-        'tenant_id: API key "acme-jobs" may not act for tenant "%s"' % GLOBEX
+        'broadcast_tenant.tenant_id: API key "acme-jobs" may not act for tenant "%s"' % GLOBEX
     assert [(await a.next())["type"] for _ in range(2)] == ["s:note", "s:note"]
     await g.expect_nothing()
     await a.expect_nothing()
