@@ -360,3 +360,20 @@ def test_python_client_sends_its_key(khub):
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "job:9 completed" in r.stdout
+
+
+def test_refusals_are_counted_in_stats(tmp_path):
+    h = Hub.start(tmp_path, api_key=ADMIN_KEY, env={"LIVEHUB_API_KEYS": compact_keys()})
+    try:
+        s0 = h.stats()
+        assert (s0.grpc_unauthenticated, s0.grpc_permission_denied) == (0, 0)
+        call_error(h, "BroadcastTenant", broadcast(ACME))
+        call_error(h, "GetStats", hub_pb2.GetStatsRequest(), key="nope-nope-nope-nope")
+        call_error(h, "GetStats", hub_pb2.GetStatsRequest(), key=PUB_KEY)
+        call_error(h, "BroadcastTenant", broadcast(GLOBEX), key=ACME_KEY)
+        call_error(h, "BroadcastTenant", broadcast(GLOBEX), key=ACME_KEY)
+        s = h.stats()
+        assert (s.grpc_unauthenticated, s.grpc_permission_denied) == (2, 3), s
+        assert s.grpc_calls == s0.grpc_calls + 1 + 5
+    finally:
+        h.stop_and_check()
