@@ -42,26 +42,36 @@ struct run {
 	size_t nkeys; /* API keys configured at start */
 };
 
-/* Loads the gRPC API keys cfg names and applies the development-mode rule:
- * with no key (and no mutual TLS) gRPC must listen on loopback only.
- * Returns 0 with *out (NULL when no key is configured), or -1 after a
- * message on stderr (nothing of a key in it). */
-static int load_keys(const struct lh_config *cfg, struct apikeys **out)
+/* The development-mode rule: with no API key (and no mutual TLS) gRPC may
+ * listen on loopback only. Returns 0, or -1 after a message on stderr. */
+static int check_open_grpc(const struct lh_config *cfg)
+{
+	if (cfg->grpc_tls_client_ca[0] || config_host_is_loopback(cfg->grpc_host))
+		return 0;
+	fprintf(stderr,
+	        "livehub: LIVEHUB_GRPC_HOST is %s, but no gRPC API key is configured: "
+	        "anyone who can reach the port could publish to every tenant. Set "
+	        "LIVEHUB_API_KEYS_FILE or LIVEHUB_API_KEYS (or LIVEHUB_GRPC_TLS_CLIENT_CA "
+	        "for mutual TLS), or listen on a loopback address (127.0.0.1, ::1)\n",
+	        cfg->grpc_host);
+	return -1;
+}
+
+/* Loads the gRPC API keys cfg names and applies the development-mode rule
+ * to cfg and, on a reload, to running (the listener actually bound: its
+ * address and TLS change only with a restart). Returns 0 with *out (NULL
+ * when no key is configured), or -1 after a message on stderr (nothing of
+ * a key in it). */
+static int load_keys(const struct lh_config *cfg, const struct lh_config *running,
+                     struct apikeys **out)
 {
 	char err[512];
 	if (apikeys_load(cfg->api_keys_file, cfg->api_keys, out, err, sizeof err)) {
 		fprintf(stderr, "livehub: %s\n", err);
 		return -1;
 	}
-	if (!*out && !cfg->grpc_tls_client_ca[0] && !config_host_is_loopback(cfg->grpc_host)) {
-		fprintf(stderr,
-		        "livehub: LIVEHUB_GRPC_HOST is %s, but no gRPC API key is configured: "
-		        "anyone who can reach the port could publish to every tenant. Set "
-		        "LIVEHUB_API_KEYS_FILE or LIVEHUB_API_KEYS (or LIVEHUB_GRPC_TLS_CLIENT_CA "
-		        "for mutual TLS), or listen on a loopback address (127.0.0.1, ::1)\n",
-		        cfg->grpc_host);
+	if (!*out && (check_open_grpc(cfg) || (running && check_open_grpc(running))))
 		return -1;
-	}
 	struct stat st;
 	if (*out && cfg->api_keys_file[0] && stat(cfg->api_keys_file, &st) == 0 &&
 	    (st.st_mode & 077))
@@ -101,7 +111,7 @@ static void reload(struct run *r)
 		return;
 	}
 	struct apikeys *keys;
-	if (load_keys(&nc, &keys)) {
+	if (load_keys(&nc, &r->cfg, &keys)) {
 		metrics_inc(&lh_metrics.reload_failures, 1);
 		log_error("event=reload_failed msg=\"invalid API keys (see above); the running "
 		          "ones stay\"");
@@ -135,7 +145,7 @@ static void reload(struct run *r)
 	size_t nkeys = keys ? keys->n : 0;
 	rpc_set_keys(r->rpc, keys);
 	if (!nkeys)
-		warn_no_keys(&nc);
+		warn_no_keys(&r->cfg);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */
@@ -257,7 +267,7 @@ static int serve(int argc, char **argv)
 		return 0;
 	}
 	struct apikeys *keys = NULL;
-	if (load_keys(&r.cfg, &keys))
+	if (load_keys(&r.cfg, NULL, &keys))
 		return 2;
 	if (r.cfg.check_only) {
 		apikeys_free(keys);

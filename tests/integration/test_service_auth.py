@@ -377,3 +377,33 @@ def test_refusals_are_counted_in_stats(tmp_path):
         assert s.grpc_calls == s0.grpc_calls + 1 + 5
     finally:
         h.stop_and_check()
+
+
+def test_reload_cannot_open_a_public_listener(tmp_path):
+    """Listening on 0.0.0.0 with keys: a reload that removes every key is
+    refused, even when the new file also moves gRPC to loopback (the
+    address only changes with a restart, so the open port would stay
+    public)."""
+    keys = str(tmp_path / "keys.json")
+    write_keys(keys, [{"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]}])
+    cfg = str(tmp_path / "livehub.json")
+    with open(cfg, "w") as f:
+        json.dump({"grpc_host": "0.0.0.0", "api_keys_file": keys}, f)
+    h = Hub.start(tmp_path, api_key=ADMIN_KEY,
+                  args=["--config", cfg, "--ws-host", "127.0.0.1", "--ws-port", "0",
+                        "--grpc-port", "0"])
+    try:
+        h.channel.close()
+        h.grpc_host = "127.0.0.1"
+        h.channel = h.new_channel(ADMIN_KEY)
+        h.stub = hub_pb2_grpc.HubServiceStub(h.channel)
+        with open(cfg, "w") as f:
+            json.dump({"grpc_host": "127.0.0.1"}, f)
+        h.proc.send_signal(signal.SIGHUP)
+        wait_log(h, "event=reload_failed")
+        assert "LIVEHUB_GRPC_HOST is 0.0.0.0, but no gRPC API key" in h.stderr_text()
+        code, _ = call_error(h, "GetStats", hub_pb2.GetStatsRequest())
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert h.stats().version
+    finally:
+        h.stop_and_check()
