@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -447,6 +448,32 @@ bool apikeys_tenant_ok(const struct apikey *key, const char *tenant, size_t len,
 		snprintf(msg, msglen, "%s: API key \"%s\" may not act for this tenant", field,
 		         key->name);
 	return false;
+}
+
+int apikeys_generate(char key[44], char hex[65])
+{
+	static const char b64[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	unsigned char raw[33] = {0}, d[32];
+	if (RAND_bytes(raw, 32) != 1)
+		return -1;
+	/* 32 bytes = 10 groups of 3, then 2 bytes: 40 + 3 characters. */
+	size_t o = 0;
+	for (size_t i = 0; i < 32; i += 3) {
+		unsigned v = (unsigned)raw[i] << 16 | (unsigned)raw[i + 1] << 8 |
+		             (i + 2 < 32 ? raw[i + 2] : 0);
+		key[o++] = b64[v >> 18 & 63];
+		key[o++] = b64[v >> 12 & 63];
+		key[o++] = b64[v >> 6 & 63];
+		if (i + 2 < 32)
+			key[o++] = b64[v & 63];
+	}
+	key[o] = '\0';
+	digest_of(key, o, d);
+	for (size_t i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	OPENSSL_cleanse(raw, sizeof raw);
+	return 0;
 }
 
 /* ------------------------------------------------------------------------

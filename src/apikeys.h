@@ -85,6 +85,11 @@ enum apikey_verdict apikeys_check(const struct apikeys *t, const char *value, si
 bool apikeys_tenant_ok(const struct apikey *key, const char *tenant, size_t len, const char *field,
                        char *msg, size_t msglen);
 
+/* Makes a new random key: 32 bytes from the OS CSPRNG, base64url without
+ * padding (43 characters) into key (at least 44 bytes), and its SHA-256 as
+ * 64 lower-case hex digits into hex (65 bytes). Returns 0 or -1. */
+int apikeys_generate(char key[44], char hex[65]);
+
 /* The current table of a running server, swapped on SIGHUP. */
 struct apikeys_store {
 	_Atomic(struct apikeys *) cur; /* NULL: no keys (development mode) */

@@ -479,6 +479,8 @@ void config_usage(FILE *out)
 	        "usage: livehub [options]             run the hub\n"
 	        "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
 	        "                                     print a development token\n"
+	        "       livehub apikey --name N --scopes publish|admin [--tenants T+T]\n"
+	        "                                     make a gRPC API key and its configuration entries\n"
 	        "       livehub --version\n"
 	        "       livehub --check-config [options]  validate the configuration, exit 0 or 2\n\n"
 	        "Settings: defaults < --config FILE (JSON, keys like \"ws_port\") < environment\n"

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -422,6 +423,53 @@ static int cmd_token(int argc, char **argv)
 	return 0;
 }
 
+/* `livehub apikey --name N --scopes S[+S] [--tenants T[+T]]`: prints a new
+ * random key, then its entries for LIVEHUB_API_KEYS and for the key file
+ * (both by SHA-256, so the configuration never holds the key itself). */
+static int cmd_apikey(int argc, char **argv)
+{
+	const char *name = take_opt(&argc, argv, "--name");
+	const char *scopes = take_opt(&argc, argv, "--scopes");
+	const char *tenants = take_opt(&argc, argv, "--tenants");
+	bool help = argc > 1 && strcmp(argv[1], "--help") == 0;
+	if (help || argc > 1 || !name || !scopes) {
+		fprintf(help ? stdout : stderr,
+		        "usage: livehub apikey --name NAME --scopes publish|admin[+...] "
+		        "[--tenants T[+T...]]\n"
+		        "Prints a new random gRPC API key (line 1), then its LIVEHUB_API_KEYS entry\n"
+		        "and its LIVEHUB_API_KEYS_FILE entry, both holding only the key's SHA-256.\n");
+		return help ? 0 : 2;
+	}
+	char key[44], hex[65], entry[1024], err[512];
+	if (apikeys_generate(key, hex)) {
+		fprintf(stderr, "livehub: no random bytes for a key\n");
+		return 1;
+	}
+	int n = snprintf(entry, sizeof entry, "%s:%s%s%s=sha256:%s", name, scopes,
+	                 tenants ? ":" : "", tenants ? tenants : "", hex);
+	struct apikeys *t = NULL;
+	/* The entry goes through the same parser as the configuration. */
+	if (n < 0 || (size_t)n >= sizeof entry || apikeys_load(NULL, entry, &t, err, sizeof err)) {
+		fprintf(stderr, "livehub: %s\n",
+		        n < 0 || (size_t)n >= sizeof entry ? "too long" : err);
+		return 2;
+	}
+	printf("%s\nLIVEHUB_API_KEYS entry: %s\nkey file entry: {\"name\": \"%s\", "
+	       "\"key_sha256\": \"%s\", \"scopes\": [",
+	       key, entry, t->keys[0].name, hex);
+	printf("\"%s\"%s", t->keys[0].scopes & APIKEY_SCOPE_ADMIN ? "admin" : "publish", "]");
+	if (t->keys[0].ntenants) {
+		printf(", \"tenants\": [");
+		for (int i = 0; i < t->keys[0].ntenants; i++)
+			printf("%s\"%s\"", i ? ", " : "", t->keys[0].tenants[i]);
+		printf("]");
+	}
+	printf("}\n");
+	apikeys_free(t);
+	explicit_bzero(key, sizeof key);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
@@ -430,5 +478,7 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1 && strcmp(argv[1], "token") == 0)
 		return cmd_token(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "apikey") == 0)
+		return cmd_apikey(argc - 1, argv + 1);
 	return serve(argc, argv);
 }

@@ -407,3 +407,26 @@ def test_reload_cannot_open_a_public_listener(tmp_path):
         assert h.stats().version
     finally:
         h.stop_and_check()
+
+
+def test_apikey_command_makes_a_working_key(tmp_path):
+    r = run_binary(tmp_path, ["apikey", "--name", "gen", "--scopes", "publish",
+                              "--tenants", ACME], {})
+    assert r.returncode == 0, r.stderr
+    key, env_line, file_line = r.stdout.splitlines()
+    assert env_line.startswith("LIVEHUB_API_KEYS entry: gen:publish:%s=sha256:" % ACME)
+    entry = json.loads(file_line[len("key file entry: "):])
+    assert entry == {"name": "gen", "key_sha256": hashlib.sha256(key.encode()).hexdigest(),
+                     "scopes": ["publish"], "tenants": [ACME]}
+    assert key not in env_line + file_line
+    # The environment entry works as printed (the file entry holds the same
+    # digest, checked above).
+    h = Hub.start(tmp_path, env={"LIVEHUB_API_KEYS": env_line.split(": ", 1)[1]})
+    try:
+        assert call(h, "BroadcastTenant", broadcast(ACME), key).result.offset >= 1
+        code, _ = call_error(h, "BroadcastTenant", broadcast(GLOBEX), key=key)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        h.stop_and_check()
+    r = run_binary(tmp_path, ["apikey", "--name", "gen", "--scopes", "root"], {})
+    assert r.returncode == 2 and "scopes must be publish and/or admin" in r.stderr

@@ -254,6 +254,29 @@ static void test_store_swap(void **state)
 	apikeys_store_free(&s);
 }
 
+static void test_generate(void **state)
+{
+	char key[44], hex[65], key2[44], hex2[65], entry[200];
+	assert_int_equal(apikeys_generate(key, hex), 0);
+	assert_int_equal(apikeys_generate(key2, hex2), 0);
+	assert_int_equal(strlen(key), 43);
+	assert_int_equal(strlen(hex), 64);
+	assert_string_not_equal(key, key2);
+	assert_int_equal(
+	        strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"),
+	        43);
+	/* The digest is the key's: a table holding only it accepts the key. */
+	snprintf(entry, sizeof entry, "gen:publish=sha256:%s", hex);
+	struct apikeys *t = load_compact(entry);
+	char header[60];
+	snprintf(header, sizeof header, "Bearer %s", key);
+	const struct apikey *k;
+	assert_int_equal(check(t, header, APIKEY_SCOPE_PUBLISH, &k), APIKEY_OK);
+	snprintf(header, sizeof header, "Bearer %s", key2);
+	assert_int_equal(check(t, header, APIKEY_SCOPE_PUBLISH, &k), APIKEY_UNKNOWN);
+	apikeys_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -266,6 +289,7 @@ int main(void)
 	        cmocka_unit_test(test_no_keys),
 	        cmocka_unit_test(test_method_scopes),
 	        cmocka_unit_test(test_store_swap),
+	        cmocka_unit_test(test_generate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
