@@ -474,11 +474,13 @@ def test_check_config_reports_bad_keys(tmp_path):
     assert r.returncode == 2 and "not a channel pattern" in r.stderr
 
 
+@pytest.mark.parametrize("loop", ["poll", "libuv"])
 @aio
-async def test_auth_closes_under_the_libuv_loop(tmp_path, keys):
-    """libuv writes close frames itself (ws.c close_now): 4002, 4500, 4001
-    and the expiry close must come out the same."""
-    h = start(tmp_path, keys, extra=["--event-loop", "libuv"])
+async def test_auth_closes_under_both_event_loops(tmp_path, keys, loop):
+    """Under libuv livehub writes close frames itself, under poll lws does
+    (ws.c close_now): 4002, 4500, 4001 and the expiry close must come out
+    the same."""
+    h = start(tmp_path, keys, extra=["--event-loop", loop])
     try:
         t = uniq()
         c = await raw_connect(h)
