@@ -47,6 +47,10 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_KILL_GRACE_S   5             /* a killed connection that never becomes writable */
 #define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
 #define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
+/* Work drain() does per loop turn: after this many publications, or frames
+ * queued on subscribers, it lets the loop write before it goes on. */
+#define WS_DRAIN_PUBS   1024
+#define WS_DRAIN_FRAMES 65536
 
 /* lws' own opcode for a close frame: 4, the value lws-write.h leaves out
  * ("LWS_WRITE_CLOSE is handled by lws_close_reason()"); send_close() needs
@@ -94,16 +98,17 @@ struct ws {
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
 	lws_sorted_usec_list_t sul_deadline;
-	struct session *sessions;   /* live WebSocket connections */
-	bool closing;               /* shutdown has begun: no new clients */
-	bool deadline_passed;       /* the shutdown grace (grace_ms) is over */
-	_Atomic bool stop;          /* any thread: ws_stop() was called */
-	_Atomic int grace_ms;       /* any thread: how long closing clients may take */
-	char tokbuf[WS_HEADER_MAX]; /* scratch for the token, service thread */
-	uv_loop_t *uv;              /* owned; NULL: lws' own poll() loop */
-	void *foreign_loops[1];     /* lws keeps a pointer */
-	size_t batch_cap;           /* write_batch: payload bytes of batch, 0 = no batching */
-	unsigned char *batch;       /* owned; LWS_PRE + batch_cap bytes, service thread */
+	struct session *sessions;    /* live WebSocket connections */
+	bool closing;                /* shutdown has begun: no new clients */
+	bool deadline_passed;        /* the shutdown grace (grace_ms) is over */
+	_Atomic bool stop;           /* any thread: ws_stop() was called */
+	_Atomic int grace_ms;        /* any thread: how long closing clients may take */
+	char tokbuf[WS_HEADER_MAX];  /* scratch for the token, service thread */
+	uv_loop_t *uv;               /* owned; NULL: lws' own poll() loop */
+	void *foreign_loops[1];      /* lws keeps a pointer */
+	struct publication *backlog; /* taken from the hand-off, not published yet (FIFO) */
+	size_t batch_cap;            /* write_batch: payload bytes of batch, 0 = no batching */
+	unsigned char *batch;        /* owned; LWS_PRE + batch_cap bytes, service thread */
 };
 
 /* ------------------------------------------------------------------------
@@ -252,9 +257,19 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.publications = hs.messages_published;
 	g.events_out = hs.messages_delivered;
 	g.handoff_depth = handoff_depth(w->q);
+	g.handoff_bytes = handoff_bytes(w->q);
+	g.conflated = hs.conflated;
+	g.dropped = hs.dropped;
+	g.history_bytes = hs.history_bytes;
+	g.history_entries = hs.history_entries;
+	g.recoveries = hs.recoveries;
+	g.recovery_misses = hs.recovery_misses;
+	g.deduplicated = hs.deduplicated;
+	g.idempotency_keys = hs.idempotency_keys;
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
+		g.sendq_bytes += hub_conn_queued_bytes(s->conn);
 		if (n > g.sendq_max)
 			g.sendq_max = n;
 	}
@@ -436,20 +451,6 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
  * Client messages
  * ------------------------------------------------------------------------ */
 
-static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req)
-{
-	int rc = hub_subscribe(w->hub, s->conn, req->channel);
-	switch (rc) {
-	case 0:
-	case LH_EEXIST: return wsp_subscribed(req);
-	case LH_ELIMIT:
-		return wsp_error(WSP_LIMIT_EXCEEDED,
-		                 "the connection is on the maximum number of channels", true, req);
-	case LH_EINVAL: return wsp_error(WSP_BAD_REQUEST, "invalid \"channel\"", true, req);
-	default: return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
-	}
-}
-
 /* Counts a client message by type and its reply (error or not). */
 static void count_message(const struct wsp_request *req, struct frame *f)
 {
@@ -469,6 +470,45 @@ static void count_message(const struct wsp_request *req, struct frame *f)
 	metrics_inc(&lh_metrics.msg_out[error ? MO_ERROR : MO_REPLY], 1);
 }
 
+/* Subscribes (or, for an implicit channel, only recovers) and queues the
+ * reply; when the client gave "since" and the history covers the gap, the
+ * missed events are queued right behind the reply, before any live one
+ * (the hub is not touched by anything else in between). Returns NULL with
+ * *replied set when it queued the reply itself; NULL without it when out
+ * of memory; else the error frame to queue. */
+static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req,
+                                  bool *replied)
+{
+	*replied = false;
+	struct hub_since since = {.given = req->has_since, .offset = req->since_offset};
+	memcpy(since.epoch, req->since_epoch, sizeof(since.epoch));
+	struct hub_position pos;
+	int rc = hub_subscribe_since(w->hub, s->conn, req->channel, &since, &pos);
+	switch (rc) {
+	case 0:
+	case LH_EEXIST: break;
+	case LH_ELIMIT:
+		return wsp_error(WSP_LIMIT_EXCEEDED,
+		                 "the connection is on the maximum number of channels", true, req);
+	case LH_EINVAL:
+		if (req->channel[0] == '$')
+			return wsp_error(WSP_CHANNEL_ACCESS_DENIED,
+			                 "\"channel\": not one of this connection's own channels",
+			                 false, req);
+		return wsp_error(WSP_BAD_REQUEST, "invalid \"channel\"", true, req);
+	default: return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
+	}
+	struct frame *f = wsp_subscribed_at(req, pos.offset, pos.epoch, pos.recovered);
+	if (!f)
+		return NULL; /* the caller closes with SERVER_ERROR */
+	count_message(req, f);
+	hub_conn_send(w->hub, s->conn, f);
+	frame_unref(f);
+	hub_replay(w->hub, s->conn, &pos);
+	*replied = true;
+	return NULL;
+}
+
 /* Handles one complete client message: parse, act, queue the reply. */
 static void on_message(struct ws *w, struct session *s, const char *buf, size_t len)
 {
@@ -480,7 +520,10 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
 		f = wsp_error(err.code, err.message, true, &req);
 	} else if (req.type == WSP_SUBSCRIBE) {
-		f = do_subscribe(w, s, &req);
+		bool replied;
+		f = do_subscribe(w, s, &req, &replied);
+		if (replied)
+			return;
 	} else if (req.type == WSP_UNSUBSCRIBE) {
 		/* LH_ENOENT is fine: unsubscribing is idempotent. */
 		hub_unsubscribe(w->hub, s->conn, req.channel);
@@ -657,16 +700,37 @@ static void on_closed(struct ws *w, struct session *s)
 	s->conn = NULL;
 }
 
-/* Publishes everything the gRPC threads handed over, oldest first. */
+/* Publishes what the gRPC threads handed over, oldest first, at most
+ * WS_DRAIN_PUBS publications or WS_DRAIN_FRAMES queued frames per call, so
+ * that a burst cannot starve the writers of one loop turn (and fill fast
+ * readers' queues up to their bound before they had a chance to write).
+ * What is left waits in w->backlog; drain() wakes the loop for itself and
+ * goes on at the next turn. The hand-off is taken only when the backlog is
+ * empty, so the hand-off's bound still holds the producers back: at most
+ * twice its size is ever waiting. With all, it drains everything (shutdown). */
+static void drain_some(struct ws *w, bool all)
+{
+	size_t pubs = 0;
+	uint64_t delivered0 = hub_delivered(w->hub);
+	while (all ||
+	       (pubs < WS_DRAIN_PUBS && hub_delivered(w->hub) - delivered0 < WS_DRAIN_FRAMES)) {
+		if (!w->backlog)
+			w->backlog = handoff_take(w->q);
+		struct publication *p = w->backlog;
+		if (!p)
+			return;
+		/* on_done may hand p back to its publisher: read next first. */
+		w->backlog = p->next;
+		hub_publish(w->hub, p); /* p may be gone now */
+		pubs++;
+	}
+	if (w->backlog || handoff_depth(w->q) > 0)
+		lws_cancel_service(w->ctx);
+}
+
 static void drain(struct ws *w)
 {
-	struct publication *p = handoff_take(w->q);
-	while (p) {
-		/* on_done may hand p back to its publisher: read next first. */
-		struct publication *next = p->next;
-		hub_publish(w->hub, p);
-		p = next;
-	}
+	drain_some(w, false);
 }
 
 /* Applies a pending SIGHUP reload: new handshakes verify with the new
@@ -889,7 +953,9 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	         * sends the rest from a copy, one piece per writable event. */
 	        .tx_packet_size = WS_TX_PACKET,
 	};
-	struct hub_limits lim = {(uint32_t)cfg->max_subs_per_conn, (uint32_t)cfg->sendq_max_frames};
+	struct hub_limits lim;
+	if (config_hub_limits(cfg, &lim))
+		goto fail;
 	struct hub_transport tr = {tr_want_write, tr_kill};
 	w->hub = hub_new(&lim, &tr);
 	if (!w->hub)
@@ -955,7 +1021,7 @@ int ws_run(struct ws *w)
 			break;
 		}
 	}
-	drain(w);
+	drain_some(w, true);
 	begin_shutdown(w);
 	while (w->sessions && !w->deadline_passed) {
 		if (service_once(w) < 0)
@@ -963,7 +1029,7 @@ int ws_run(struct ws *w)
 	}
 	if (w->sessions)
 		log_warn("msg=\"shutdown timeout: closing remaining clients\"");
-	drain(w);
+	drain_some(w, true);
 	return rc;
 }
 

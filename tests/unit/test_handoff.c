@@ -27,7 +27,7 @@ static void wake(void *arg)
 
 static void test_fifo_and_wake(void **state)
 {
-	struct handoff *q = handoff_new(8);
+	struct handoff *q = handoff_new(8, SIZE_MAX);
 	assert_non_null(q);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
@@ -62,7 +62,7 @@ static void test_fifo_and_wake(void **state)
 
 static void test_bound(void **state)
 {
-	struct handoff *q = handoff_new(2);
+	struct handoff *q = handoff_new(2, SIZE_MAX);
 	struct publication p[3];
 	memset(p, 0, sizeof(p));
 	/* No wake function set: pushes still work. */
@@ -80,7 +80,7 @@ static void test_bound(void **state)
 
 static void test_close(void **state)
 {
-	struct handoff *q = handoff_new(4);
+	struct handoff *q = handoff_new(4, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	struct publication p[2];
@@ -124,7 +124,7 @@ static void *produce(void *arg)
 
 static void test_stress(void **state)
 {
-	struct handoff *q = handoff_new(64);
+	struct handoff *q = handoff_new(64, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	pthread_t th[PRODUCERS];
@@ -172,7 +172,7 @@ static void test_stress(void **state)
  * those of handoff_push. */
 static void test_lazy_push(void **state)
 {
-	struct handoff *q = handoff_new(2);
+	struct handoff *q = handoff_new(2, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	struct publication p[3];
