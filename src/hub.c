@@ -96,6 +96,7 @@ struct hub {
 	uint64_t conn_seq;
 	char id_prefix[9]; /* 'c', 7 hex digits, '-' */
 	uint32_t lim_gen;  /* raised by hub_set_limits */
+	bool pressure;     /* a queue crossed half its bound (hub_publish_some) */
 	struct hist_pool pool;
 	struct idem *idem;
 	struct hub_stats st;
@@ -705,6 +706,10 @@ static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f)
 		return LH_ENOMEM;
 	}
 	c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = frame_ref(f);
+	uint64_t half_bytes = h->lim.sendq_max_bytes / 2;
+	if (c->qlen + 1 == h->lim.sendq_max_frames / 2 ||
+	    (c->qbytes < half_bytes && c->qbytes + f->len >= half_bytes))
+		h->pressure = true;
 	c->qbytes += f->len;
 	c->nkeyed += f->key != 0;
 	if (c->qlen++ == 0)
@@ -1144,6 +1149,26 @@ void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms)
 void hub_count_received(struct hub *h)
 {
 	stat_add(&h->st.messages_received, 1);
+}
+
+size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pubs, bool yield,
+                        bool *pressed)
+{
+	size_t n = 0;
+	h->pressure = false;
+	*pressed = false;
+	while (*list && n < max_pubs) {
+		struct publication *p = *list;
+		/* on_done may hand p back to its publisher: read next first. */
+		*list = p->next;
+		hub_publish(h, p);
+		n++;
+		if (yield && h->pressure) {
+			*pressed = true;
+			break;
+		}
+	}
+	return n;
 }
 
 uint64_t hub_delivered(struct hub *h)

@@ -233,6 +233,20 @@ void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms);
 /* Counts one frame received from a client. */
 void hub_count_received(struct hub *h);
 
+/*
+ * Publishes the publications of *list (oldest first, linked by ->next) with
+ * hub_publish until the list is empty or max_pubs are done, and, with
+ * yield, also stops right after a publication that made a send queue cross
+ * half of its bound (frames or bytes) going up: the caller then lets the
+ * transport write before it goes on (a later call, the next loop turn), so
+ * that a backlog larger than the bound does not close a reader that keeps
+ * up, while a stalled reader crosses once and is closed at the bound.
+ * *list is left at the first publication not done. Returns how many were
+ * done; *pressed says whether it stopped for a queue.
+ */
+size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pubs, bool yield,
+                        bool *pressed);
+
 /* Event frames queued on connections since start (messages_delivered). */
 uint64_t hub_delivered(struct hub *h);
 

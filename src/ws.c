@@ -51,6 +51,7 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
  * queued on subscribers, it lets the loop write before it goes on. */
 #define WS_DRAIN_PUBS   1024
 #define WS_DRAIN_FRAMES 65536
+#define WS_DRAIN_STEP   64
 
 /* lws' own opcode for a close frame: 4, the value lws-write.h leaves out
  * ("LWS_WRITE_CLOSE is handled by lws_close_reason()"); send_close() needs
@@ -701,8 +702,9 @@ static void on_closed(struct ws *w, struct session *s)
 }
 
 /* Publishes what the gRPC threads handed over, oldest first, at most
- * WS_DRAIN_PUBS publications or WS_DRAIN_FRAMES queued frames per call, so
- * that a burst cannot starve the writers of one loop turn (and fill fast
+ * WS_DRAIN_PUBS publications or WS_DRAIN_FRAMES queued frames per call, and
+ * stops early when a send queue crosses half its bound (hub_publish_some),
+ * so that a burst cannot starve the writers of one loop turn (and fill fast
  * readers' queues up to their bound before they had a chance to write).
  * What is left waits in w->backlog; drain() wakes the loop for itself and
  * goes on at the next turn. The hand-off is taken only when the backlog is
@@ -712,17 +714,18 @@ static void drain_some(struct ws *w, bool all)
 {
 	size_t pubs = 0;
 	uint64_t delivered0 = hub_delivered(w->hub);
-	while (all ||
-	       (pubs < WS_DRAIN_PUBS && hub_delivered(w->hub) - delivered0 < WS_DRAIN_FRAMES)) {
+	bool pressed = false;
+	while (all || (!pressed && pubs < WS_DRAIN_PUBS &&
+	               hub_delivered(w->hub) - delivered0 < WS_DRAIN_FRAMES)) {
 		if (!w->backlog)
 			w->backlog = handoff_take(w->q);
-		struct publication *p = w->backlog;
-		if (!p)
+		if (!w->backlog)
 			return;
-		/* on_done may hand p back to its publisher: read next first. */
-		w->backlog = p->next;
-		hub_publish(w->hub, p); /* p may be gone now */
-		pubs++;
+		/* In steps, so that the frame budget is looked at every few. */
+		size_t step =
+		        WS_DRAIN_PUBS - pubs < WS_DRAIN_STEP ? WS_DRAIN_PUBS - pubs : WS_DRAIN_STEP;
+		pubs += hub_publish_some(w->hub, &w->backlog, all ? SIZE_MAX : step, !all,
+		                         &pressed);
 	}
 	if (w->backlog || handoff_depth(w->q) > 0)
 		lws_cancel_service(w->ctx);

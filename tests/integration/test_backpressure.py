@@ -226,3 +226,4 @@ async def test_progress_conflates_to_the_final_value_for_a_slow_client(big_queue
         assert len(ms) == 1 and ms[0]["data"]["progress"] == 100, (ch, ms)
     assert by_ch["job:" + job][0]["offset"] == results[-1].channels[0].offset
     assert msgs[-1]["offset"] == done.offset
+

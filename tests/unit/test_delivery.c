@@ -214,6 +214,56 @@ static void test_conflation_per_channel(void **state)
 	hub_free(h);
 }
 
+/* A backlog of 3000 publications against a 400-frame bound: published in
+ * steps that stop when the queue is half full, with the queue written
+ * (emptied) between steps, the reader is never closed; all at once, it
+ * is. */
+static void test_publish_some_yields(void **state)
+{
+	(void)state;
+	struct hub_limits lim = base_limits();
+	lim.sendq_max_frames = 400;
+	struct hub *h = hub_new(&lim, &fake_tr);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "u", &fk);
+	assert_int_equal(hub_subscribe(h, c, "c"), 0);
+	enum { N = 3000 };
+	struct publication *ps = calloc(N, sizeof(*ps));
+	for (int i = 0; i < N; i++) {
+		make_pub(&ps[i], "t", "c", NULL, "{}");
+		ps[i].next = i + 1 < N ? &ps[i + 1] : NULL;
+	}
+	struct publication *list = &ps[0];
+	size_t done = 0, steps = 0, got = 0;
+	while (list) {
+		bool pressed;
+		done += hub_publish_some(h, &list, SIZE_MAX, true, &pressed);
+		steps++;
+		assert_true(pressed || !list);
+		assert_int_equal(fk.kills, 0);
+		assert_true(hub_conn_queued(c) < 400);
+		got += hub_conn_queued(c);
+		drain(c);
+	}
+	assert_int_equal(done, N);
+	assert_int_equal(got, N);
+	assert_true(steps >= N / 200);
+	/* The same backlog in one go overflows the reader's queue. */
+	for (int i = 0; i < N; i++) {
+		make_pub(&ps[i], "t", "c", NULL, "{}");
+		ps[i].next = i + 1 < N ? &ps[i + 1] : NULL;
+	}
+	list = &ps[0];
+	bool pressed;
+	assert_int_equal(hub_publish_some(h, &list, SIZE_MAX, false, &pressed), N);
+	assert_false(pressed);
+	assert_int_equal(fk.kills, 1);
+	assert_int_equal(fk.code, 4000);
+	free(ps);
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
 /* ------------------------------------------------------------------------
  * History
  * ------------------------------------------------------------------------ */
@@ -585,6 +635,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_byte_bound),
 	        cmocka_unit_test(test_conflation_per_channel),
+	        cmocka_unit_test(test_publish_some_yields),
 	        cmocka_unit_test(test_parse_kinds),
 	        cmocka_unit_test(test_history_size),
 	        cmocka_unit_test(test_history_ttl_and_epoch),
