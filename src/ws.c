@@ -495,7 +495,7 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 		if (req->channel[0] == '$')
 			return wsp_error(WSP_CHANNEL_ACCESS_DENIED,
 			                 "\"channel\": not one of this connection's own channels",
-			                 false, req);
+			                 true, req);
 		return wsp_error(WSP_BAD_REQUEST, "invalid \"channel\"", true, req);
 	default: return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
 	}

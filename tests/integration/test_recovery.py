@@ -133,6 +133,7 @@ async def test_implicit_channels_are_recovered_not_subscribed(hub):
     for ch in ["$user:bob", "$other"]:
         m = await c.request({"type": "subscribe", "channel": ch, "since": since(0, "x"), "id": 1})
         assert m["type"] == "error" and m["code"] == "CHANNEL_ACCESS_DENIED", (ch, m)
+        assert m["recoverable"] is True and m["id"] == 1, m
     # Without since they stay refused, as before.
     m = await c.request({"type": "subscribe", "channel": "$tenant"})
     assert m["code"] == "CHANNEL_ACCESS_DENIED", m
