@@ -5,6 +5,9 @@ publishes."""
 
 import asyncio
 import json
+import signal
+import subprocess
+import time
 
 import grpc
 import pytest
@@ -265,3 +268,60 @@ def test_idempotency_key_is_validated(hub):
             tenant_id="t", channel="c", type="x", idempotency_key=bad))
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
         assert e.details().startswith("idempotency_key:"), e.details()
+
+
+def _write(path, obj):
+    with open(path, "w") as f:
+        f.write(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+def _wait_log(hub, text):
+    deadline = time.monotonic() + hubtest.RECV_TIMEOUT
+    while time.monotonic() < deadline:
+        with open(hub.stderr_path) as f:
+            if f.read().count(text):
+                return
+        time.sleep(0.05)
+    raise AssertionError("log never had %r\n%s" % (text, hub.stderr_tail()))
+
+
+def test_history_kinds_are_checked_and_reloaded(tmp_path):
+    bad = subprocess.run([hubtest.BIN, "--check-config", "--history-kinds", "job:x"],
+                         capture_output=True, text=True, env=hubtest.clean_env(), timeout=30)
+    assert bad.returncode == 2 and "LIVEHUB_HISTORY_KINDS" in bad.stderr, bad.stderr
+    secret = "recovery-test-secret-0123456789abcdef"
+    base = {"ws_host": "127.0.0.1", "ws_port": 0, "grpc_host": "127.0.0.1", "grpc_port": 0,
+            "jwt_secret": secret, "history_kinds": "job:2"}
+    cfg = _write(tmp_path / "live.json", base)
+    h = hubtest.Hub.start(tmp_path, args=["--config", cfg], secret=secret)
+    try:
+        t, ch = uniq(), "job:" + uniq("j")
+
+        def held():
+            return len(h.rpc("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch)).publications)
+
+        for i in range(4):
+            publish(h, t, ch, i=i)
+        assert held() == 2
+        # Other kinds keep the default size.
+        for i in range(4):
+            publish(h, t, "order:" + ch, i=i)
+        assert len(h.rpc("History", hub_pb2.HistoryRequest(
+            tenant_id=t, channel="order:" + ch)).publications) == 4
+        base["history_kinds"] = "job:5/600"
+        _write(cfg, base)
+        h.proc.send_signal(signal.SIGHUP)
+        _wait_log(h, "event=reload_applied")
+        for i in range(4, 10):
+            publish(h, t, ch, i=i)
+        assert held() == 5
+        # A bad list at reload changes nothing.
+        base["history_kinds"] = "job"
+        _write(cfg, base)
+        h.proc.send_signal(signal.SIGHUP)
+        _wait_log(h, "event=reload_failed")
+        publish(h, t, ch, i=10)
+        assert held() == 5
+    finally:
+        h.stop_and_check()
