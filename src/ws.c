@@ -36,17 +36,18 @@
 
 _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws frame header");
 
-#define WS_PROTOCOL_NAME  "livehub"
-#define WS_MSG_MAX        (64 * 1024)          /* largest client message */
-#define WS_HEADER_MAX     8192                 /* request headers, so a long JWT fits */
-#define WS_HEADER_POOL    64                   /* handshakes parsed at the same time */
-#define WS_FD_MAX         65536                /* cap on lws' fd table */
-#define WS_SWEEP_US       (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
-#define WS_SWEEP_IDLE_MS  60000                /* how long an unused channel lives on */
-#define WS_CLOSE_SHUTDOWN 1001
-#define WS_KILL_GRACE_S   5             /* a killed connection that never becomes writable */
-#define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
-#define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
+#define WS_PROTOCOL_NAME       "livehub"
+#define WS_MSG_MAX             (64 * 1024)          /* largest client message */
+#define WS_HEADER_MAX          8192                 /* request headers, so a long JWT fits */
+#define WS_HEADER_POOL         64                   /* handshakes parsed at the same time */
+#define WS_FD_MAX              65536                /* cap on lws' fd table */
+#define WS_SWEEP_US            (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
+#define WS_SWEEP_IDLE_MS       60000                /* how long an unused channel lives on */
+#define WS_CLOSE_SHUTDOWN      1001
+#define WS_CLOSE_SLOW_CONSUMER 4000
+#define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
+#define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
 /* Work drain() does per loop turn: after this many publications, or frames
  * queued on subscribers, it lets the loop write before it goes on. */
 #define WS_DRAIN_PUBS   1024
@@ -77,6 +78,7 @@ struct session {
 	int close_code;              /* nonzero: close at the next write */
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
 	bool killing;                /* libuv: closing; the close frame goes at the next write */
+	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -638,6 +640,25 @@ static int write_batch(struct ws *w, struct session *s)
 	return 0;
 }
 
+/* A slow consumer's queue was dropped; before its close (4000) it gets one
+ * `error` frame saying why, for a client that reads again later. lws sends
+ * the rest of a partly written frame first and the close only after this
+ * one (the next writable callback comes once lws' buffer is flushed). */
+static int tell_slow(struct session *s)
+{
+	static const char msg[] = "{\"type\":\"error\",\"code\":\"SLOW_CONSUMER\",\"message\":"
+	                          "\"the connection did not read fast enough; its queued messages "
+	                          "were dropped\",\"recoverable\":false}";
+	unsigned char buf[LWS_PRE + sizeof(msg)];
+	memcpy(buf + LWS_PRE, msg, sizeof(msg) - 1);
+	s->told_slow = true;
+	metrics_inc(&lh_metrics.msg_out[MO_ERROR], 1);
+	if (lws_write(s->wsi, buf + LWS_PRE, sizeof(msg) - 1, LWS_WRITE_TEXT) < 0)
+		return -1;
+	lws_callback_on_writable(s->wsi);
+	return 0;
+}
+
 /* Writes the oldest queued frames, one lws_write per callback: several
  * joined into one WebSocket frame when more than one is queued and they
  * fit in write_batch bytes, else the oldest alone, from the shared frame
@@ -650,6 +671,8 @@ static int on_writeable(struct ws *w, struct session *s)
 	if (!s->conn)
 		return 0;
 	size_t queued = hub_conn_queued(s->conn);
+	if (s->close_code == WS_CLOSE_SLOW_CONSUMER && !s->told_slow)
+		return tell_slow(s);
 	if (s->close_code && !(s->close_code == WS_CLOSE_SHUTDOWN && queued > 0))
 		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
 	if (queued > 1 && w->batch_cap) {

@@ -163,10 +163,15 @@ async def test_stalled_client_is_closed_and_others_get_everything_in_order(small
     offs = [m["offset"] for m in received]
     assert offs == list(range(offs[0], offs[0] + sent + 1))
 
-    # The slow client, reading again, finds a close with 4000 at the end.
+    # The slow client, reading again, finds an error and a close with 4000 at the end.
     msgs, code = await asyncio.to_thread(slow.messages)
     slow.close()
     assert code == 4000, (code, len(msgs))
+    # Before the close: what was already on its way, then one error saying why.
+    assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "SLOW_CONSUMER", msgs[-1:]
+    assert msgs[-1]["recoverable"] is False
+    events = [m["data"]["i"] for m in msgs if m.get("type") == "n"]
+    assert events == list(range(len(events))), "the stalled client's events are in order too"
     s = await hub.wait_stats(lambda s: s.connections == 1, "the slow client gone")
     assert s.messages_dropped > 0
     await fast.expect_nothing()
