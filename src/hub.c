@@ -83,6 +83,7 @@ struct hub_conn {
 	uint32_t nkeyed; /* queued frames with a conflation key */
 	uint64_t qbytes; /* payload bytes queued */
 	bool dead;       /* killed: nothing more is queued */
+	bool pressed;    /* raised hub.pressure since its queue was last empty */
 	char id[23];     /* "c5f1e2a3-17" */
 	struct csub inl[CONN_INLINE_SUBS];
 	struct frame *qinl[CONN_INLINE_Q];
@@ -706,10 +707,17 @@ static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f)
 		return LH_ENOMEM;
 	}
 	c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = frame_ref(f);
+	/* Half the bound, crossed going up: the drain lets c write first. Once
+	 * per busy period of c (until its queue is empty again), so that a
+	 * reader that never catches up cannot make the drain yield for every
+	 * publication and slow everyone else. */
+	uint32_t half_frames = h->lim.sendq_max_frames / 2;
 	uint64_t half_bytes = h->lim.sendq_max_bytes / 2;
-	if (c->qlen + 1 == h->lim.sendq_max_frames / 2 ||
-	    (c->qbytes < half_bytes && c->qbytes + f->len >= half_bytes))
+	if (!c->pressed && ((half_frames >= 2 && c->qlen + 1 >= half_frames) ||
+	                    c->qbytes + f->len >= half_bytes)) {
+		c->pressed = true;
 		h->pressure = true;
+	}
 	c->qbytes += f->len;
 	c->nkeyed += f->key != 0;
 	if (c->qlen++ == 0)
@@ -738,7 +746,9 @@ void hub_conn_pop(struct hub_conn *c)
 	c->qhead = (c->qhead + 1) & (c->qcap - 1);
 	/* A drained ring that grew large for a burst gives its memory back;
 	 * small ones are kept to avoid a malloc per burst. */
-	if (--c->qlen == 0 && c->qcap > QUEUE_KEEP)
+	if (--c->qlen == 0)
+		c->pressed = false;
+	if (c->qlen == 0 && c->qcap > QUEUE_KEEP)
 		queue_clear(c);
 }
 

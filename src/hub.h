@@ -240,7 +240,9 @@ void hub_count_received(struct hub *h);
  * half of its bound (frames or bytes) going up: the caller then lets the
  * transport write before it goes on (a later call, the next loop turn), so
  * that a backlog larger than the bound does not close a reader that keeps
- * up, while a stalled reader crosses once and is closed at the bound.
+ * up. A connection raises this once per busy period (until its queue is
+ * empty again), so a reader that never catches up makes the drain yield
+ * once, not for every publication, and is closed at the bound.
  * *list is left at the first publication not done. Returns how many were
  * done; *pressed says whether it stopped for a queue.
  */
