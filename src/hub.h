@@ -189,7 +189,9 @@ size_t hub_conn_take_batch(struct hub_conn *c, unsigned char *buf, size_t cap, s
  * its kind has one) and queues a reference on every subscriber. Fills
  * p->status, p->subscribers and p->pos[], then calls p->on_done(p) if set.
  * With p->idem_key set, a (tenant, key) seen inside the idempotency window
- * publishes nothing: p gets the first call's positions and duplicate=true.
+ * publishes nothing: p gets the first call's positions and duplicate=true,
+ * or status LH_EEXIST when that call published something else (another
+ * type, channel or data).
  * A publication of kind PUB_HISTORY is passed to hub_history instead. */
 void hub_publish(struct hub *h, struct publication *p);
 

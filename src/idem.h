@@ -21,6 +21,7 @@ struct idem;
 
 /* What a retry gets back: the first call's result. */
 struct idem_result {
+	uint64_t digest; /* of the publication (type, channels, data): a retry must match */
 	int nchannels;
 	uint32_t subscribers;
 	struct pub_position pos[LH_PUB_MAX_CHANNELS];

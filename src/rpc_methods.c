@@ -497,6 +497,11 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 	case 0: return RPC_OK;
 	case LH_ENOMEM: fail(err, RPC_INTERNAL, "out of memory"); break;
 	case LH_ECLOSED: fail(err, RPC_UNAVAILABLE, "livehub is shutting down"); break;
+	case LH_EEXIST:
+		fail(err, RPC_INVALID_ARGUMENT,
+		     "idempotency_key: already used within the window for a different publication "
+		     "(another type, channel or data)");
+		break;
 	case LH_EINVAL:
 		fail(err, RPC_INVALID_ARGUMENT, "publication refused: %s", lh_strerror(p->status));
 		break;

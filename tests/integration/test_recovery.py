@@ -236,11 +236,18 @@ async def test_idempotency_key_deduplicates(hub):
     c = await hub.connect(t, "u")
     await c.subscribe(ch)
     r1 = publish(hub, t, ch, "once", key="k-1", v=1)
-    r2 = publish(hub, t, ch, "once", key="k-1", v=2)  # a retry: the first result
+    r2 = publish(hub, t, ch, "once", key="k-1", v=1)  # a retry: the first result
     assert not r1.duplicate and r2.duplicate
     assert (r2.offset, r2.epoch, r2.subscribers) == (r1.offset, r1.epoch, r1.subscribers)
     assert list(r2.channels) == list(r1.channels)
     check_event(await c.next(), "once", ch, r1.channels[0], {"v": 1})
+    await c.expect_nothing()
+    # The same key for another publication is refused, and publishes nothing.
+    req = hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="once", idempotency_key="k-1")
+    req.data.update({"v": 2})
+    e = hub.rpc_error("Publish", req)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert e.details().startswith("idempotency_key: already used"), e.details()
     await c.expect_nothing()
     # Another key, or the same key in another tenant, publishes.
     r3 = publish(hub, t, ch, "once", key="k-2", v=3)

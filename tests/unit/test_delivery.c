@@ -585,7 +585,8 @@ static void test_idempotent_publish(void **state)
 	hub_publish(h, &p);
 	assert_false(p.duplicate);
 	uint64_t first = p.pos[0].offset;
-	make_pub(&p, "t", "c", NULL, "{\"other\":1}");
+	make_pub(&p, "t", "c", NULL, "{}");
+	p.ts_ms += 1000; /* a retry, later: the time is not compared */
 	strcpy(p.idem_key, "k1");
 	hub_publish(h, &p);
 	assert_int_equal(p.status, 0);
@@ -594,6 +595,18 @@ static void test_idempotent_publish(void **state)
 	assert_int_equal(p.subscribers, 1);
 	assert_int_equal(hub_conn_queued(c), 1);
 	assert_int_equal(stats(h).deduplicated, 1);
+	/* The key used for something else (data, type or channel): refused,
+	 * nothing published. */
+	static const char *const other[][3] = {
+	        {"t", "c", "{\"other\":1}"}, {"u", "c", "{}"}, {"t", "d", "{}"}};
+	for (int i = 0; i < 3; i++) {
+		make_pub(&p, other[i][0], other[i][1], NULL, other[i][2]);
+		strcpy(p.idem_key, "k1");
+		hub_publish(h, &p);
+		assert_int_equal(p.status, LH_EEXIST);
+		assert_false(p.duplicate);
+	}
+	assert_int_equal(hub_conn_queued(c), 1);
 	/* Another tenant's key of the same name is its own. */
 	make_pub(&p, "t", "c", NULL, "{}");
 	strcpy(p.tenant, "beta");
