@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 import hubtest
-from hubtest import aio, check_event, events_pb2, hub_pb2, no_pos, uniq
+from hubtest import aio, check_event, events_pb2, hub_pb2, hub_pb2_grpc, no_pos, uniq
 
 
 def publish(hub, tenant, channel, etype="x", key="", **data):
@@ -330,5 +330,37 @@ def test_history_kinds_are_checked_and_reloaded(tmp_path):
         _wait_log(h, "event=reload_failed")
         publish(h, t, ch, i=10)
         assert held() == 5
+    finally:
+        h.stop_and_check()
+
+
+def test_history_needs_the_admin_scope_and_the_tenant(tmp_path):
+    """History is an administrative read: a publish-only key is refused, and
+    a tenant-restricted admin key reads only its own tenants."""
+    acme, other = "acme-" + uniq("t")[2:], uniq()
+    admin, pub, acme_admin = ("hist-admin-Qe6Ry1Tu3Io9Pa2S", "hist-pub-Zq3v9LkWm2XyTt8R",
+                              "hist-acadm-Mn7Bv5Cx3Zl1Kj9H")
+    keys = "ops:admin=%s,jobs:publish=%s,acme-ops:admin:%s=%s" % (admin, pub, acme, acme_admin)
+    h = hubtest.Hub.start(tmp_path, api_key=admin, env={"LIVEHUB_API_KEYS": keys})
+    try:
+        publish(h, acme, "job:1")
+        req = hub_pb2.HistoryRequest(tenant_id=acme, channel="job:1")
+        assert len(h.rpc("History", req).publications) == 1
+
+        def code_with(key, r):
+            ch = h.new_channel(key)
+            try:
+                hub_pb2_grpc.HubServiceStub(ch).History(r, timeout=hubtest.RPC_TIMEOUT)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                return e.code()
+            finally:
+                ch.close()
+
+        assert code_with(pub, req) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_with(acme_admin, req) == grpc.StatusCode.OK
+        assert code_with(acme_admin, hub_pb2.HistoryRequest(
+            tenant_id=other, channel="job:1")) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_with(None, req) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         h.stop_and_check()
