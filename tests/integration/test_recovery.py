@@ -217,6 +217,8 @@ async def test_history_rpc(hub):
     h = hub.rpc("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch, limit=1))
     assert json.loads(h.publications[0].data_json) == ev["data"] and h.publications[0].ts_ms == ev["ts"]
     assert h.publications[0].offset == r.offset
+    st = hub.stats()
+    assert st.history_publications >= 7 and st.history_bytes > 7 * 100, st
 
 
 def test_history_rpc_errors(hub):
