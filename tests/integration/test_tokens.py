@@ -371,6 +371,11 @@ async def test_channels_claim_restricts_subscriptions(khub, keys):
         assert reply == {"type": "error", "code": "CHANNEL_ACCESS_DENIED",
                          "message": "the token does not allow this channel",
                          "recoverable": True, "id": ch}
+    # The implicit channels are the connection's own whatever its rights
+    # (recovery on them is a subscribe with since).
+    rec = await c.request({"type": "subscribe", "channel": "$tenant",
+                           "since": {"offset": 0, "epoch": "x"}, "id": "t"})
+    assert rec["type"] == "subscribed" and rec["id"] == "t", rec
     # Denied channels get nothing; implicit channels still work.
     khub.rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="order:1", type="o"))
     khub.rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="job:42", type="j"))
