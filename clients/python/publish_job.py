@@ -3,33 +3,80 @@
 
     /usr/bin/python3 clients/python/publish_job.py --tenant demo --job 42
 
-Stubs are generated from proto/ on first use (Debian's python3-grpc-tools),
-into clients/python/gen/. Use /usr/bin/python3: Debian's grpcio lives there.
+A browser subscribed to `job:42` (or to `project:{id}` with --project) sees
+one `job:progress` event per step, then `job:completed`. Stubs are generated
+from proto/ on first use (livehub_stubs.py). Use /usr/bin/python3: Debian's
+grpcio lives there.
 """
 import argparse
-import os
-import subprocess
-import sys
 import time
+from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-GEN = os.path.join(HERE, "gen")
+import grpc
 
+from livehub_stubs import load_stubs
 
-def load_stubs():
-    """Generates the Python stubs when missing or older than the protos."""
-    protos = [os.path.join(ROOT, "proto", "livehub", "v1", f) for f in ("hub.proto", "events.proto")]
-    marker = os.path.join(GEN, "livehub", "v1", "hub_pb2_grpc.py")
-    if not os.path.exists(marker) or any(os.path.getmtime(p) > os.path.getmtime(marker) for p in protos):
-        os.makedirs(GEN, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", os.path.join(ROOT, "proto"),
-                        "-I", "/usr/include", "--python_out", GEN, "--grpc_python_out", GEN] + protos,
-                       check=True)
-    sys.path.insert(0, GEN)
+events_pb2, hub_pb2, hub_pb2_grpc = load_stubs()
 
 
-def main():
+class JobReporter:
+    """What a worker needs from livehub: report progress, completion or
+    failure of one job. Every call returns the ChannelPosition livehub gave
+    the event (its offset on job:{id})."""
+
+    def __init__(self, hub: "hub_pb2_grpc.HubServiceStub", tenant: str, job_id: str,
+                 project_id: str = "", kind: int = events_pb2.JOB_KIND_SLICE,
+                 timeout: float = 10.0) -> None:
+        self.hub, self.tenant, self.job_id, self.project_id = hub, tenant, job_id, project_id
+        self.kind, self.timeout = kind, timeout
+
+    def progress(self, percent: float, message: str = "", eta_seconds: int = 0) -> "hub_pb2.PublishResult":
+        reply = self.hub.PublishJobProgress(hub_pb2.PublishJobProgressRequest(
+            tenant_id=self.tenant,
+            event=events_pb2.JobProgress(job_id=self.job_id, project_id=self.project_id,
+                                         kind=self.kind, progress=percent,
+                                         eta_seconds=eta_seconds, message=message)),
+            timeout=self.timeout)
+        return reply.result
+
+    def completed(self, duration_ms: int) -> "hub_pb2.PublishResult":
+        reply = self.hub.PublishJobCompleted(hub_pb2.PublishJobCompletedRequest(
+            tenant_id=self.tenant,
+            event=events_pb2.JobCompleted(job_id=self.job_id, project_id=self.project_id,
+                                          kind=self.kind, duration_ms=duration_ms)),
+            timeout=self.timeout)
+        return reply.result
+
+    def failed(self, error: str) -> "hub_pb2.PublishResult":
+        reply = self.hub.PublishJobFailed(hub_pb2.PublishJobFailedRequest(
+            tenant_id=self.tenant,
+            event=events_pb2.JobFailed(job_id=self.job_id, project_id=self.project_id,
+                                       kind=self.kind, error=error)),
+            timeout=self.timeout)
+        return reply.result
+
+
+def run_job(addr: str, tenant: str, job: str, project: str, steps: int, interval: float,
+            fail_at: Optional[int] = None) -> None:
+    """The worker loop: one progress event per step, then completed (or
+    failed at step fail_at)."""
+    started = time.monotonic()
+    with grpc.insecure_channel(addr) as channel:
+        jobs = JobReporter(hub_pb2_grpc.HubServiceStub(channel), tenant, job, project)
+        for step in range(1, steps + 1):
+            if fail_at == step:
+                pos = jobs.failed(f"step {step} failed")
+                print(f"job:{job} failed  offset={pos.offset}")
+                return
+            percent = 100.0 * step / steps
+            pos = jobs.progress(percent, f"step {step}/{steps}", int((steps - step) * interval))
+            print(f"job:{job} {percent:5.1f}%  offset={pos.offset} subscribers={pos.subscribers}")
+            time.sleep(interval)
+        pos = jobs.completed(int((time.monotonic() - started) * 1000))
+        print(f"job:{job} completed  offset={pos.offset}")
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--addr", default="127.0.0.1:50051", help="livehub's gRPC address")
     ap.add_argument("--tenant", default="demo")
@@ -37,31 +84,9 @@ def main():
     ap.add_argument("--project", default="", help="also publish on project:{id}")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between steps")
+    ap.add_argument("--fail-at", type=int, default=None, help="fail the job at this step")
     args = ap.parse_args()
-
-    load_stubs()
-    import grpc
-    from livehub.v1 import events_pb2, hub_pb2, hub_pb2_grpc
-
-    with grpc.insecure_channel(args.addr) as channel:
-        hub = hub_pb2_grpc.HubServiceStub(channel)
-        for step in range(1, args.steps + 1):
-            progress = 100.0 * step / args.steps
-            reply = hub.PublishJobProgress(hub_pb2.PublishJobProgressRequest(
-                tenant_id=args.tenant,
-                event=events_pb2.JobProgress(job_id=args.job, project_id=args.project,
-                                             kind=events_pb2.JOB_KIND_SLICE, progress=progress,
-                                             eta_seconds=int((args.steps - step) * args.interval),
-                                             message=f"step {step}/{args.steps}")))
-            print(f"job:{args.job} {progress:5.1f}%  offset={reply.result.offset} "
-                  f"subscribers={reply.result.subscribers}")
-            time.sleep(args.interval)
-        reply = hub.PublishJobCompleted(hub_pb2.PublishJobCompletedRequest(
-            tenant_id=args.tenant,
-            event=events_pb2.JobCompleted(job_id=args.job, project_id=args.project,
-                                          kind=events_pb2.JOB_KIND_SLICE,
-                                          duration_ms=int(args.steps * args.interval * 1000))))
-        print(f"job:{args.job} completed  offset={reply.result.offset}")
+    run_job(args.addr, args.tenant, args.job, args.project, args.steps, args.interval, args.fail_at)
 
 
 if __name__ == "__main__":
