@@ -12,7 +12,7 @@ const wsUrl = params.get('ws') || (location.protocol === 'https:' ? 'wss://' : '
 const $ = (id) => document.getElementById(id);
 
 // What the page has seen, for people poking at the console (and for tests).
-const state = { statuses: [], recoveries: [], events: 0, errors: [] };
+const state = { statuses: [], recoveries: [], subscribed: [], events: 0, errors: [] };
 window.livehubDemo = { state };
 
 function log(line) {
@@ -123,6 +123,7 @@ function start(token) {
     log(r.recovered ? `${r.channel}: recovered the missed events since offset ${r.since.offset}`
                     : `${r.channel}: missed events are gone (recovered: false); the page would refetch its state`);
   });
+  client.on('subscribed', (info) => state.subscribed.push(info.reply));
   client.on('error', (e) => {
     state.errors.push(e.code);
     log('error ' + e.code + ': ' + e.message);
