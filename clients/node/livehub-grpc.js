@@ -9,7 +9,9 @@
 //
 // Field names are lowerCamelCase (proto-loader's default), 64-bit integers
 // are strings, enums are names ('JOB_KIND_SLICE'): the proto3 JSON mapping,
-// the same shapes browsers get in `data`.
+// the same shapes browsers get in `data`. When livehub requires API keys
+// (docs/SECURITY.md), LIVEHUB_API_KEY (or the apiKey option) is sent as
+// `authorization: Bearer <key>` on every call.
 'use strict';
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -29,11 +31,16 @@ function loadPackage() {
 /**
  * A HubService client with a promise-returning call().
  * @param {string} addr host:port of livehub's gRPC listener
- * @param {grpc.ChannelCredentials} [creds] default: plaintext (loopback)
+ * @param {{creds?: grpc.ChannelCredentials, apiKey?: string}} [opts]
+ *   creds default: plaintext (loopback; grpc.credentials.createSsl(ca) for TLS);
+ *   apiKey default: $LIVEHUB_API_KEY
  */
-function connect(addr, creds = grpc.credentials.createInsecure()) {
+function connect(addr, opts = {}) {
   const pkg = loadPackage();
-  const client = new pkg.HubService(addr, creds);
+  const client = new pkg.HubService(addr, opts.creds || grpc.credentials.createInsecure());
+  const apiKey = opts.apiKey || process.env.LIVEHUB_API_KEY;
+  const metadata = new grpc.Metadata();
+  if (apiKey) metadata.set('authorization', 'Bearer ' + apiKey);
   return {
     client,
     /**
@@ -46,7 +53,7 @@ function connect(addr, creds = grpc.credentials.createInsecure()) {
     call(method, request, timeoutMs = 10000) {
       return new Promise((resolve, reject) => {
         if (typeof client[method] !== 'function') return reject(new Error('no method HubService.' + method));
-        client[method](request, { deadline: Date.now() + timeoutMs }, (/** @type {any} */ err, /** @type {any} */ reply) => (err ? reject(err) : resolve(reply)));
+        client[method](request, metadata, { deadline: Date.now() + timeoutMs }, (/** @type {any} */ err, /** @type {any} */ reply) => (err ? reject(err) : resolve(reply)));
       });
     },
     close() {

@@ -6,16 +6,16 @@ ticks for the ticker.
     /usr/bin/python3 clients/python/demo.py [--addr 127.0.0.1:50051] [--duration 30]
 
 Jobs are published with project_id "demo", so they reach the page's channel
-`project:demo`; prices go to every connection of the tenant.
+`project:demo`; prices go to every connection of the tenant. LIVEHUB_API_KEY
+and the TLS flags work as in publish_job.py.
 """
 import argparse
 import random
 import time
 from typing import Dict
 
-import grpc
 
-from livehub_stubs import load_stubs
+from livehub_stubs import add_connection_args, call_metadata, load_stubs, open_channel
 from publish_job import JobReporter
 
 events_pb2, hub_pb2, hub_pb2_grpc = load_stubs()
@@ -31,12 +31,12 @@ def publish_price(hub: "hub_pb2_grpc.HubServiceStub", tenant: str, item: str, am
         tenant_id=tenant,
         event=events_pb2.PriceUpdated(item_id=item, currency="EUR", amount_minor=amount,
                                       previous_amount_minor=previous, config_version="demo")),
-        timeout=10)
+        timeout=10, metadata=call_metadata())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--addr", default="127.0.0.1:50051", help="livehub's gRPC address")
+    add_connection_args(ap)
     ap.add_argument("--tenant", default="demo")
     ap.add_argument("--project", default="demo")
     ap.add_argument("--duration", type=float, default=30.0, help="seconds the jobs take")
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args()
     rnd = random.Random(args.seed)
-    with grpc.insecure_channel(args.addr) as channel:
+    with open_channel(args.addr, args.tls_ca, args.tls_cert, args.tls_key) as channel:
         hub = hub_pb2_grpc.HubServiceStub(channel)
         reporters = {j: JobReporter(hub, args.tenant, j, args.project, kind) for j, kind, _ in JOBS}
         speed = {j: s for j, _, s in JOBS}

@@ -13,12 +13,17 @@ To regenerate by hand (or into your own project):
         proto/livehub/v1/events.proto proto/livehub/v1/hub.proto
 
 Use /usr/bin/python3: Debian's grpcio lives there.
+
+`open_channel()` and `call_metadata()` give every example the same
+connection rules: LIVEHUB_API_KEY, when set, goes out as `authorization:
+Bearer <key>` (livehub's service authentication, docs/SECURITY.md);
+--tls-ca (and --tls-cert/--tls-key for mutual TLS) switch to TLS.
 """
 import os
 import subprocess
 import sys
 from types import ModuleType
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -47,3 +52,34 @@ def load_stubs() -> Tuple[ModuleType, ModuleType, ModuleType]:
         sys.path.insert(0, GEN)
     from livehub.v1 import events_pb2, hub_pb2, hub_pb2_grpc  # noqa: E402
     return events_pb2, hub_pb2, hub_pb2_grpc
+
+
+def call_metadata() -> Optional[List[Tuple[str, str]]]:
+    """The per-call metadata: the API key from LIVEHUB_API_KEY, if any."""
+    key = os.environ.get("LIVEHUB_API_KEY")
+    return [("authorization", "Bearer " + key)] if key else None
+
+
+def open_channel(addr: str, tls_ca: Optional[str] = None, tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None):
+    """A grpc channel to livehub: plaintext, or TLS trusting tls_ca (with a
+    client certificate for mutual TLS when tls_cert/tls_key are given)."""
+    import grpc
+    if not tls_ca:
+        return grpc.insecure_channel(addr)
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+    return grpc.secure_channel(addr, grpc.ssl_channel_credentials(read(tls_ca), read(tls_key),
+                                                                 read(tls_cert)))
+
+
+def add_connection_args(ap) -> None:
+    """--addr and the TLS flags, shared by the examples."""
+    ap.add_argument("--addr", default="127.0.0.1:50051", help="livehub's gRPC address")
+    ap.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting it")
+    ap.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    ap.add_argument("--tls-key", help="PEM key of --tls-cert")
