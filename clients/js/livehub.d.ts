@@ -58,6 +58,9 @@ export interface LiveHubOptions {
   /** Silence in ms after which the connection is dropped and reopened
    *  (default: the hub's `connected.heartbeat.pingTimeout`). */
   pingTimeout?: number;
+  /** After a reconnect, ask for the $tenant / $user events missed meanwhile
+   *  (`subscribe` with `since` on the implicit channel; default true). */
+  recoverImplicit?: boolean;
   /** React to window online/offline events (default true, where there is a window). */
   watchNetwork?: boolean;
   /** Connect in the constructor (default true). */

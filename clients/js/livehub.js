@@ -32,6 +32,7 @@ const DEFAULTS = {
   pingInterval: null, // ms; null: from the `connected` frame
   pingTimeout: null, // ms; null: from the `connected` frame
   watchNetwork: true, // listen to window online/offline events when there is a window
+  recoverImplicit: true, // recover $tenant / $user events missed while disconnected
 };
 
 // Names on() uses for the client's own events; event types from the hub
@@ -163,6 +164,7 @@ export class LiveHub {
     this._status = Status.IDLE;
     this._listeners = new Map(); // name -> Set(fn)
     this._subs = new Map(); // channel -> {handlers, offset, epoch, pending}
+    this._implicit = new Map(); // '$tenant' / '$user:…' -> {offset, epoch}: positions to recover
     this._pending = new Map(); // request id -> {resolve, reject, timer, msg}
     this._queue = []; // requests waiting for a connection: {msg, resolve, reject}
     this._nextId = 1;
@@ -457,6 +459,7 @@ export class LiveHub {
     this._setStatus(Status.CONNECTED, { clientId: msg.clientId });
     this._emit('connected', msg);
     for (const [channel, sub] of this._subs) this._sendSubscribe(channel, sub);
+    if (this.options.recoverImplicit) for (const [channel, pos] of this._implicit) this._recoverImplicit(channel, pos);
     const queued = this._queue;
     this._queue = [];
     for (const q of queued) this._dispatch(q);
@@ -522,6 +525,11 @@ export class LiveHub {
   }
 
   _onEvent(m) {
+    if (typeof m.channel === 'string' && m.channel[0] === '$' && typeof m.offset === 'number') {
+      const pos = this._implicit.get(m.channel);
+      if (pos && pos.epoch === m.epoch && m.offset <= pos.offset) return; // replayed twice
+      this._implicit.set(m.channel, { offset: m.offset, epoch: m.epoch });
+    }
     const sub = typeof m.channel === 'string' ? this._subs.get(m.channel) : undefined;
     if (sub && typeof m.offset === 'number') {
       // Replayed and live events can overlap by one around a re-subscribe:
@@ -718,6 +726,31 @@ export class LiveHub {
     for (const w of sub.waiters.splice(0)) w.resolve(info);
     this._emit('subscribed', info);
     if (since) this._emit('recovery', { channel, recovered, since, offset: reply.offset, epoch: reply.epoch });
+  }
+
+  // The implicit channels ($tenant, $user:…) take no subscription, but a
+  // hub with history replays them for `subscribe` with `since` (PROTOCOL.md,
+  // history and recovery). A hub without refuses: that is recovered:false.
+  _recoverImplicit(channel, since) {
+    const q = {
+      msg: { type: 'subscribe', channel, since: { offset: since.offset, epoch: since.epoch } },
+      timeout: this.options.requestTimeout,
+      sub: true,
+      resolve: (reply) => {
+        const recovered = reply.recovered === true;
+        if (!recovered) {
+          if (typeof reply.offset === 'number' && typeof reply.epoch === 'string') this._implicit.set(channel, { offset: reply.offset, epoch: reply.epoch });
+          else this._implicit.delete(channel);
+        }
+        this._emit('recovery', { channel, recovered, since, offset: reply.offset, epoch: reply.epoch });
+      },
+      reject: (err) => {
+        if (err.code === 'TIMEOUT' || err.code === 'DISCONNECTED') return;
+        this._implicit.delete(channel);
+        this._emit('recovery', { channel, recovered: false, since });
+      },
+    };
+    this._dispatch(q);
   }
 
   _onSubscribeFailed(channel, sub, err) {

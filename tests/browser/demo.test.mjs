@@ -50,13 +50,16 @@ test('demo page: connects, bars move, survives a hub restart with recovered:fals
     assert.equal(await hub.stop(), 0, 'hub exit status after SIGTERM\n' + hub.stderr);
     hub = await Hub.start({ secret });
     proxy.target = hub.wsPort;
-    await waitInPage(page, () => window.livehubDemo.state.recoveries.length > 0, null, 'a recovery report');
+    // Both the subscribed channel and the implicit $tenant (it carried a
+    // price) are reported lost: a new hub has a new epoch and no history.
+    await waitInPage(page, () => window.livehubDemo.state.recoveries.length >= 2, null, 'two recovery reports');
     const rec = await page.evaluate(() => window.livehubDemo.state.recoveries);
-    assert.deepEqual(rec, [{ channel: 'project:demo', recovered: false }]);
+    rec.sort((a, b) => a.channel.localeCompare(b.channel));
+    assert.deepEqual(rec, [{ channel: '$tenant', recovered: false }, { channel: 'project:demo', recovered: false }]);
     const statuses = await page.evaluate(() => window.livehubDemo.state.statuses);
     assert.ok(statuses.includes('disconnected') && statuses[statuses.length - 1] === 'connected', statuses.join(','));
     // The re-subscribe carried `since` (the last event seen before the restart).
-    const resub = frames.map((f) => { try { return JSON.parse(f); } catch { return {}; } }).filter((m) => m.type === 'subscribe');
+    const resub = frames.map((f) => { try { return JSON.parse(f); } catch { return {}; } }).filter((m) => m.type === 'subscribe' && m.channel === 'project:demo');
     assert.equal(resub.length, 2, frames.join('\n'));
     assert.equal(resub[0].since, undefined);
     assert.equal(resub[1].channel, 'project:demo');

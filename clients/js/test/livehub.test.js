@@ -409,3 +409,33 @@ test('a Node without a global WebSocket needs the option', () => {
     if (saved) globalThis.WebSocket = saved;
   }
 });
+
+test('events on $tenant are recovered after a reconnect; a refusal is recovered:false', async () => {
+  const c = await connectedClient();
+  let ws = MockSocket.last();
+  const got = [], recovery = [];
+  c.on('price:updated', (e) => got.push(e.offset));
+  c.on('recovery', (r) => recovery.push([r.channel, r.recovered]));
+  ws.frame({ type: 'price:updated', channel: '$tenant', offset: 3, epoch: 't1', data: {} });
+  ws.serverClose(1006);
+  clock.tick(1000);
+  await flush();
+  ws = MockSocket.last();
+  ws.connected();
+  const s = ws.lastSent('subscribe');
+  assert.deepEqual(s, { type: 'subscribe', channel: '$tenant', since: { offset: 3, epoch: 't1' }, id: s.id });
+  ws.frame({ type: 'subscribed', channel: '$tenant', id: s.id, offset: 5, epoch: 't1', recovered: true },
+           { type: 'price:updated', channel: '$tenant', offset: 3, epoch: 't1', data: {} },
+           { type: 'price:updated', channel: '$tenant', offset: 4, epoch: 't1', data: {} },
+           { type: 'price:updated', channel: '$tenant', offset: 5, epoch: 't1', data: {} });
+  assert.deepEqual(got, [3, 4, 5]);
+  ws.serverClose(1006);
+  clock.tick(1000);
+  await flush();
+  ws = MockSocket.last();
+  ws.connected();
+  const s2 = ws.lastSent('subscribe');
+  ws.frame({ type: 'error', code: 'CHANNEL_ACCESS_DENIED', message: 'reserved', recoverable: true, id: s2.id });
+  assert.deepEqual(recovery, [['$tenant', true], ['$tenant', false]]);
+  c.close();
+});
