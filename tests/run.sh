@@ -51,7 +51,7 @@ browser_tests() { # browser_tests BINARY
 		echo "no chromium at ${CHROMIUM:-/usr/bin/chromium} (scripts/deps.sh installs it)"
 		return 1
 	fi
-	LIVEHUB_BIN=$1 node --test --test-concurrency=1 tests/browser/
+	LIVEHUB_BIN=$1 node --experimental-websocket --test --test-concurrency=1 tests/browser/
 }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=23}
