@@ -51,6 +51,9 @@ export interface LiveHubOptions {
   refreshMargin?: number;
   /** Reply timeout for requests in ms (default 10000). */
   requestTimeout?: number;
+  /** ms from opening a socket to the hub's `connected` frame before giving
+   *  up on that attempt (default 10000). */
+  connectTimeout?: number;
   /** Requests kept while offline (default 100); beyond, OFFLINE_QUEUE_FULL. */
   offlineQueueSize?: number;
   /** App-level ping interval in ms (default: the hub's `connected.heartbeat.pingInterval`). */

@@ -28,6 +28,7 @@ const DEFAULTS = {
   tokenTransport: 'query', // 'query' (?token=), 'protocol' (Sec-WebSocket-Protocol), 'message' (auth message)
   refreshMargin: 60000, // refresh this long before exp (at most a third of the token's lifetime)
   requestTimeout: 10000,
+  connectTimeout: 10000, // from opening the socket to the `connected` frame
   offlineQueueSize: 100,
   pingInterval: null, // ms; null: from the `connected` frame
   pingTimeout: null, // ms; null: from the `connected` frame
@@ -292,14 +293,20 @@ export class LiveHub {
       return this._scheduleReconnect({ reason: 'connect failed' });
     }
     this._ws = ws;
+    let opened = false;
+    // Until `connected` arrives: a connect that neither fails nor succeeds
+    // (a half-dead listener, a proxy that holds it) is given up on too.
+    this._armWatchdog(o.connectTimeout);
     ws.onopen = () => {
+      opened = true;
       if (o.tokenTransport === 'message') this._sendNow({ type: 'auth', token });
-      // Until `connected` arrives, the handshake-level watchdog: a hub that
-      // opens but says nothing is as dead as one that does not answer.
-      this._armWatchdog(o.pingTimeout || 30000);
     };
     ws.onmessage = (ev) => this._onFrame(ev.data);
-    ws.onerror = () => {}; // onclose follows with the code
+    // Normally close follows error with the code; a socket that failed to
+    // connect is treated as closed (1006) right away, whatever follows.
+    ws.onerror = () => {
+      if (!opened) this._onClose(ws, 1006, 'connect failed');
+    };
     ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
   }
 
@@ -360,6 +367,7 @@ export class LiveHub {
   _onClose(ws, code, reason) {
     if (ws !== this._ws) return;
     this._ws = null;
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     this._lost(code, reason);
   }
 
@@ -433,8 +441,9 @@ export class LiveHub {
       this._timers.watchdog = null;
       const ws = this._ws;
       if (!ws) return;
-      this._dropSocket(3001, 'heartbeat timeout');
-      this._lost(3001, 'heartbeat timeout');
+      const why = this._heartbeat && this._status === Status.CONNECTED ? 'heartbeat timeout' : 'connect timeout';
+      this._dropSocket(3001, why);
+      this._lost(3001, why);
     }, ms);
   }
 

@@ -439,3 +439,28 @@ test('events on $tenant are recovered after a reconnect; a refusal is recovered:
   assert.deepEqual(recovery, [['$tenant', true], ['$tenant', false]]);
   c.close();
 });
+
+test('a connect that hangs is given up after connectTimeout; an error before open reconnects', async () => {
+  const c = client({ connectTimeout: 5000, random: () => 0.5 });
+  await flush();
+  const first = MockSocket.last();
+  clock.tick(4999);
+  assert.equal(c.status, 'connecting');
+  clock.tick(1);
+  assert.equal(c.status, 'disconnected');
+  assert.equal(first.closed.code, 3001);
+  clock.tick(500);
+  await flush();
+  const second = MockSocket.last();
+  assert.notEqual(second, first);
+  second.onerror({}); // refused: some WebSocket implementations send no close after it
+  assert.equal(c.status, 'disconnected');
+  clock.tick(1000);
+  await flush();
+  assert.equal(MockSocket.all.length, 3);
+  second.serverClose(1006); // a late close of the old socket changes nothing
+  assert.equal(MockSocket.all.length, 3);
+  MockSocket.last().connected();
+  assert.equal(c.status, 'connected');
+  c.close();
+});
