@@ -7,9 +7,10 @@
 #   5. the same integration tests against the ASan+UBSan binary (leaks fail the run)
 #   6. the same against a TSan binary (any race report fails the run)
 #   7. fuzz smoke: each libFuzzer target briefly over its seed corpus
-#   8. clients (node unit): clients/js with a mock WebSocket (node --test)
-#   9. browser (chromium): the demo page and the React hooks in real Chromium
-#      against the normal binary (tests/browser, playwright-core)
+#   8. clients (node unit): clients/js with a mock WebSocket (node --test);
+#      clients (types): livehub.d.ts and react.d.ts compile (tsc --noEmit, strict)
+#   9. browser (chromium): the demo page and the React hooks in real Chromium,
+#      and the client in Node, against the normal binary (tests/browser)
 # Ends with one line "checks: N passed, M failed"; exits non-zero when any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +74,7 @@ stage "build (tsan)" build build-tsan -DLH_TSAN=ON
 stage "integration (tsan)" integration "$PWD/build-tsan/livehub"
 stage "fuzz smoke" bash tests/fuzz.sh "${FUZZ_SMOKE_SECONDS:-15}"
 stage "clients (node unit)" node --test clients/js/test/
+stage "clients (types)" tests/npm/node_modules/.bin/tsc -p clients/js/test/tsconfig.json
 stage "browser (chromium)" browser_tests "$PWD/build/livehub"
 
 echo
