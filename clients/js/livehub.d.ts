@@ -54,6 +54,10 @@ export interface LiveHubOptions {
   /** ms from opening a socket to the hub's `connected` frame before giving
    *  up on that attempt (default 10000). */
   connectTimeout?: number;
+  /** Client-side pacing of outgoing messages (default { burst: 10, perMinute: 100 },
+   *  the hub's default rate limit); false: none. A RATE_LIMITED reply also
+   *  pauses sending for its retryAfter; subscriptions are then re-sent. */
+  rateLimit?: { burst: number; perMinute: number } | false;
   /** Requests kept while offline (default 100); beyond, OFFLINE_QUEUE_FULL. */
   offlineQueueSize?: number;
   /** App-level ping interval in ms (default: the hub's `connected.heartbeat.pingInterval`). */
@@ -155,6 +159,8 @@ export declare class LiveHubError extends Error {
   reply?: Record<string, unknown>;
   closeCode?: number;
   channel?: string;
+  /** RATE_LIMITED: ms the hub asked to wait. */
+  retryAfter?: number;
 }
 
 export interface Unsubscribe {

@@ -29,6 +29,7 @@ const DEFAULTS = {
   refreshMargin: 60000, // refresh this long before exp (at most a third of the token's lifetime)
   requestTimeout: 10000,
   connectTimeout: 10000, // from opening the socket to the `connected` frame
+  rateLimit: { burst: 10, perMinute: 100 }, // pace outgoing messages like the hub's defaults; false: no pacing
   offlineQueueSize: 100,
   pingInterval: null, // ms; null: from the `connected` frame
   pingTimeout: null, // ms; null: from the `connected` frame
@@ -52,6 +53,7 @@ export class LiveHubError extends Error {
     if (extra.reply !== undefined) this.reply = extra.reply;
     if (extra.closeCode !== undefined) this.closeCode = extra.closeCode;
     if (extra.channel !== undefined) this.channel = extra.channel;
+    if (extra.retryAfter !== undefined) this.retryAfter = extra.retryAfter;
   }
 }
 
@@ -168,10 +170,12 @@ export class LiveHub {
     this._implicit = new Map(); // '$tenant' / '$user:…' -> {offset, epoch}: positions to recover
     this._pending = new Map(); // request id -> {resolve, reject, timer, msg}
     this._queue = []; // requests waiting for a connection: {msg, resolve, reject}
+    this._out = []; // messages waiting for a rate-limit token: {msg, onSent}
+    this._bucket = { tokens: 0, at: 0, pausedUntil: 0 };
     this._nextId = 1;
     this._attempt = 0;
     this._ws = null;
-    this._timers = { reconnect: null, ping: null, watchdog: null, refresh: null };
+    this._timers = { reconnect: null, ping: null, watchdog: null, refresh: null, pump: null };
     this._heartbeat = null; // {interval, timeout} in ms
     this.clientId = null;
     this.connectedInfo = null;
@@ -293,13 +297,14 @@ export class LiveHub {
       return this._scheduleReconnect({ reason: 'connect failed' });
     }
     this._ws = ws;
+    this._resetBucket();
     let opened = false;
     // Until `connected` arrives: a connect that neither fails nor succeeds
     // (a half-dead listener, a proxy that holds it) is given up on too.
     this._armWatchdog(o.connectTimeout);
     ws.onopen = () => {
       opened = true;
-      if (o.tokenTransport === 'message') this._sendNow({ type: 'auth', token });
+      if (o.tokenTransport === 'message') this._send({ type: 'auth', token });
     };
     ws.onmessage = (ev) => this._onFrame(ev.data);
     // Normally close follows error with the code; a socket that failed to
@@ -351,6 +356,8 @@ export class LiveHub {
     this._clearTimer('ping');
     this._clearTimer('watchdog');
     this._clearTimer('refresh');
+    this._clearTimer('pump');
+    this._out = [];
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     try {
@@ -374,6 +381,8 @@ export class LiveHub {
   // The connection is gone (closed by the hub, or dropped by the watchdog):
   // stop, or schedule a reconnect, as the close code says.
   _lost(code, reason) {
+    this._clearTimer('pump');
+    this._out = [];
     this._clearTimer('ping');
     this._clearTimer('watchdog');
     this._clearTimer('refresh');
@@ -462,7 +471,7 @@ export class LiveHub {
     // An app-level ping keeps traffic flowing, so silence means a dead hub
     // (browsers answer WebSocket pings but never tell the page about them).
     this._timers.ping = setInterval(() => {
-      if (this._status === Status.CONNECTED) this._sendNow({ type: 'ping' });
+      if (this._status === Status.CONNECTED) this._send({ type: 'ping' });
     }, this._heartbeat.interval);
     this._scheduleRefresh();
     this._setStatus(Status.CONNECTED, { clientId: msg.clientId });
@@ -564,6 +573,17 @@ export class LiveHub {
     const p = this._pending.get(m.id);
     this._pending.delete(m.id);
     clearTimeout(p.timer);
+    if (m.type === 'error' && m.code === 'RATE_LIMITED') {
+      const ms = this._rateLimited(m.retryAfter);
+      // A subscription is state: it is sent again once the hub allows.
+      if (p.sub) {
+        const ch = p.msg.channel;
+        if (ch[0] === '$' || this._subs.has(ch)) this._dispatch(p.q);
+        else p.q.reject(new LiveHubError('DISCONNECTED', 'unsubscribed meanwhile')); // dropped quietly
+        return;
+      }
+      return p.reject(new LiveHubError('RATE_LIMITED', m.message, { recoverable: true, reply: m, retryAfter: ms }));
+    }
     if (m.type === 'error') {
       p.reject(new LiveHubError(m.code || 'SERVER_ERROR', m.message, { recoverable: m.recoverable !== false, reply: m, channel: p.msg.channel }));
     } else {
@@ -581,6 +601,51 @@ export class LiveHub {
     } catch (e) {
       return false;
     }
+  }
+
+  // Outgoing messages are paced by a token bucket like the hub's (PROTOCOL.md,
+  // rate limit: 10 at once, 100 a minute by default), so re-subscribing to
+  // many channels after a reconnect never draws RATE_LIMITED strikes; a
+  // RATE_LIMITED reply empties the bucket and pauses for its retryAfter.
+  _resetBucket() {
+    const r = this.options.rateLimit;
+    this._bucket = { tokens: r ? r.burst : Infinity, at: this._now(), pausedUntil: 0 };
+  }
+
+  _send(msg, onSent) {
+    this._out.push({ msg, onSent });
+    this._pump();
+  }
+
+  _pump() {
+    this._clearTimer('pump');
+    const r = this.options.rateLimit;
+    const b = this._bucket;
+    const now = this._now();
+    if (r) {
+      b.tokens = Math.min(r.burst, b.tokens + ((now - b.at) * r.perMinute) / 60000);
+      b.at = now;
+    }
+    while (this._out.length && this._ws && now >= b.pausedUntil && (!r || b.tokens >= 1)) {
+      const { msg, onSent } = this._out.shift();
+      if (r) b.tokens -= 1;
+      const ok = this._sendNow(msg);
+      if (onSent) onSent(ok);
+    }
+    if (!this._out.length || !this._ws) return;
+    const wait = Math.max(b.pausedUntil - now, r ? Math.ceil(((1 - b.tokens) * 60000) / r.perMinute) : 0, 1);
+    this._timers.pump = setTimeout(() => {
+      this._timers.pump = null;
+      this._pump();
+    }, wait);
+  }
+
+  _rateLimited(retryAfter) {
+    const ms = typeof retryAfter === 'number' && retryAfter > 0 ? retryAfter : 1000;
+    this._bucket.tokens = 0;
+    this._bucket.at = this._now();
+    this._bucket.pausedUntil = this._now() + ms;
+    return ms;
   }
 
   /** Sends a request and resolves with its reply (rejects with a
@@ -605,17 +670,20 @@ export class LiveHub {
   _dispatch(q) {
     const id = this._nextId++;
     const msg = { ...q.msg, id };
-    const p = { resolve: q.resolve, reject: q.reject, msg, sub: q.sub };
-    p.timer = setTimeout(() => {
-      this._pending.delete(id);
-      q.reject(new LiveHubError('TIMEOUT', 'no reply to ' + msg.type + ' within ' + q.timeout + ' ms'));
-    }, q.timeout);
+    const p = { resolve: q.resolve, reject: q.reject, msg, sub: q.sub, q };
     this._pending.set(id, p);
-    if (!this._sendNow(msg)) {
-      clearTimeout(p.timer);
-      this._pending.delete(id);
-      q.reject(new LiveHubError('DISCONNECTED', 'the socket refused the message'));
-    }
+    // The reply timeout runs from the send, not from the wait for a token.
+    this._send(msg, (ok) => {
+      if (this._pending.get(id) !== p) return;
+      if (!ok) {
+        this._pending.delete(id);
+        return q.reject(new LiveHubError('DISCONNECTED', 'the socket refused the message'));
+      }
+      p.timer = setTimeout(() => {
+        this._pending.delete(id);
+        q.reject(new LiveHubError('TIMEOUT', 'no reply to ' + msg.type + ' within ' + q.timeout + ' ms'));
+      }, q.timeout);
+    });
   }
 
   _failAll(code, message) {

@@ -464,3 +464,45 @@ test('a connect that hangs is given up after connectTimeout; an error before ope
   assert.equal(c.status, 'connected');
   c.close();
 });
+
+test('outgoing messages are paced like the hub\'s rate limit (10 at once, then 100 a minute)', async () => {
+  const c = client();
+  for (let i = 0; i < 15; i++) c.subscribe('job:' + i, () => {});
+  await flush();
+  const ws = MockSocket.last();
+  ws.connected();
+  const subs = () => ws.sent.filter((m) => m.type === 'subscribe').length;
+  assert.equal(subs(), 10);
+  clock.tick(599);
+  assert.equal(subs(), 10);
+  clock.tick(1);
+  assert.equal(subs(), 11);
+  clock.tick(600 * 4);
+  assert.equal(subs(), 15);
+  c.close();
+});
+
+test('RATE_LIMITED: a subscribe is sent again after retryAfter; a request rejects with it', async () => {
+  const c = await connectedClient({ rateLimit: false });
+  const ws = MockSocket.last();
+  const errs = [];
+  c.on('error', (e) => errs.push(e));
+  const off = c.subscribe('job:1', () => {});
+  const s1 = ws.lastSent('subscribe');
+  ws.frame({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', retryAfter: 700, recoverable: true, id: s1.id });
+  assert.deepEqual(c.subscriptions().map((s) => s.channel), ['job:1'], 'still wanted');
+  const p = c.ping();
+  clock.tick(699);
+  assert.equal(ws.sent.filter((m) => m.type === 'subscribe').length, 1);
+  assert.equal(ws.lastSent('ping'), undefined, 'nothing goes out during the pause');
+  clock.tick(1);
+  const s2 = ws.lastSent('subscribe');
+  assert.notEqual(s2.id, s1.id);
+  ws.frame({ type: 'subscribed', channel: 'job:1', id: s2.id });
+  assert.equal((await off.ready).channel, 'job:1');
+  const ping = ws.lastSent('ping');
+  ws.frame({ type: 'error', code: 'RATE_LIMITED', message: 'slow down', retryAfter: 300, recoverable: true, id: ping.id });
+  await assert.rejects(p, (e) => e.code === 'RATE_LIMITED' && e.retryAfter === 300);
+  assert.deepEqual(errs, []);
+  c.close();
+});
