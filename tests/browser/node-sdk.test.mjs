@@ -90,6 +90,28 @@ test('Node: a hub shutdown (1001) is survived; the new hub reports recovered:fal
   }
 });
 
+test('Node: 20 subscriptions come back after a reconnect without tripping the hub\'s rate limit', async () => {
+  let hub = await Hub.start();
+  const port = hub.wsPort;
+  const tenant = uniq('t');
+  const c = client(hub, { token: hub.token(tenant, 'alice') });
+  const channels = Array.from({ length: 20 }, (_, i) => 'job:' + i);
+  const got = new Set();
+  try {
+    await Promise.all(channels.map((ch) => c.subscribe(ch, (ev) => got.add(ev.channel)).ready));
+    assert.equal(await hub.stop(), 0, hub.stderr);
+    hub = await Hub.start({ secret: hub.secret, args: ['--ws-port', String(port)] }).catch((e) => { hub = null; throw e; });
+    await until(() => c.seen.messages.filter((m) => m.type === 'subscribed').length === 40, 'all 20 re-subscribed');
+    for (const ch of channels) await hub.progress(tenant, ch.slice(4), '', 1);
+    await until(() => got.size === 20, 'an event on every channel');
+    assert.deepEqual(c.seen.errors.map((e) => e.code), []);
+    assert.ok(!c.seen.statuses.some((s) => s.code === 1008), 'never closed for rate abuse');
+  } finally {
+    c.close();
+    if (hub) assert.equal(await hub.stop(), 0, hub.stderr);
+  }
+});
+
 test('Node: refresh keeps the session past the first token\'s exp (issue 3)', (t) => withHub(['--jwt-leeway', '0'], async (hub) => {
   const tenant = uniq('t');
   let n = 0;
