@@ -11,6 +11,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -22,7 +23,9 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "hub.h"
 #include "log.h"
+#include "tls_files.h"
 
 enum kind { K_STR, K_INT };
 
@@ -58,6 +61,22 @@ static const struct setting settings[] = {
 	    "channels one connection may subscribe to"),
 	INT(sendq_max_frames, "sendq-max-frames", "LIVEHUB_SENDQ_MAX_FRAMES", 1, 10000000,
 	    "frames queued for one connection before it is closed as a slow consumer"),
+	INT(sendq_max_bytes, "sendq-max-bytes", "LIVEHUB_SENDQ_MAX_BYTES", 1024, 1073741824,
+	    "payload bytes queued for one connection before it is closed as a slow consumer"),
+	INT(handoff_max_bytes, "handoff-max-bytes", "LIVEHUB_HANDOFF_MAX_BYTES", 65536, 2147483647,
+	    "bytes of publications queued from gRPC to the hub before RESOURCE_EXHAUSTED"),
+	INT(history_size, "history-size", "LIVEHUB_HISTORY_SIZE", 0, 100000,
+	    "publications kept per channel for recovery (0: no history)"),
+	INT(history_ttl_s, "history-ttl", "LIVEHUB_HISTORY_TTL", 0, 604800,
+	    "seconds a publication stays in channel history (0: no age limit)"),
+	INT(history_max_bytes, "history-max-bytes", "LIVEHUB_HISTORY_MAX_BYTES", 0, 2147483647,
+	    "memory for the history of all channels; the oldest entries go first"),
+	STR(history_kinds, "history-kinds", "LIVEHUB_HISTORY_KINDS",
+	    "history per channel kind, kind:size[/ttl],... e.g. \"job:50/600,price:0\""),
+	INT(idem_window_s, "idempotency-window", "LIVEHUB_IDEMPOTENCY_WINDOW", 0, 86400,
+	    "seconds a publish idempotency key is remembered (0: keys are ignored)"),
+	INT(idem_max, "idempotency-max", "LIVEHUB_IDEMPOTENCY_MAX", 0, 10000000,
+	    "idempotency keys remembered at most (the oldest are forgotten first)"),
 	INT(ping_interval_s, "ping-interval", "LIVEHUB_PING_INTERVAL", 1, 65535,
 	    "seconds between WebSocket pings to an idle client"),
 	INT(ping_timeout_s, "ping-timeout", "LIVEHUB_PING_TIMEOUT", 2, 65535,
@@ -73,6 +92,16 @@ static const struct setting settings[] = {
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
 	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
+	STR(api_keys_file, "api-keys-file", "LIVEHUB_API_KEYS_FILE",
+	    "JSON file of gRPC API keys (docs/SECURITY.md); none: development mode, gRPC on loopback only"),
+	STR(api_keys, "api-keys", "LIVEHUB_API_KEYS", "gRPC API keys, NAME:SCOPES[:TENANTS]=KEY,..."),
+	STR(tls_cert, "tls-cert", "LIVEHUB_TLS_CERT", "PEM certificate chain: serve wss:// and https://"),
+	STR(tls_key, "tls-key", "LIVEHUB_TLS_KEY", "PEM private key of --tls-cert"),
+	STR(grpc_tls_cert, "grpc-tls-cert", "LIVEHUB_GRPC_TLS_CERT",
+	    "PEM certificate chain for gRPC over TLS (default: --tls-cert)"),
+	STR(grpc_tls_key, "grpc-tls-key", "LIVEHUB_GRPC_TLS_KEY", "PEM private key of the gRPC certificate (default: --tls-key)"),
+	STR(grpc_tls_client_ca, "grpc-tls-client-ca", "LIVEHUB_GRPC_TLS_CLIENT_CA",
+	    "PEM CA bundle: gRPC callers must present a certificate it signed (mutual TLS)"),
 };
 /* clang-format on */
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -90,13 +119,21 @@ static void defaults(struct lh_config *cfg)
 	cfg->handoff_max = 65536;
 	cfg->max_subs_per_conn = 128;
 	cfg->sendq_max_frames = 4096;
+	cfg->sendq_max_bytes = 4 * 1024 * 1024;
+	cfg->handoff_max_bytes = 64 * 1024 * 1024;
+	cfg->history_size = 100;
+	cfg->history_ttl_s = 300;
+	cfg->history_max_bytes = 256 * 1024 * 1024;
+	strcpy(cfg->history_kinds, "$tenant:100/120,$user:100/300");
+	cfg->idem_window_s = 300;
+	cfg->idem_max = 100000;
 	cfg->ping_interval_s = 30;
 	cfg->ping_timeout_s = 90;
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
 	cfg->demo = 1;
-	strcpy(cfg->event_loop, "poll");
+	strcpy(cfg->event_loop, "libuv");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
 }
@@ -262,6 +299,92 @@ static int from_flags(struct lh_config *cfg, int argc, char **argv, bool *help)
 	return 0;
 }
 
+/* Whether path can be read; prints a message naming setting when not. */
+static bool readable(const char *path, const char *setting)
+{
+	if (access(path, R_OK) == 0)
+		return true;
+	fprintf(stderr, "livehub: %s: cannot read %s: %s\n", setting, path, strerror(errno));
+	return false;
+}
+
+/* tls_check_pair, with its warning (an expired certificate) logged. */
+static int check_pair(const char *cert, const char *key, const char *cs, const char *ks, char *err,
+                      size_t errlen, char *warn, size_t warnlen)
+{
+	if (tls_check_pair(cert, key, cs, ks, err, errlen, warn, warnlen))
+		return -1;
+	if (warn[0])
+		log_warn("msg=\"%s\"", warn);
+	return 0;
+}
+
+/* Certificates and keys come in pairs; the gRPC pair defaults to the
+ * WebSocket one; a client CA needs gRPC TLS. */
+static int check_tls(struct lh_config *cfg)
+{
+	if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_TLS_CERT and LIVEHUB_TLS_KEY must be set together\n");
+		return -1;
+	}
+	if (!cfg->grpc_tls_cert[0] && !cfg->grpc_tls_key[0]) {
+		strcpy(cfg->grpc_tls_cert, cfg->tls_cert);
+		strcpy(cfg->grpc_tls_key, cfg->tls_key);
+	}
+	if (!cfg->grpc_tls_cert[0] != !cfg->grpc_tls_key[0]) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_GRPC_TLS_CERT and LIVEHUB_GRPC_TLS_KEY must be set "
+		        "together\n");
+		return -1;
+	}
+	if (cfg->grpc_tls_client_ca[0] && !cfg->grpc_tls_cert[0]) {
+		fprintf(stderr, "livehub: LIVEHUB_GRPC_TLS_CLIENT_CA needs gRPC TLS "
+		                "(LIVEHUB_GRPC_TLS_CERT/KEY or LIVEHUB_TLS_CERT/KEY)\n");
+		return -1;
+	}
+	if ((cfg->tls_cert[0] && (!readable(cfg->tls_cert, "LIVEHUB_TLS_CERT") ||
+	                          !readable(cfg->tls_key, "LIVEHUB_TLS_KEY"))) ||
+	    (cfg->grpc_tls_cert[0] && (!readable(cfg->grpc_tls_cert, "LIVEHUB_GRPC_TLS_CERT") ||
+	                               !readable(cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_KEY"))) ||
+	    (cfg->grpc_tls_client_ca[0] &&
+	     !readable(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA")))
+		return -1;
+	char err[768], warn[512];
+	if ((cfg->tls_cert[0] &&
+	     check_pair(cfg->tls_cert, cfg->tls_key, "LIVEHUB_TLS_CERT", "LIVEHUB_TLS_KEY", err,
+	                sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_cert[0] &&
+	     check_pair(cfg->grpc_tls_cert, cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_CERT",
+	                "LIVEHUB_GRPC_TLS_KEY", err, sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_client_ca[0] &&
+	     tls_check_ca(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA", err,
+	                  sizeof err))) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+bool config_host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	const char *h = host;
+	char buf[64];
+	size_t n = strlen(h);
+	if (n >= 2 && h[0] == '[' && h[n - 1] == ']' && n - 2 < sizeof buf) {
+		memcpy(buf, h + 1, n - 2);
+		buf[n - 2] = '\0';
+		h = buf;
+	}
+	return inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
 static int check(struct lh_config *cfg)
 {
 	int lvl = log_level_parse(cfg->log_level);
@@ -282,6 +405,9 @@ static int check(struct lh_config *cfg)
 		        cfg->event_loop);
 		return -1;
 	}
+	struct hub_limits lim;
+	if (config_hub_limits(cfg, &lim))
+		return -1;
 	log_set_level((enum log_level)lvl);
 	log_set_format((enum log_format)fmt);
 	if (cfg->ping_timeout_s <= cfg->ping_interval_s) {
@@ -291,6 +417,8 @@ static int check(struct lh_config *cfg)
 		        cfg->ping_timeout_s, cfg->ping_interval_s);
 		return -1;
 	}
+	if (check_tls(cfg))
+		return -1;
 	cfg->jwt_secret_len = strlen(cfg->jwt_secret);
 	if (cfg->jwt_secret_len > 0 && cfg->jwt_secret_len < 32) {
 		fprintf(stderr,
@@ -381,6 +509,8 @@ void config_usage(FILE *out)
 	        "usage: livehub [options]             run the hub\n"
 	        "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
 	        "                                     print a development token\n"
+	        "       livehub apikey --name N --scopes publish|admin [--tenants T+T]\n"
+	        "                                     make a gRPC API key and its configuration entries\n"
 	        "       livehub --version\n"
 	        "       livehub --check-config [options]  validate the configuration, exit 0 or 2\n\n"
 	        "Settings: defaults < --config FILE (JSON, keys like \"ws_port\") < environment\n"
@@ -399,4 +529,23 @@ void config_usage(FILE *out)
 		fprintf(out, "  --%-20s %-26s %s [default: %s]\n", st->flag, st->env, st->help,
 		        def);
 	}
+}
+
+int config_hub_limits(const struct lh_config *cfg, struct hub_limits *lim)
+{
+	char err[200];
+	memset(lim, 0, sizeof(*lim));
+	lim->max_subs_per_conn = (uint32_t)cfg->max_subs_per_conn;
+	lim->sendq_max_frames = (uint32_t)cfg->sendq_max_frames;
+	lim->sendq_max_bytes = (uint64_t)cfg->sendq_max_bytes;
+	lim->hist.size = (uint32_t)cfg->history_size;
+	lim->hist.ttl_s = (uint32_t)cfg->history_ttl_s;
+	lim->hist.max_bytes = (uint64_t)cfg->history_max_bytes;
+	lim->idem_window_s = (uint32_t)cfg->idem_window_s;
+	lim->idem_max = cfg->idem_window_s ? (uint32_t)cfg->idem_max : 0;
+	if (hist_parse_kinds(cfg->history_kinds, &lim->hist, err, sizeof(err))) {
+		fprintf(stderr, "livehub: LIVEHUB_HISTORY_KINDS: %s\n", err);
+		return -1;
+	}
+	return 0;
 }
