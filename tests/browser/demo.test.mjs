@@ -6,7 +6,12 @@
 //   node --test tests/browser/
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Hub, Proxy, launchBrowser, waitInPage } from './harness.mjs';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Hub, Proxy, ROOT, launchBrowser, waitInPage } from './harness.mjs';
 
 let browser;
 before(async () => { browser = await launchBrowser(); });
@@ -117,3 +122,36 @@ test('demo page: a dropped connection recovers the publications it missed', asyn
     assert.equal(await hub.stop(), 0, 'hub exit status after SIGTERM\n' + hub.stderr);
   }
 });
+
+test('the banner\'s demo URL and command work as printed (make run)', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'livehub-demo-'));
+  const hub = await Hub.start({ devSecret: true, cwd: dir });
+  try {
+    await waitFor(() => /publish a demo job: /.test(hub.stderr), 'the banner');
+    const url = /Demo\s+(http:\/\/\S+)/.exec(hub.stderr)[1];
+    const cmd = /publish a demo job: (.+)/.exec(hub.stderr)[1].trim().split(/\s+/);
+    assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/\?token=[\w-]+\.[\w-]+\.[\w-]+$/);
+    assert.equal(cmd[0], '/usr/bin/python3');
+    const page = await browser.newPage();
+    await page.goto(url);
+    await waitInPage(page, () => window.livehubDemo && window.livehubDemo.state.subscribed.length > 0, null, 'subscribed');
+    // The printed command, from the repository root as after `make run`, made short.
+    await promisify(execFile)(cmd[0], [...cmd.slice(1), '--duration', '1', '--tick', '0.05'], { cwd: ROOT, timeout: 120000 });
+    await waitInPage(page, () => ['video-1', 'slice-2', 'export-3'].every((j) => document.querySelector(`.job[data-job-id="${j}"]`)?.dataset.state === 'completed'), null, 'three completed bars');
+    const widths = await page.$$eval('.job .bar > div', (els) => els.map((e) => e.style.width));
+    assert.deepEqual(widths, ['100%', '100%', '100%']);
+    assert.ok((await page.$$('#prices tr')).length >= 1, 'price rows');
+    await page.close();
+  } finally {
+    assert.equal(await hub.stop(), 0, hub.stderr);
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+async function waitFor(fn, what) {
+  const deadline = Date.now() + 30000;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting for ' + what);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

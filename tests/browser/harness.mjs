@@ -33,8 +33,11 @@ const pkg = grpc.loadPackageDefinition(protoLoader.loadSync(['livehub/v1/hub.pro
 
 /** A livehub process on free ports with its own secret and directory. */
 export class Hub {
-  static async start({ secret = randomBytes(32).toString('hex'), args = [], cwd } = {}) {
-    const proc = spawn(BIN, ['--ws-host', '127.0.0.1', '--ws-port', '0', '--grpc-host', '127.0.0.1', '--grpc-port', '0', '--jwt-secret', secret, ...args], {
+  // devSecret: no --jwt-secret, so the hub uses (and creates, in cwd) its
+  // development secret and prints the banner with the demo URL.
+  static async start({ secret = randomBytes(32).toString('hex'), args = [], cwd, devSecret = false } = {}) {
+    const secretArgs = devSecret ? [] : ['--jwt-secret', secret];
+    const proc = spawn(BIN, ['--ws-host', '127.0.0.1', '--ws-port', '0', '--grpc-host', '127.0.0.1', '--grpc-port', '0', ...secretArgs, ...args], {
       cwd: cwd || ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('LIVEHUB_'))),
     });
     const h = new Hub(proc, secret);
