@@ -259,10 +259,7 @@ export class LiveHub {
     const exp = tokenExpiry(this._token);
     const stale = !this._token || force || (exp !== null && exp * 1000 <= this._now() + 1000);
     if (!stale) return this._token;
-    if (!o.getToken) {
-      if (!this._token || force) throw new LiveHubError('TOKEN_EXPIRED', 'the token expired and there is no getToken()', { recoverable: false });
-      throw new LiveHubError('TOKEN_EXPIRED', 'the token has expired and there is no getToken()', { recoverable: false });
-    }
+    if (!o.getToken) throw new LiveHubError('TOKEN_EXPIRED', 'the token has expired and there is no getToken()', { recoverable: false });
     const t = await o.getToken();
     if (typeof t !== 'string' || t === '') throw new LiveHubError('AUTH_FAILED', 'getToken() gave no token', { recoverable: false });
     this._token = t;
@@ -690,8 +687,10 @@ export class LiveHub {
     for (const [id, p] of this._pending) {
       clearTimeout(p.timer);
       this._pending.delete(id);
-      p.reject(new LiveHubError(code, message, { recoverable: false }));
+      // Subscriptions stay wanted: connect() again re-sends them.
+      if (!p.sub) p.reject(new LiveHubError(code, message, { recoverable: false }));
     }
+    for (const sub of this._subs.values()) sub.pending = false;
     const queued = this._queue;
     this._queue = [];
     for (const q of queued) q.reject(new LiveHubError(code, message, { recoverable: false }));

@@ -506,3 +506,23 @@ test('RATE_LIMITED: a subscribe is sent again after retryAfter; a request reject
   assert.deepEqual(errs, []);
   c.close();
 });
+
+test('close() then connect() keeps the subscriptions and re-sends them', async () => {
+  const c = await connectedClient();
+  let ws = MockSocket.last();
+  const errs = [];
+  c.on('error', (e) => errs.push(e.code));
+  const off = c.subscribe('job:5', () => {});
+  c.close(); // before the reply
+  assert.equal(c.status, 'closed');
+  c.connect();
+  await flush();
+  ws = MockSocket.last();
+  ws.connected();
+  const s = ws.lastSent('subscribe');
+  assert.equal(s.channel, 'job:5');
+  ws.frame({ type: 'subscribed', channel: 'job:5', id: s.id });
+  assert.equal((await off.ready).channel, 'job:5');
+  assert.deepEqual(errs, []);
+  c.close();
+});
