@@ -1,7 +1,7 @@
 // clients/js/react.js in real Chromium with React 18 (UMD files from npm,
 // served by this test): useWebSocket(projectId) renders the status and the
 // last event of project:{id}; switching the project and unmounting send
-// the unsubscribes.
+// the unsubscribes; a hub restart shows as disconnected, then connected.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -76,6 +76,19 @@ test('useWebSocket(projectId) renders status and last event, and unsubscribes on
   assert.deepEqual(subs, ['subscribe project:p1', 'unsubscribe project:p1', 'subscribe project:p2', 'unsubscribe project:p2']);
   const stats = await hub.call('GetStats', {});
   assert.equal(Number(stats.connections), 1);
+
+  // The hook re-renders the connection state: the hub goes away and comes
+  // back on the same port; the remounted component gets events again.
+  await page.evaluate(() => window.setProject('p3'));
+  await waitInPage(page, () => window.client.subscriptions().some((s) => s.channel === 'project:p3' && s.subscribed), null, 'subscribed p3');
+  const port = hub.wsPort;
+  assert.equal(await hub.stop(), 0, hub.stderr);
+  await waitInPage(page, () => document.getElementById('hook-status').textContent === 'disconnected', null, 'hook status disconnected');
+  hub = await Hub.start({ secret: hub.secret, args: ['--ws-port', String(port)] });
+  await waitInPage(page, () => document.getElementById('hook-status').textContent === 'connected' &&
+                               window.client.subscriptions().some((s) => s.channel === 'project:p3' && s.subscribed), null, 'reconnected');
+  await hub.progress(tenant, 'j11', 'p3', 70);
+  await waitInPage(page, () => document.getElementById('last').textContent === 'job:progress project:p3 j11 70', null, 'event after the restart');
   assert.deepEqual(errors, []);
   await page.close();
 });
