@@ -2,7 +2,8 @@
 // connection state, on the browser client served beside it (/livehub.js).
 // Query parameters: token (a JWT; removed from the address bar once read),
 // project (default "demo": the page follows channel project:{project}),
-// ws (the hub's WebSocket URL; default this origin's /ws), backoffMax (ms).
+// ws (the hub's WebSocket URL; default this origin's /ws), backoffMax (ms),
+// transport (how the token travels: query, protocol or message; default query).
 import { LiveHub } from '/livehub.js';
 
 const params = new URLSearchParams(location.search);
@@ -101,6 +102,7 @@ function start(token) {
   const backoffMax = Number(params.get('backoffMax')) || undefined;
   const client = new LiveHub(wsUrl, {
     token,
+    tokenTransport: params.get('transport') || 'query',
     backoff: backoffMax ? { initial: Math.min(1000, backoffMax), max: backoffMax } : undefined,
   });
   window.livehubDemo.client = client;

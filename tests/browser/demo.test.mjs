@@ -155,3 +155,30 @@ async function waitFor(fn, what) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+test('demo page: the token as a Sec-WebSocket-Protocol entry, kept out of the URL (issue 3)', async (t) => {
+  const hub = await Hub.start();
+  try {
+    const token = hub.token(TENANT, 'alice');
+    const supported = await new Promise((resolve) => {
+      if (typeof WebSocket !== 'function') return resolve(null);
+      const ws = new WebSocket(`ws://127.0.0.1:${hub.wsPort}/ws`, ['livehub.v1', 'bearer.' + token]);
+      ws.onopen = () => { resolve(true); ws.close(); };
+      ws.onerror = () => resolve(false);
+    });
+    if (supported === null) return t.skip('needs a global WebSocket (node --experimental-websocket) to probe the hub');
+    if (!supported) return t.skip('this hub refuses a token offered as a subprotocol (comes with issue 3)');
+    const page = await browser.newPage();
+    const urls = [];
+    page.on('websocket', (ws) => urls.push(ws.url()));
+    await page.goto(`http://127.0.0.1:${hub.wsPort}/?token=${token}&transport=protocol`);
+    await waitInPage(page, () => window.livehubDemo && window.livehubDemo.state.subscribed.length > 0, null, 'subscribed');
+    assert.equal(await page.textContent('#status'), 'connected');
+    assert.deepEqual(urls, [`ws://127.0.0.1:${hub.wsPort}/ws`], 'no token in the WebSocket URL');
+    await hub.progress(TENANT, 'j5', 'demo', 55);
+    await waitInPage(page, () => document.querySelector('.job[data-job-id="j5"]')?.dataset.progress === '55', null, 'bar j5 at 55');
+    await page.close();
+  } finally {
+    assert.equal(await hub.stop(), 0, hub.stderr);
+  }
+});
