@@ -96,6 +96,7 @@ static const struct setting settings[] = {
 	    "receive buffer per connection, bytes"),
 	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
 	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
+	INT(demo, "demo", "LIVEHUB_DEMO", 0, 1, "serve the demo page at / and the browser client at /livehub.js (0: off)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
@@ -142,6 +143,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
+	cfg->demo = 1;
 	strcpy(cfg->event_loop, "libuv");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
