@@ -73,6 +73,7 @@ static void reload(struct run *r)
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
 	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
 	ws_reload(r->ws, auth, &lim);
+	ws_reload_edge(r->ws, &nc);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */
