@@ -111,21 +111,23 @@ struct ws {
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
 	lws_sorted_usec_list_t sul_deadline;
-	struct session *sessions;               /* live WebSocket connections */
-	size_t nsessions;                       /* how many */
-	struct edge_cfg *edge;                  /* owned, service thread */
+	struct session *sessions;   /* live WebSocket connections */
+	bool closing;               /* shutdown has begun: no new clients */
+	bool deadline_passed;       /* the shutdown grace (grace_ms) is over */
+	_Atomic bool stop;          /* any thread: ws_stop() was called */
+	_Atomic int grace_ms;       /* any thread: how long closing clients may take */
+	char tokbuf[WS_HEADER_MAX]; /* scratch for the token, service thread */
+	uv_loop_t *uv;              /* owned; NULL: lws' own poll() loop */
+	void *foreign_loops[1];     /* lws keeps a pointer */
+	size_t batch_cap;           /* write_batch: payload bytes of batch, 0 = no batching */
+	unsigned char *batch;       /* owned; LWS_PRE + batch_cap bytes, service thread */
+
+	/* Edge limits (docs/SECURITY.md), service thread unless noted. */
+	size_t nsessions;                       /* live WebSocket connections */
+	struct edge_cfg *edge;                  /* owned */
 	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
 	struct ipcount *ips;                    /* open connections per client address */
 	unsigned int fd_cap;                    /* the fd limit, for the derived global limit */
-	bool closing;                           /* shutdown has begun: no new clients */
-	bool deadline_passed;                   /* the shutdown grace (grace_ms) is over */
-	_Atomic bool stop;                      /* any thread: ws_stop() was called */
-	_Atomic int grace_ms;                   /* any thread: how long closing clients may take */
-	char tokbuf[WS_HEADER_MAX];             /* scratch for the token, service thread */
-	uv_loop_t *uv;                          /* owned; NULL: lws' own poll() loop */
-	void *foreign_loops[1];                 /* lws keeps a pointer */
-	size_t batch_cap;     /* write_batch: payload bytes of batch, 0 = no batching */
-	unsigned char *batch; /* owned; LWS_PRE + batch_cap bytes, service thread */
 };
 
 /* ------------------------------------------------------------------------
