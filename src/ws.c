@@ -388,8 +388,11 @@ static int refuse(struct lws *wsi, enum metrics_refusal reason, unsigned int sta
 	                 : status == 429 ? WS_RETRY_LIMIT_S
 	                                 : 0,
 	                 body);
-	log_info("event=handshake_refused status=%u reason=%s", status,
-	         reason == MR_ORIGIN ? "origin" : "connection_limit");
+	/* Limit refusals come in floods: debug only (the counters have them). */
+	if (reason == MR_ORIGIN)
+		log_info("event=handshake_refused status=%u reason=origin", status);
+	else
+		log_debug("event=handshake_refused status=%u reason=connection_limit", status);
 	return 1;
 }
 
