@@ -594,3 +594,43 @@ async def test_bad_tokens_are_401(hub):
         assert status == 401, (name, status)
         assert body.startswith(prefix), (name, body)
     await s.check()
+
+
+# -- SIGHUP reload of the edge limits ------------------------------------------------------------
+
+@aio
+async def test_edge_limits_reload_on_sighup(tmp_path):
+    import os
+    import signal
+    secret = "bad-input-reload-secret-0123456789abcdef"
+    base = {"ws_host": "127.0.0.1", "ws_port": 0, "grpc_host": "127.0.0.1", "grpc_port": 0,
+            "jwt_secret": secret, "max_connections_per_user": 1}
+    path = tmp_path / "edge.json"
+    path.write_text(json.dumps(base))
+    h = Hub.start(tmp_path, args=["--config", str(path)], secret=secret)
+    try:
+        s = await Scene.make(h)
+        assert raw_upgrade(h, token=h.token(s.tenant, "bob"))[0] == 429  # bob has one
+        st, _, _, sock = raw_upgrade(h, headers={"Origin": "https://evil.test"},
+                                     token=h.token(s.tenant, "carol"))
+        assert st == 101  # no origin list yet
+        sock.close()
+        base.update({"max_connections_per_user": 3, "allowed_origins": "https://ok.test"})
+        path.write_text(json.dumps(base))
+        os.kill(h.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + RECV_TIMEOUT
+        while "event=reload_edge" not in open(h.stderr_path).read():
+            assert time.monotonic() < deadline, h.stderr_tail()
+            await asyncio.sleep(0.05)
+        st, _, _, sock = raw_upgrade(h, token=h.token(s.tenant, "bob"))
+        assert st == 101  # the raised per-user limit
+        sock.close()
+        assert raw_upgrade(h, headers={"Origin": "https://evil.test"},
+                           token=h.token(s.tenant, "carol"))[0] == 403
+        st, _, _, sock = raw_upgrade(h, headers={"Origin": "https://ok.test"},
+                                     token=h.token(s.tenant, "carol"))
+        assert st == 101
+        sock.close()
+        await s.check()  # open connections stayed
+    finally:
+        h.stop_and_check()
