@@ -417,6 +417,18 @@ async def test_connection_flood_from_one_address(tmp_path):
         status, _, _, sock = raw_upgrade(h, source="127.0.0.2", token=h.token(t, "other"))
         assert status == 101
         sock.close()
+        # 30 handshakes at once from a fresh address: exactly 4 get in (the
+        # count is taken where the handshake is admitted, no window between).
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(30) as ex:
+            res = list(ex.map(lambda i: raw_upgrade(h, source="127.0.0.4", token=h.token(t, "p%d" % i)),
+                              range(30)))
+        assert sorted(r[0] for r in res) == [101] * 4 + [429] * 26, [r[0] for r in res]
+        refused += 26
+        for r in res:
+            if r[3]:
+                r[3].close()
+        await h.wait_stats(lambda st: st.connections == 4)
         # Freeing a slot lets the address in again.
         await held[0].close()
         await h.wait_stats(lambda st: st.connections == 3)
