@@ -694,7 +694,8 @@ static int rx_append(struct session *s, const void *in, size_t len, size_t max)
 {
 	struct rxbuf *rx = s->rx;
 	size_t have = rx ? rx->len : 0;
-	if (len > max - have)
+	/* have > max: the limit was lowered (SIGHUP) while the message came. */
+	if (have > max || len > max - have)
 		return LH_ELIMIT;
 	if (!rx || rx->cap - rx->len < len) {
 		size_t cap = rx ? rx->cap * 2 : 1024;
