@@ -646,3 +646,16 @@ async def test_edge_limits_reload_on_sighup(tmp_path):
         await s.check()  # open connections stayed
     finally:
         h.stop_and_check()
+
+
+def test_no_origin_list_warns_only_beyond_loopback(tmp_path):
+    secret = "bad-input-warn-secret-0123456789abcdef"
+    args = ["--ws-port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--jwt-secret", secret]
+    for host, warned in [("0.0.0.0", True), ("127.0.0.1", False)]:
+        d = tmp_path / host
+        d.mkdir()
+        h = Hub.start(d, args=["--ws-host", host] + args, secret=secret)
+        h.stop_and_check()
+        with open(h.stderr_path) as f:
+            log = f.read()
+        assert ("no allowed origins set" in log) == warned, (host, log[-2000:])
