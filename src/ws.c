@@ -1151,8 +1151,10 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->fd_cap = fd_limit();
 	w->edge = edge_new(cfg, w->fd_cap);
 	w->ips = ipcount_new((uint64_t)(uintptr_t)w ^ (uint64_t)wall_ms());
-	if (!w->edge || !w->ips)
+	if (!w->edge || !w->ips) {
+		log_error("msg=\"out of memory setting up the edge limits\"");
 		goto fail;
+	}
 	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
 	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
 		goto fail;
