@@ -123,7 +123,7 @@ struct ws {
 	unsigned char *batch;       /* owned; LWS_PRE + batch_cap bytes, service thread */
 
 	/* Edge limits (docs/SECURITY.md), service thread unless noted. */
-	size_t nsessions;                       /* live WebSocket connections */
+	size_t nconns;                          /* connections counted in ips */
 	struct edge_cfg *edge;                  /* owned */
 	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
 	struct ipcount *ips;                    /* open connections per client address */
@@ -427,7 +427,7 @@ static int check_conn_limits(struct ws *w, struct lws *wsi)
 {
 	char ip[64];
 	const struct edge_cfg *e = w->edge;
-	if (w->nsessions >= e->max_conns)
+	if (w->nconns >= e->max_conns)
 		return refuse(wsi, MR_LIMIT_GLOBAL, 503,
 		              "TOO_MANY_CONNECTIONS: the server is full, retry later\n");
 	if (e->per_ip && ipcount_get(w->ips, peer_ip(wsi, ip, sizeof ip)) >= e->per_ip)
@@ -503,7 +503,6 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 
 static void session_link(struct ws *w, struct session *s)
 {
-	w->nsessions++;
 	s->prev = NULL;
 	s->next = w->sessions;
 	if (w->sessions)
@@ -513,7 +512,6 @@ static void session_link(struct ws *w, struct session *s)
 
 static void session_unlink(struct ws *w, struct session *s)
 {
-	w->nsessions--;
 	if (s->prev)
 		s->prev->next = s->next;
 	else if (w->sessions == s)
@@ -526,6 +524,38 @@ static void session_unlink(struct ws *w, struct session *s)
 /* The connection is a WebSocket now. Its identity is derived again from
  * the token (still readable in the headers) because lws dropped whatever
  * CONFIRM_UPGRADE stored. */
+/* Counts s against the global and per-address limits, from ESTABLISHED
+ * to CLOSED, whether or not it has an identity yet (a connection waiting
+ * for a first-message `auth` counts too). Returns 0 or LH_ENOMEM. */
+static int conn_count(struct ws *w, struct session *s)
+{
+	char ip[64];
+	s->ip = ipcount_acquire(w->ips, peer_ip(s->wsi, ip, sizeof ip));
+	if (!s->ip)
+		return LH_ENOMEM;
+	w->nconns++;
+	return 0;
+}
+
+/* Undoes conn_count(); a no-op the second time. ESTABLISHED calls it
+ * before it refuses a connection (lws may not raise CLOSED then), CLOSED
+ * always. */
+static void conn_uncount(struct ws *w, struct session *s)
+{
+	if (!s->ip)
+		return;
+	ipcount_release(w->ips, s->ip);
+	s->ip = NULL;
+	w->nconns--;
+}
+
+/* Refuses the connection from ESTABLISHED, uncounting it first. */
+static int refuse_established(struct ws *w, struct session *s, int code, const char *reason)
+{
+	conn_uncount(w, s);
+	return close_now(w, s, code, reason);
+}
+
 static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 {
 	struct auth_identity id;
@@ -533,22 +563,18 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	s->wsi = wsi;
 	if (w->closing)
 		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
+	if (conn_count(w, s))
+		return close_now(w, s, 1011, "SERVER_ERROR");
 	int rc = verify(w, wsi, &id, &why);
 	if (rc) {
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+		return refuse_established(w, s, 1008,
+		                          rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
 	}
 	s->conn = hub_conn_open(w->hub, id.tenant, id.user, s);
 	if (!s->conn)
-		return close_now(w, s, 1011, "SERVER_ERROR");
+		return refuse_established(w, s, 1011, "SERVER_ERROR");
 	session_link(w, s);
-	char ip[64];
-	/* Without its count the address could pass its limit: treat like OOM. */
-	s->ip = ipcount_acquire(w->ips, peer_ip(wsi, ip, sizeof ip));
-	if (!s->ip) {
-		close_later(s, 1011, "SERVER_ERROR");
-		return 0;
-	}
 	metrics_inc(&lh_metrics.conn_opened, 1);
 	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id.tenant,
 	         id.user);
@@ -840,8 +866,7 @@ static void on_closed(struct ws *w, struct session *s)
 {
 	free(s->rx);
 	s->rx = NULL;
-	ipcount_release(w->ips, s->ip);
-	s->ip = NULL;
+	conn_uncount(w, s);
 	if (!s->conn)
 		return;
 	enum metrics_close why = close_reason_of(s);
