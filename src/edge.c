@@ -2,9 +2,12 @@
  * See edge.h. */
 #include "edge.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dict.h"
 
@@ -190,7 +193,24 @@ enum rate_verdict rate_take(struct rate *r, const struct rate_cfg *cfg, uint32_t
  * Connections per address
  * ------------------------------------------------------------------------ */
 
-#define IP_TEXT_MAX 64 /* INET6_ADDRSTRLEN is 46 */
+#define IP_TEXT_MAX EDGE_IP_KEY_MAX /* INET6_ADDRSTRLEN is 46 */
+
+void edge_ip_key(const char *ip, char *out)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	char text[INET6_ADDRSTRLEN];
+	if (strncasecmp(ip, "::ffff:", 7) == 0 && inet_pton(AF_INET, ip + 7, &a4) == 1)
+		ip += 7;
+	if (strchr(ip, ':') && inet_pton(AF_INET6, ip, &a6) == 1) {
+		memset(a6.s6_addr + 8, 0, 8);
+		if (inet_ntop(AF_INET6, &a6, text, sizeof text)) {
+			snprintf(out, EDGE_IP_KEY_MAX, "%s/64", text);
+			return;
+		}
+	}
+	snprintf(out, EDGE_IP_KEY_MAX, "%s", ip);
+}
 
 struct ip_slot {
 	uint32_t n;

@@ -82,6 +82,15 @@ enum rate_verdict rate_take(struct rate *r, const struct rate_cfg *cfg, uint32_t
 struct ipcount;
 struct ip_slot;
 
+#define EDGE_IP_KEY_MAX 64
+
+/* The key a client address is counted under, into out (EDGE_IP_KEY_MAX
+ * bytes): an IPv4 address as it is (also when written IPv4-mapped,
+ * "::ffff:1.2.3.4"), an IPv6 address as its /64 prefix ("2001:db8:1:2::/64"),
+ * since one subscriber usually holds a whole /64 and picks addresses from
+ * it at will. Text that is neither is used as it is (cut to fit). */
+void edge_ip_key(const char *ip, char *out);
+
 /* Returns an empty table, or NULL when out of memory. */
 struct ipcount *ipcount_new(uint64_t seed);
 /* Frees the table; every slot must have been released. */

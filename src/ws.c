@@ -396,12 +396,16 @@ static int refuse(struct lws *wsi, enum metrics_refusal reason, unsigned int sta
 	return 1;
 }
 
-/* The client's address as text ("127.0.0.1", "::1"); "" when unknown. */
-static const char *peer_ip(struct lws *wsi, char *buf, size_t len)
+/* The key the client's address is counted under (edge_ip_key: the IPv4
+ * address, or the IPv6 /64); "" when unknown. buf has EDGE_IP_KEY_MAX
+ * bytes. */
+static const char *peer_ip(struct lws *wsi, char *buf)
 {
-	buf[0] = '\0';
-	const char *ip = lws_get_peer_simple(wsi, buf, len);
-	return ip ? ip : "";
+	char text[EDGE_IP_KEY_MAX];
+	text[0] = '\0';
+	const char *ip = lws_get_peer_simple(wsi, text, sizeof text);
+	edge_ip_key(ip ? ip : "", buf);
+	return buf;
 }
 
 /* The Origin header against the allow-list. A request without Origin is
@@ -425,12 +429,12 @@ static int check_origin(struct ws *w, struct lws *wsi)
 /* The limits that need no identity: global and per address. */
 static int check_conn_limits(struct ws *w, struct lws *wsi)
 {
-	char ip[64];
+	char ip[EDGE_IP_KEY_MAX];
 	const struct edge_cfg *e = w->edge;
 	if (w->nconns >= e->max_conns)
 		return refuse(wsi, MR_LIMIT_GLOBAL, 503,
 		              "TOO_MANY_CONNECTIONS: the server is full, retry later\n");
-	if (e->per_ip && ipcount_get(w->ips, peer_ip(wsi, ip, sizeof ip)) >= e->per_ip)
+	if (e->per_ip && ipcount_get(w->ips, peer_ip(wsi, ip)) >= e->per_ip)
 		return refuse(wsi, MR_LIMIT_IP, 429,
 		              "TOO_MANY_CONNECTIONS: too many connections from this address\n");
 	return 0;
@@ -529,8 +533,8 @@ static void session_unlink(struct ws *w, struct session *s)
  * for a first-message `auth` counts too). Returns 0 or LH_ENOMEM. */
 static int conn_count(struct ws *w, struct session *s)
 {
-	char ip[64];
-	s->ip = ipcount_acquire(w->ips, peer_ip(s->wsi, ip, sizeof ip));
+	char ip[EDGE_IP_KEY_MAX];
+	s->ip = ipcount_acquire(w->ips, peer_ip(s->wsi, ip));
 	if (!s->ip)
 		return LH_ENOMEM;
 	w->nconns++;

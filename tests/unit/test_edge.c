@@ -129,6 +129,25 @@ static void test_ipcount(void **state)
 	ipcount_free(t);
 }
 
+static void check_key(const char *ip, const char *want)
+{
+	char out[EDGE_IP_KEY_MAX];
+	edge_ip_key(ip, out);
+	assert_string_equal(out, want);
+}
+
+static void test_ip_key(void **state)
+{
+	check_key("127.0.0.1", "127.0.0.1");
+	check_key("::ffff:10.1.2.3", "10.1.2.3");
+	check_key("::FFFF:10.1.2.3", "10.1.2.3");
+	check_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64");
+	check_key("2001:db8:1:2::1", "2001:db8:1:2::/64");
+	check_key("::1", "::/64");
+	check_key("", "");
+	check_key("not-an-address", "not-an-address");
+}
+
 static int shape(const char *s, uint32_t depth, uint32_t elems)
 {
 	const char *why = NULL;
@@ -164,6 +183,7 @@ int main(void)
 	        cmocka_unit_test(test_rate_burst_then_refill),
 	        cmocka_unit_test(test_rate_off_and_clock_wrap),
 	        cmocka_unit_test(test_ipcount),
+	        cmocka_unit_test(test_ip_key),
 	        cmocka_unit_test(test_json_shape),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
