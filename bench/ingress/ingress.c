@@ -36,6 +36,33 @@
 
 #include "livehub/v1/hub.pb-c.h"
 
+/* livehub's API key (LIVEHUB_API_KEY), sent as `authorization: Bearer` with
+ * every call when set; see docs/SECURITY.md. Set once before any call. */
+static grpc_metadata auth_md[1];
+static size_t auth_md_n;
+
+static void auth_md_init(void)
+{
+	const char *key = getenv("LIVEHUB_API_KEY");
+	if (!key || !*key)
+		return;
+	char *v = malloc(strlen(key) + 8);
+	if (!v)
+		return;
+	sprintf(v, "Bearer %s", key);
+	auth_md[0].key = grpc_slice_from_static_string("authorization");
+	auth_md[0].value = grpc_slice_from_copied_string(v);
+	auth_md_n = 1;
+	free(v);
+}
+
+/* Sets op (a SEND_INITIAL_METADATA) to carry the API key. */
+static void auth_md_set(grpc_op *op)
+{
+	op->data.send_initial_metadata.count = auth_md_n;
+	op->data.send_initial_metadata.metadata = auth_md_n ? auth_md : NULL;
+}
+
 #define NREQ   64   /* distinct pre-encoded requests (job ids) */
 #define HIST_N 4096 /* latency buckets of 10 us: up to ~41 ms, last one open */
 
@@ -196,6 +223,7 @@ static void unary_issue(struct worker *w, struct ucall *c, int k)
 	grpc_op ops[6];
 	memset(ops, 0, sizeof ops);
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	auth_md_set(&ops[0]);
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = c->send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -293,6 +321,7 @@ static void stream_start(struct worker *w, struct ucall *c, int k)
 	grpc_op ops[4];
 	memset(ops, 0, sizeof ops);
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	auth_md_set(&ops[0]);
 	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
 	ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
 	ops[2].op = GRPC_OP_RECV_MESSAGE;
@@ -449,6 +478,7 @@ int main(int argc, char **argv)
 	if (o.threads < 1 || o.channels < 1 || o.inflight < 1 || o.duration <= 0)
 		usage();
 	grpc_init();
+	auth_md_init();
 	encode_all();
 	struct worker *ws = calloc((size_t)o.threads, sizeof *ws);
 	for (int t = 0; t < o.threads; t++) {

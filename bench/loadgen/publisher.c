@@ -26,6 +26,33 @@
 
 #include "livehub/v1/hub.pb-c.h"
 
+/* livehub's API key (LIVEHUB_API_KEY), sent as `authorization: Bearer` with
+ * every call when set; see docs/SECURITY.md. Set once before any call. */
+static grpc_metadata auth_md[1];
+static size_t auth_md_n;
+
+static void auth_md_init(void)
+{
+	const char *key = getenv("LIVEHUB_API_KEY");
+	if (!key || !*key)
+		return;
+	char *v = malloc(strlen(key) + 8);
+	if (!v)
+		return;
+	sprintf(v, "Bearer %s", key);
+	auth_md[0].key = grpc_slice_from_static_string("authorization");
+	auth_md[0].value = grpc_slice_from_copied_string(v);
+	auth_md_n = 1;
+	free(v);
+}
+
+/* Sets op (a SEND_INITIAL_METADATA) to carry the API key. */
+static void auth_md_set(grpc_op *op)
+{
+	op->data.send_initial_metadata.count = auth_md_n;
+	op->data.send_initial_metadata.metadata = auth_md_n ? auth_md : NULL;
+}
+
 struct pcall {
 	grpc_call *call;
 	grpc_metadata_array md_init, md_trail;
@@ -179,6 +206,7 @@ static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
 	grpc_op ops[6];
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	auth_md_set(&ops[0]);
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = c->send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -396,6 +424,7 @@ static void run_stream(struct pub *p)
 	        after_ns(600000000000ull), NULL);
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	auth_md_set(&ops[0]);
 	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
 	ops[1].data.recv_initial_metadata.recv_initial_metadata = &md_init;
 	grpc_call_start_batch(call, ops, 2, &t_start, NULL);
@@ -447,6 +476,7 @@ void publisher_main(const struct lg_opts *o, int to_parent)
 {
 	struct pub *p = calloc(1, sizeof(*p));
 	grpc_init();
+	auth_md_init();
 	p->o = o;
 	pthread_mutex_init(&p->mu, NULL);
 	grpc_channel_credentials *cred = grpc_insecure_credentials_create();
