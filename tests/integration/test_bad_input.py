@@ -16,7 +16,7 @@ import time
 import grpc
 import pytest
 
-from hubtest import RECV_TIMEOUT, SERVICE, Closed, Hub, aio, hub_pb2, uniq
+from hubtest import RECV_TIMEOUT, SERVICE, Closed, Hub, aio, hub_pb2, hub_pb2_grpc, uniq
 
 
 # -- helpers ------------------------------------------------------------
@@ -659,3 +659,36 @@ def test_no_origin_list_warns_only_beyond_loopback(tmp_path):
         with open(h.stderr_path) as f:
             log = f.read()
         assert ("no allowed origins set" in log) == warned, (host, log[-2000:])
+
+
+# -- gRPC: no key, a wrong key, an under-scoped key (service authentication) ----------------------
+
+@aio
+async def test_grpc_bad_keys_publish_nothing(tmp_path):
+    """The service-auth side of the Proof list, with the bystander checks:
+    refused calls publish nothing anywhere; the hub keeps serving. The
+    details of each status are tested in test_service_auth.py."""
+    admin, pub = "edge-admin-Xk29fLq0Zr", "edge-pub-Wm38dNv7Hs"
+    s0 = uniq("a")
+    h = Hub.start(tmp_path, api_key=admin,
+                  env={"LIVEHUB_API_KEYS": "ops:admin=%s,jobs:publish:%s=%s" % (admin, s0, pub)})
+    try:
+        s = await Scene.make(h)
+        req = hub_pb2.PublishRequest(tenant_id=s.tenant, channel=s.channel, type="forged")
+        cases = [(None, grpc.StatusCode.UNAUTHENTICATED, "Publish", req),
+                 ("wrong-" + pub, grpc.StatusCode.UNAUTHENTICATED, "Publish", req),
+                 # publish-only key, limited to another tenant
+                 (pub, grpc.StatusCode.PERMISSION_DENIED, "Publish", req),
+                 (pub, grpc.StatusCode.PERMISSION_DENIED, "GetStats", hub_pb2.GetStatsRequest())]
+        for key, want, method, r in cases:
+            ch = h.new_channel(key)
+            try:
+                getattr(hub_pb2_grpc.HubServiceStub(ch), method)(r, timeout=RECV_TIMEOUT)
+                raise AssertionError("%s with key %r succeeded" % (method, key))
+            except grpc.RpcError as e:
+                assert e.code() == want, (key, method, e.code(), e.details())
+            finally:
+                ch.close()
+        await s.check()  # nothing "forged" arrived anywhere; still serving
+    finally:
+        h.stop_and_check()
