@@ -297,6 +297,25 @@ size_t ipcount_addresses(const struct ipcount *t)
  * JSON shape
  * ------------------------------------------------------------------------ */
 
+/* The index of the quote that ends the string starting at buf[i] (after
+ * its opening quote), or len when it does not end: memchr to the next
+ * quote, which is escaped when an odd number of backslashes precede it. */
+static size_t string_end(const char *buf, size_t len, size_t i)
+{
+	while (i < len) {
+		const char *q = memchr(buf + i, '"', len - i);
+		if (!q)
+			return len;
+		size_t at = (size_t)(q - buf), k = at;
+		while (k > i && buf[k - 1] == '\\')
+			k--;
+		if ((at - k) % 2 == 0)
+			return at;
+		i = at + 1;
+	}
+	return len;
+}
+
 int edge_json_shape(const char *buf, size_t len, uint32_t max_depth, uint32_t max_elems,
                     const char **why)
 {
@@ -305,10 +324,7 @@ int edge_json_shape(const char *buf, size_t len, uint32_t max_depth, uint32_t ma
 	for (size_t i = 0; i < len; i++) {
 		char c = buf[i];
 		if (c == '"') {
-			/* Skip the string, escapes included. */
-			for (i++; i < len && buf[i] != '"'; i++)
-				if (buf[i] == '\\')
-					i++;
+			i = string_end(buf, len, i + 1);
 			if (empty) {
 				elems++;
 				empty = false;

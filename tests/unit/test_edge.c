@@ -170,6 +170,11 @@ static void test_json_shape(void **state)
 	assert_int_equal(shape("{}", 1, 0), 0);
 	/* Brackets and commas inside strings (escaped quotes too) do not count. */
 	assert_int_equal(shape("{\"a\":\"[[[[,,,,\\\"{{{{\"}", 1, 1), 0);
+	/* Escapes: an even run of backslashes before a quote ends the string. */
+	assert_int_equal(shape("[\"a\\\\\",1,2]", 1, 3), 0); /* ["a\\",1,2]: 3 */
+	assert_int_equal(shape("[\"a\\\\\",1,2]", 1, 2), -1);
+	assert_int_equal(shape("[\"a\\\",1,2\"]", 1, 1), 0); /* ["a\",1,2"]: 1 */
+	assert_int_equal(shape("[\"\\\\\\\"[[[\"]", 1, 1), 0);
 	/* Unbalanced or truncated text is the parser's business. */
 	assert_int_equal(shape("]]]]}}}", 1, 1), 0);
 	assert_int_equal(shape("{\"a\":\"unterminated", 1, 1), 0);
