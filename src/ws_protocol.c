@@ -100,6 +100,25 @@ bad:
 	            "\"projectId\" must be 1-152 characters of A-Z a-z 0-9 _ . : @ + = / -");
 }
 
+/* Fills req's since from "since": {"offset": N, "epoch": "..."}. */
+static int take_since(const json_t *since, struct wsp_request *req, struct wsp_error *err)
+{
+	if (!since)
+		return 0;
+	const json_t *off = json_object_get(since, "offset");
+	const json_t *ep = json_object_get(since, "epoch");
+	if (!json_is_object(since) || !json_is_integer(off) || json_integer_value(off) < 0 ||
+	    !json_is_string(ep) || json_string_length(ep) >= sizeof(req->since_epoch))
+		return fail(
+		        err, WSP_BAD_REQUEST,
+		        "\"since\" must be {\"offset\": a whole number >= 0, \"epoch\": a string "
+		        "of at most 32 characters}");
+	req->has_since = true;
+	req->since_offset = (uint64_t)json_integer_value(off);
+	memcpy(req->since_epoch, json_string_value(ep), json_string_length(ep) + 1);
+	return 0;
+}
+
 /* Fills req->channel from "channel" or "projectId" (exactly one of them). */
 static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_error *err)
 {
@@ -116,9 +135,23 @@ static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_
 		                : "unsubscribe needs a string \"channel\"");
 	const char *s = json_string_value(ch);
 	size_t n = json_string_length(ch);
+	/* An implicit channel is named only to recover it (subscribe with
+	 * since); the hub checks that a "$user:" channel is the caller's. */
+	bool implicit = sub && req->has_since && n > 0 && s[0] == '$' &&
+	                name_channel_any_ok(s, n) &&
+	                (strcmp(s, "$tenant") == 0 || strcmp(s, "$user") == 0 ||
+	                 strncmp(s, "$user:", 6) == 0);
+	if (implicit) {
+		memcpy(req->channel, s, n + 1);
+		req->channel_len = n;
+		return 0;
+	}
 	if (n > 0 && s[0] == '$')
-		return fail(err, WSP_CHANNEL_ACCESS_DENIED,
-		            "\"channel\": names starting with \"$\" are reserved");
+		return fail(
+		        err, WSP_CHANNEL_ACCESS_DENIED,
+		        sub ? "\"channel\": names starting with \"$\" are reserved (\"$tenant\" "
+		              "and \"$user\" may be named with \"since\", to recover them)"
+		            : "\"channel\": names starting with \"$\" are reserved");
 	if (!name_channel_ok(s, n))
 		return fail(err, WSP_BAD_REQUEST,
 		            "\"channel\" must be 1-160 characters of A-Z a-z 0-9 _ . : @ + = / -");
@@ -134,6 +167,9 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	req->channel[0] = '\0';
 	req->channel_len = 0;
 	req->project_alias = false;
+	req->has_since = false;
+	req->since_offset = 0;
+	req->since_epoch[0] = '\0';
 	req->id[0] = '\0';
 	req->id_len = 0;
 	json_t *root = load(buf, len);
@@ -162,6 +198,10 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	}
 	switch (req->type) {
 	case WSP_SUBSCRIBE:
+		rc = take_since(json_object_get(root, "since"), req, err);
+		if (rc == 0)
+			rc = take_channel(root, req, err);
+		break;
 	case WSP_UNSUBSCRIBE: rc = take_channel(root, req, err); break;
 	case WSP_PING: rc = 0; break;
 	case WSP_AUTH:
@@ -257,6 +297,26 @@ static struct frame *channel_reply(const char *type, const struct wsp_request *r
 struct frame *wsp_subscribed(const struct wsp_request *req)
 {
 	return channel_reply("subscribed", req);
+}
+
+struct frame *wsp_subscribed_at(const struct wsp_request *req, uint64_t offset, const char *epoch,
+                                bool recovered)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sb_adds(&sb, "{\"type\":\"subscribed\",\"channel\":");
+	sb_add_json_str(&sb, req->channel, req->channel_len);
+	if (req->project_alias) {
+		sb_adds(&sb, ",\"projectId\":");
+		sb_add_json_str(&sb, req->channel + WSP_PROJECT_PREFIX_LEN,
+		                req->channel_len - WSP_PROJECT_PREFIX_LEN);
+	}
+	sb_addf(&sb, ",\"offset\":%" PRIu64, offset);
+	add_str(&sb, ",\"epoch\":", epoch);
+	if (req->has_since)
+		sb_adds(&sb, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
 }
 
 struct frame *wsp_unsubscribed(const struct wsp_request *req)

@@ -320,7 +320,7 @@ async def test_forged_tenant_and_user_fields_are_ignored(hub):
     forged = {"type": "subscribe", "channel": "secret:1", "tenant": s.other, "tenant_id": s.other,
               "tenantId": s.other, "user": "bob", "sub": "bob", "id": 1}
     m = await c.request(forged)
-    assert m == {"type": "subscribed", "channel": "secret:1", "id": 1}, m
+    assert (m["type"], m["channel"], m["id"]) == ("subscribed", "secret:1", 1), m
     # The subscription is in the attacker's own tenant: the other tenant's
     # secret:1 does not reach it, its own does.
     r = publish(hub, s.other, "secret:1", "leak")

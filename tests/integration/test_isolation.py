@@ -134,7 +134,8 @@ async def one_round(h, rng):
                 for ch in chans:
                     await ws.send({"type": "subscribe", "channel": ch})
                 for ch in chans:
-                    assert await ws.next() == {"type": "subscribed", "channel": ch}
+                    m = await ws.next()
+                    assert (m["type"], m["channel"]) == ("subscribed", ch), m
                 clients.append(Client(ws, t, u, chans))
     before = h.stats().messages_delivered
     streams = {t: tenant_stream(rng, t, users, PUBLISHES_PER_TENANT) for t in tenants}
