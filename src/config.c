@@ -110,6 +110,7 @@ static const struct setting settings[] = {
 	    "deepest nesting of objects and arrays in a client message"),
 	INT(max_json_elements, "max-json-elements", "LIVEHUB_MAX_JSON_ELEMENTS", 1, 10000000,
 	    "object members plus array elements in a client message"),
+	INT(demo, "demo", "LIVEHUB_DEMO", 0, 1, "serve the demo page at / and the browser client at /livehub.js (0: off)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
@@ -164,6 +165,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->max_message_size = 65536;
 	cfg->max_json_depth = 16;
 	cfg->max_json_elements = 1000;
+	cfg->demo = 1;
 	strcpy(cfg->event_loop, "libuv");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");

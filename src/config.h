@@ -50,9 +50,10 @@ struct lh_config {
 	int max_message_size;  /* LIVEHUB_MAX_MESSAGE_SIZE; bytes; default 65536 */
 	int max_json_depth;    /* LIVEHUB_MAX_JSON_DEPTH; default 16 */
 	int max_json_elements; /* LIVEHUB_MAX_JSON_ELEMENTS; default 1000 */
-	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
-	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
-	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
+	int demo;            /* LIVEHUB_DEMO; serve the demo page at / and /livehub.js; default 1 */
+	char event_loop[8];  /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
+	char log_level[16];  /* LIVEHUB_LOG_LEVEL; default info */
+	char log_format[16]; /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
 	char config_file[256]; /* LIVEHUB_CONFIG, --config; default none */
 	/* Service authentication and TLS (docs/SECURITY.md). */
 	char api_keys_file[256];      /* LIVEHUB_API_KEYS_FILE; JSON key file; default none */
