@@ -149,6 +149,7 @@ static void reload(struct run *r)
 	               strcmp(nc.grpc_tls_client_ca, r->cfg.grpc_tls_client_ca);
 	bool keys_changed = strcmp(nc.jwt_keys, r->cfg.jwt_keys) != 0;
 	ws_reload(r->ws, auth, &lim);
+	ws_reload_edge(r->ws, &nc);
 	size_t nkeys = keys ? keys->n : 0;
 	rpc_set_keys(r->rpc, keys);
 	if (!nkeys)

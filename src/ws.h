@@ -34,6 +34,11 @@ void ws_stop(struct ws *w, int grace_ms);
  * to w) and the hub takes lim, applied on the service thread at its next
  * wake-up; open connections stay. */
 void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim);
+/* Any thread (SIGHUP): the origin allow-list, connection limits, rate
+ * limit and message size and shape limits of cfg apply from the service
+ * thread's next wake-up: to new handshakes and to the next message of
+ * every connection (open connections over a lowered limit stay). */
+void ws_reload_edge(struct ws *w, const struct lh_config *cfg);
 /* Any thread: wakes the service thread (the hand-off queue's wake hook). */
 void ws_wake(void *w);
 void ws_free(struct ws *w);
