@@ -1002,7 +1002,11 @@ static int on_first_message(struct ws *w, struct session *s, const char *buf, si
 	const char *why = "invalid token";
 	if (w->closing)
 		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
-	if (wsp_parse(buf, len, &req, &err) || req.type != WSP_AUTH) {
+	const char *shape;
+	req.token[0] = '\0';
+	/* The same JSON shape limits as every other message, before parsing. */
+	if (edge_json_shape(buf, len, w->edge->json_depth, w->edge->json_elems, &shape) ||
+	    wsp_parse(buf, len, &req, &err) || req.type != WSP_AUTH) {
 		forget_token(&req);
 		metrics_inc(&lh_metrics.auth_failed[MA_AUTH_TIMEOUT], 1);
 		return close_now(w, s, WS_CLOSE_AUTH_TIMEOUT, "AUTH_TIMEOUT: send auth first");

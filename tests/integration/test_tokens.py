@@ -257,6 +257,8 @@ async def test_no_auth_message_in_time_closes_4002(khub):
     {"type": "auth"},
     {"type": "auth", "token": 5},
     "not json",
+    # Over the JSON shape limits (depth), like any other message.
+    '{"type":"auth","token":"a.b.c","x":' + "[" * 200 + "]" * 200 + "}",
 ])
 @aio
 async def test_first_message_other_than_auth_closes_4002(khub, first):
