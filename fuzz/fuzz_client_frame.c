@@ -15,11 +15,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct wsp_error err;
 	struct frame *f;
 	if (wsp_parse(data, size, &req, &err) == 0) {
-		/* Every request that parses has a reply (auth/refresh never parse). */
+		/* Every request that parses has a reply here (auth/refresh never
+		 * parse), except presence and publish, which presence.c answers. */
 		f = wsp_reply(&req);
+		if (!f && (req.type == WSP_PRESENCE || req.type == WSP_PUBLISH))
+			f = wsp_pong(&req);
 	} else {
 		f = wsp_error(err.code, err.message, true, &req);
 	}
+	wsp_request_clear(&req);
 	if (!f)
 		abort();
 	frame_unref(f);

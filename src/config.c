@@ -23,6 +23,7 @@
 
 #include "auth.h"
 #include "log.h"
+#include "presence.h"
 
 enum kind { K_STR, K_INT };
 
@@ -69,6 +70,16 @@ static const struct setting settings[] = {
 	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
 	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
+	STR(presence_channels, "presence-channels", "LIVEHUB_PRESENCE_CHANNELS",
+	    "channels that send presence:join/leave, e.g. \"board:*,project:*\" (empty: none)"),
+	STR(client_events, "client-events", "LIVEHUB_CLIENT_EVENTS",
+	    "channels where clients may publish client events, e.g. \"board:*\" (empty: none)"),
+	INT(client_event_rate, "client-event-rate", "LIVEHUB_CLIENT_EVENT_RATE", 1, 100000,
+	    "client events per second one connection may publish"),
+	INT(client_event_burst, "client-event-burst", "LIVEHUB_CLIENT_EVENT_BURST", 1, 100000,
+	    "client events one connection may publish at once"),
+	INT(tenant_presence, "tenant-presence", "LIVEHUB_TENANT_PRESENCE", 0, 1,
+	    "1: $tenant gets user:online/user:offline and answers presence"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
 	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
@@ -95,6 +106,8 @@ static void defaults(struct lh_config *cfg)
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
 	strcpy(cfg->event_loop, "poll");
+	cfg->client_event_rate = 10;
+	cfg->client_event_burst = 20;
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
 }
@@ -278,6 +291,15 @@ static int check(struct lh_config *cfg)
 	if (strcmp(cfg->event_loop, "poll") != 0 && strcmp(cfg->event_loop, "libuv") != 0) {
 		fprintf(stderr, "livehub: event loop \"%s\" is not one of poll, libuv\n",
 		        cfg->event_loop);
+		return -1;
+	}
+	const char *why;
+	if (presence_config_check(cfg->presence_channels, &why)) {
+		fprintf(stderr, "livehub: LIVEHUB_PRESENCE_CHANNELS: %s\n", why);
+		return -1;
+	}
+	if (presence_config_check(cfg->client_events, &why)) {
+		fprintf(stderr, "livehub: LIVEHUB_CLIENT_EVENTS: %s\n", why);
 		return -1;
 	}
 	log_set_level((enum log_level)lvl);

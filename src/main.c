@@ -73,6 +73,12 @@ static void reload(struct run *r)
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
 	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
 	ws_reload(r->ws, auth, &lim);
+	struct presence *pr = ws_presence_new(&nc);
+	if (pr)
+		ws_reload_presence(r->ws, pr);
+	else
+		log_error(
+		        "event=reload_partial msg=\"out of memory: presence settings unchanged\"");
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */

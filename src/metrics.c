@@ -18,7 +18,8 @@ static const int64_t bounds_us[METRICS_NBUCKETS] = {
 };
 
 static const char *const close_names[MC_NCLOSE] = {
-        "client", "shutdown", "slow_consumer", "protocol_error", "auth", "server_error",
+        "client", "shutdown",     "slow_consumer", "protocol_error",
+        "auth",   "server_error", "disconnected",
 };
 static const char *const refusal_names[MR_NREFUSAL] = {
         "not_websocket",

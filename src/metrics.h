@@ -28,6 +28,7 @@ enum metrics_close {
 	MC_PROTOCOL_ERROR, /* binary frame, oversized message */
 	MC_AUTH,           /* token no longer valid at ESTABLISHED */
 	MC_SERVER_ERROR,   /* out of memory and the like (1011) */
+	MC_DISCONNECTED,   /* a Disconnect call (4100, 4501) */
 	MC_NCLOSE
 };
 

@@ -24,6 +24,8 @@ struct pub_position {
 	uint32_t subscribers;
 };
 
+struct command;
+
 struct publication {
 	struct publication *next; /* hand-off queue link */
 
@@ -37,6 +39,9 @@ struct publication {
 	int64_t ts_ms;         /* publish time, ms since the Unix epoch */
 	int64_t t0_us;         /* CLOCK_MONOTONIC µs the call arrived; 0 = unknown */
 	uint64_t conflate_key; /* 0, or a key under which queued frames conflate */
+	/* Not NULL: a control command (command.h) rather than an event; the
+	 * service thread runs it instead of publishing. Publisher-owned. */
+	struct command *cmd;
 
 	/* Output, set by the service thread before on_done. */
 	int status;           /* 0 or LH_E* */

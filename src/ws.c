@@ -27,9 +27,11 @@
 #include <time.h>
 #include <uv.h>
 
+#include "command.h"
 #include "livehub.h"
 #include "log.h"
 #include "metrics.h"
+#include "presence.h"
 #include "strbuf.h"
 #include "publication.h"
 #include "ws_protocol.h"
@@ -65,13 +67,15 @@ struct rxbuf {
  * are the bulk of the memory. */
 struct session {
 	struct lws *wsi;
-	struct hub_conn *conn;       /* NULL until ESTABLISHED succeeded */
-	struct rxbuf *rx;            /* only while a message spans fragments */
-	struct session *prev, *next; /* ws->sessions */
-	const char *close_reason;    /* static text, with close_code */
-	int close_code;              /* nonzero: close at the next write */
-	unsigned char why;           /* enum metrics_close, when close_code does not tell */
-	bool killing;                /* libuv: closing; the close frame goes at the next write */
+	struct hub_conn *conn;         /* NULL until ESTABLISHED succeeded */
+	struct rxbuf *rx;              /* only while a message spans fragments */
+	struct session *prev, *next;   /* ws->sessions */
+	const char *close_reason;      /* static text, with close_code */
+	int close_code;                /* nonzero: close at the next write */
+	unsigned char why;             /* enum metrics_close, when close_code does not tell */
+	bool killing;                  /* libuv: closing; the close frame goes at the next write */
+	char *reason_buf;              /* owned copy of a close reason the hub gave (tr_kill) */
+	struct presence_bucket events; /* client-event rate limit */
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -83,11 +87,13 @@ struct reload {
 struct ws {
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
-	struct hub *hub;                 /* owned */
-	struct auth *auth;               /* borrowed, or owned_auth after a reload */
-	struct auth *owned_auth;         /* the auth of the last reload; freed with w */
-	_Atomic(struct reload *) reload; /* any thread: pending reload */
-	struct handoff *q;               /* borrowed */
+	struct hub *hub;                        /* owned */
+	struct auth *auth;                      /* borrowed, or owned_auth after a reload */
+	struct auth *owned_auth;                /* the auth of the last reload; freed with w */
+	_Atomic(struct reload *) reload;        /* any thread: pending reload */
+	struct handoff *q;                      /* borrowed */
+	struct presence *pres;                  /* owned; presence, client events, commands */
+	_Atomic(struct presence *) pres_reload; /* any thread: pending presence settings */
 	int port;
 	int ping_interval_s, ping_timeout_s;
 	lws_retry_bo_t retry;              /* lws keeps a pointer */
@@ -114,6 +120,13 @@ static int64_t wall_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -225,6 +238,13 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
 	struct session *s = tctx;
 	if (s->killing)
 		return; /* close_now() asked for the write that closes it */
+	/* The reason may be a Disconnect call's, gone when this returns; a
+	 * close already pending keeps its own reason. */
+	if (!s->close_code) {
+		free(s->reason_buf);
+		s->reason_buf = strndup(reason, 123);
+		reason = s->reason_buf ? s->reason_buf : "DISCONNECTED";
+	}
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
 	 * drop it after a few seconds rather than at the ping timeout. */
@@ -416,6 +436,7 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	if (!s->conn)
 		return close_now(w, s, 1011, "SERVER_ERROR");
 	session_link(w, s);
+	presence_on_open(w->pres, w->hub, s->conn);
 	metrics_inc(&lh_metrics.conn_opened, 1);
 	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id.tenant,
 	         id.user);
@@ -440,7 +461,7 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 {
 	int rc = hub_subscribe(w->hub, s->conn, req->channel);
 	switch (rc) {
-	case 0:
+	case 0: presence_on_subscribed(w->pres, w->hub, s->conn, req->channel); /* fall through */
 	case LH_EEXIST: return wsp_subscribed(req);
 	case LH_ELIMIT:
 		return wsp_error(WSP_LIMIT_EXCEEDED,
@@ -483,11 +504,17 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 		f = do_subscribe(w, s, &req);
 	} else if (req.type == WSP_UNSUBSCRIBE) {
 		/* LH_ENOENT is fine: unsubscribing is idempotent. */
-		hub_unsubscribe(w->hub, s->conn, req.channel);
+		if (hub_unsubscribe(w->hub, s->conn, req.channel) == 0)
+			presence_on_unsubscribed(w->pres, w->hub, s->conn, req.channel);
 		f = wsp_unsubscribed(&req);
+	} else if (req.type == WSP_PRESENCE) {
+		f = presence_request(w->pres, w->hub, s->conn, &req);
+	} else if (req.type == WSP_PUBLISH) {
+		f = presence_publish(w->pres, w->hub, s->conn, &s->events, mono_ms(), &req);
 	} else {
 		f = wsp_reply(&req);
 	}
+	wsp_request_clear(&req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
 		return;
@@ -637,6 +664,8 @@ static enum metrics_close close_reason_of(const struct session *s)
 	case 0: return MC_CLIENT;
 	case WS_CLOSE_SHUTDOWN: return MC_SHUTDOWN;
 	case 4000: return MC_SLOW_CONSUMER;
+	case LH_CLOSE_RECONNECT:
+	case LH_CLOSE_GOODBYE: return MC_DISCONNECTED;
 	case 1011: return MC_SERVER_ERROR;
 	default: return MC_PROTOCOL_ERROR;
 	}
@@ -648,6 +677,9 @@ static void on_closed(struct ws *w, struct session *s)
 	s->rx = NULL;
 	if (!s->conn)
 		return;
+	/* At shutdown every connection goes: nobody is left to tell. */
+	if (!w->closing)
+		presence_on_close(w->pres, w->hub, s->conn);
 	enum metrics_close why = close_reason_of(s);
 	metrics_inc(&lh_metrics.conn_closed[why], 1);
 	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
@@ -655,6 +687,9 @@ static void on_closed(struct ws *w, struct session *s)
 	session_unlink(w, s);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
+	/* Read by the close frame, which has gone out by now. */
+	free(s->reason_buf);
+	s->reason_buf = NULL;
 }
 
 /* Publishes everything the gRPC threads handed over, oldest first. */
@@ -664,7 +699,10 @@ static void drain(struct ws *w)
 	while (p) {
 		/* on_done may hand p back to its publisher: read next first. */
 		struct publication *next = p->next;
-		hub_publish(w->hub, p);
+		if (p->cmd)
+			presence_command(w->pres, w->hub, p);
+		else
+			hub_publish(w->hub, p);
 		p = next;
 	}
 }
@@ -681,6 +719,16 @@ static void apply_reload(struct ws *w)
 	hub_set_limits(w->hub, &rl->lim);
 	free(rl);
 	log_info("event=reload_applied");
+}
+
+/* Applies pending presence settings (ws_reload_presence). */
+static void apply_presence_reload(struct ws *w)
+{
+	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
+	if (!pr)
+		return;
+	presence_free(w->pres);
+	w->pres = pr;
 }
 
 /* Hands metrics the tenants of every open connection, for GetStats' top
@@ -726,6 +774,7 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		apply_reload(ws_of(wsi));
+		apply_presence_reload(ws_of(wsi));
 		drain(ws_of(wsi));
 		return 0;
 	default: return lws_callback_http_dummy(wsi, reason, user, in, len);
@@ -894,6 +943,9 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->hub = hub_new(&lim, &tr);
 	if (!w->hub)
 		goto fail;
+	w->pres = ws_presence_new(cfg);
+	if (!w->pres)
+		goto fail;
 	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
 	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
 		goto fail;
@@ -907,6 +959,7 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 fail:
 	destroy_lws(w);
 	hub_free(w->hub);
+	presence_free(w->pres);
 	free(w->batch);
 	free(w);
 	return NULL;
@@ -994,6 +1047,20 @@ void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim)
 	lws_cancel_service(w->ctx);
 }
 
+struct presence *ws_presence_new(const struct lh_config *cfg)
+{
+	struct presence_config pc = {cfg->presence_channels, cfg->client_events,
+	                             cfg->client_event_rate, cfg->client_event_burst,
+	                             cfg->tenant_presence != 0};
+	return presence_new(&pc);
+}
+
+void ws_reload_presence(struct ws *w, struct presence *pr)
+{
+	presence_free(atomic_exchange(&w->pres_reload, pr));
+	lws_cancel_service(w->ctx);
+}
+
 void ws_wake(void *arg)
 {
 	struct ws *w = arg;
@@ -1012,6 +1079,8 @@ void ws_free(struct ws *w)
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
 	hub_free(w->hub);
+	presence_free(w->pres);
+	presence_free(atomic_exchange(&w->pres_reload, NULL));
 	struct reload *rl = atomic_exchange(&w->reload, NULL);
 	if (rl) {
 		auth_free(rl->auth);

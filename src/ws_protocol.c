@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "livehub.h"
@@ -38,8 +39,10 @@ static bool type_from_name(const char *s, size_t n, enum wsp_type *type)
 		const char *name;
 		enum wsp_type type;
 	} types[] = {
-	        {"subscribe", WSP_SUBSCRIBE}, {"unsubscribe", WSP_UNSUBSCRIBE}, {"ping", WSP_PING},
-	        {"auth", WSP_AUTH},           {"refresh", WSP_REFRESH},
+	        {"subscribe", WSP_SUBSCRIBE}, {"unsubscribe", WSP_UNSUBSCRIBE},
+	        {"ping", WSP_PING},           {"auth", WSP_AUTH},
+	        {"refresh", WSP_REFRESH},     {"presence", WSP_PRESENCE},
+	        {"publish", WSP_PUBLISH},
 	};
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		if (strlen(types[i].name) == n && memcmp(types[i].name, s, n) == 0) {
@@ -100,26 +103,35 @@ bad:
 	            "\"projectId\" must be 1-152 characters of A-Z a-z 0-9 _ . : @ + = / -");
 }
 
+static const char *needs_channel(enum wsp_type type)
+{
+	switch (type) {
+	case WSP_SUBSCRIBE: return "subscribe needs a string \"channel\"";
+	case WSP_UNSUBSCRIBE: return "unsubscribe needs a string \"channel\"";
+	case WSP_PRESENCE: return "presence needs a string \"channel\"";
+	default: return "publish needs a string \"channel\"";
+	}
+}
+
 /* Fills req->channel from "channel" or "projectId" (exactly one of them). */
 static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_error *err)
 {
 	const json_t *ch = json_object_get(root, "channel");
 	const json_t *pid = json_object_get(root, "projectId");
-	bool sub = req->type == WSP_SUBSCRIBE;
 	if (ch && pid)
 		return fail(err, WSP_BAD_REQUEST, "give \"channel\" or \"projectId\", not both");
 	if (pid)
 		return take_project(pid, req, err);
 	if (!json_is_string(ch))
-		return fail(err, WSP_BAD_REQUEST,
-		            sub ? "subscribe needs a string \"channel\""
-		                : "unsubscribe needs a string \"channel\"");
+		return fail(err, WSP_BAD_REQUEST, needs_channel(req->type));
 	const char *s = json_string_value(ch);
 	size_t n = json_string_length(ch);
-	if (n > 0 && s[0] == '$')
+	/* Tenant presence is asked for as "$tenant" (presence.c decides). */
+	bool tenant_presence = req->type == WSP_PRESENCE && n == 7 && memcmp(s, "$tenant", 7) == 0;
+	if (n > 0 && s[0] == '$' && !tenant_presence)
 		return fail(err, WSP_CHANNEL_ACCESS_DENIED,
 		            "\"channel\": names starting with \"$\" are reserved");
-	if (!name_channel_ok(s, n))
+	if (!tenant_presence && !name_channel_ok(s, n))
 		return fail(err, WSP_BAD_REQUEST,
 		            "\"channel\" must be 1-160 characters of A-Z a-z 0-9 _ . : @ + = / -");
 	memcpy(req->channel, s, n);
@@ -128,8 +140,44 @@ static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_
 	return 0;
 }
 
+/* publish: "event" (a name that makes "client:" + name an event type) and
+ * "data" (an object, optional), kept as compact JSON: one line, so it can
+ * go out in a multi-message frame as it is. */
+static int take_event(const json_t *root, struct wsp_request *req, struct wsp_error *err)
+{
+	const json_t *ev = json_object_get(root, "event");
+	const json_t *data = json_object_get(root, "data");
+	if (!json_is_string(ev))
+		return fail(err, WSP_BAD_REQUEST, "publish needs a string \"event\"");
+	size_t n = json_string_length(ev);
+	if (n > WSP_EVENT_MAX || !name_type_ok(json_string_value(ev), n))
+		return fail(err, WSP_BAD_REQUEST,
+		            "\"event\" must be 1-57 characters of A-Z a-z 0-9 _ . : -");
+	memcpy(req->event, json_string_value(ev), n);
+	req->event[n] = '\0';
+	if (!data)
+		return 0;
+	if (!json_is_object(data))
+		return fail(err, WSP_BAD_REQUEST, "\"data\" must be a JSON object");
+	req->data = json_dumps(data, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (!req->data)
+		return fail(err, WSP_SERVER_ERROR, "out of memory");
+	req->data_len = strlen(req->data);
+	return 0;
+}
+
+void wsp_request_clear(struct wsp_request *req)
+{
+	free(req->data);
+	req->data = NULL;
+	req->data_len = 0;
+}
+
 int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err)
 {
+	req->event[0] = '\0';
+	req->data = NULL;
+	req->data_len = 0;
 	req->type = WSP_PING;
 	req->channel[0] = '\0';
 	req->channel_len = 0;
@@ -162,7 +210,15 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	}
 	switch (req->type) {
 	case WSP_SUBSCRIBE:
-	case WSP_UNSUBSCRIBE: rc = take_channel(root, req, err); break;
+	case WSP_UNSUBSCRIBE:
+	case WSP_PRESENCE: rc = take_channel(root, req, err); break;
+	case WSP_PUBLISH:
+		rc = take_channel(root, req, err);
+		if (rc == 0)
+			rc = take_event(root, req, err);
+		if (rc)
+			wsp_request_clear(req);
+		break;
 	case WSP_PING: rc = 0; break;
 	case WSP_AUTH:
 		fail(err, WSP_BAD_REQUEST,
@@ -292,7 +348,9 @@ struct frame *wsp_reply(const struct wsp_request *req)
 	case WSP_UNSUBSCRIBE: return wsp_unsubscribed(req);
 	case WSP_PING: return wsp_pong(req);
 	case WSP_AUTH:
-	case WSP_REFRESH: return NULL;
+	case WSP_REFRESH:
+	case WSP_PRESENCE:
+	case WSP_PUBLISH: return NULL;
 	}
 	return NULL;
 }

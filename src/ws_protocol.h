@@ -22,6 +22,9 @@
 #define WSP_ID_STR_MAX 128
 /* Room for an id's JSON text: a string id escaped as \u00XX at worst. */
 #define WSP_ID_JSON_MAX (WSP_ID_STR_MAX * 6 + 2)
+/* A client event name: "client:" + name must be an event type. */
+#define WSP_EVENT_PREFIX "client:"
+#define WSP_EVENT_MAX    (LH_TYPE_MAX - 7)
 /* "project:" in front of a seed-004 projectId. */
 #define WSP_PROJECT_PREFIX     "project:"
 #define WSP_PROJECT_PREFIX_LEN 8
@@ -30,8 +33,10 @@ enum wsp_type {
 	WSP_SUBSCRIBE,
 	WSP_UNSUBSCRIBE,
 	WSP_PING,
-	WSP_AUTH,    /* recognised; answered BAD_REQUEST until supported */
-	WSP_REFRESH, /* recognised; answered BAD_REQUEST until supported */
+	WSP_AUTH,     /* recognised; answered BAD_REQUEST until supported */
+	WSP_REFRESH,  /* recognised; answered BAD_REQUEST until supported */
+	WSP_PRESENCE, /* who is on a channel (presence.c answers) */
+	WSP_PUBLISH,  /* a client event (presence.c answers) */
 };
 
 /* The error codes of docs/PROTOCOL.md. */
@@ -58,6 +63,11 @@ struct wsp_request {
 	bool project_alias;           /* channel came from projectId ("project:" + projectId) */
 	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
 	size_t id_len;
+	/* publish only: the event name (the frame's type is "client:" + event)
+	 * and its data as compact JSON object text (malloc'd; NULL = none). */
+	char event[WSP_EVENT_MAX + 1];
+	char *data;
+	size_t data_len;
 };
 
 /* Why a message was refused: a code and a static, client-safe message. */
@@ -70,6 +80,9 @@ struct wsp_error {
  * not: jansson checks). Returns 0 with *req filled, or -1 with *err filled
  * (and req->id set when the message had a valid id). */
 int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err);
+/* Frees what a parsed request owns (req->data); safe to call twice and
+ * after a failed parse. */
+void wsp_request_clear(struct wsp_request *req);
 
 /* The code's name as the protocol spells it, e.g. "BAD_REQUEST". */
 const char *wsp_code_name(enum wsp_code code);
@@ -89,7 +102,8 @@ struct frame *wsp_pong(const struct wsp_request *req);
 struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverable,
                         const struct wsp_request *req);
 /* The success reply for a parsed request (subscribed, unsubscribed or
- * pong), or NULL for a type that has none (auth, refresh). */
+ * pong), or NULL for a type that has none here (auth, refresh; presence
+ * and publish are answered by presence.c). */
 struct frame *wsp_reply(const struct wsp_request *req);
 
 #endif

@@ -239,7 +239,7 @@ static void test_protocol_errors(void **state)
 	parse_err("{\"type\":1}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":null}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":\"PING\"}", WSP_PROTOCOL_ERROR, &req);
-	parse_err("{\"type\":\"publish\",\"channel\":\"x\"}", WSP_PROTOCOL_ERROR, &req);
+	parse_err("{\"type\":\"emit\",\"channel\":\"x\"}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":\"ping\",\"type\":\"ping\"}", WSP_PROTOCOL_ERROR, &req);
 	/* Invalid UTF-8 and an embedded NUL byte. */
 	parse_err("{\"type\":\"ping\",\"x\":\"\xff\"}", WSP_PROTOCOL_ERROR, &req);
