@@ -399,7 +399,8 @@ static int count_users(struct hub *h, const char *tenant, const char *name, stru
 		command_clear(cmd);
 		return rc;
 	}
-	qsort(cmd->entries, cmd->nentries, sizeof(*cmd->entries), cmp_entry);
+	if (cmd->nentries > 1)
+		qsort(cmd->entries, cmd->nentries, sizeof(*cmd->entries), cmp_entry);
 	return 0;
 }
 
@@ -708,7 +709,8 @@ static int run_list(struct hub *h, const char *tenant, struct command *cmd)
 		command_clear(cmd);
 		return LH_ENOMEM;
 	}
-	qsort(cmd->entries, cmd->nentries, sizeof(*cmd->entries), cmp_entry);
+	if (cmd->nentries > 1)
+		qsort(cmd->entries, cmd->nentries, sizeof(*cmd->entries), cmp_entry);
 	uint32_t limit = cmd->limit ? cmd->limit : LH_LIST_LIMIT_DEF;
 	while (cmd->nentries > limit) {
 		free(cmd->entries[--cmd->nentries].name);

@@ -226,11 +226,11 @@ static void test_online_offline(void **state)
 	assert_string_equal(drain(w), "");
 	env_close(e, a1);
 	assert_string_equal(drain(w), "");
-	env_close(e, a2);
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"user:offline\",\"channel\":\"$tenant\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\"}",
 	         hub_conn_id(a2));
+	env_close(e, a2);
 	assert_string_equal(drain(w), want);
 	env_free(e);
 }
