@@ -72,13 +72,15 @@ static void reload(struct run *r)
 	               nc.ping_interval_s != r->cfg.ping_interval_s ||
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
 	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
-	ws_reload(r->ws, auth, &lim);
+	/* Presence first: the service thread applies it in the same wake-up
+	 * as, or before, the reload that logs reload_applied. */
 	struct presence *pr = ws_presence_new(&nc);
 	if (pr)
 		ws_reload_presence(r->ws, pr);
 	else
 		log_error(
 		        "event=reload_partial msg=\"out of memory: presence settings unchanged\"");
+	ws_reload(r->ws, auth, &lim);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */
