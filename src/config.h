@@ -30,16 +30,17 @@ struct lh_config {
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
 	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
 	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
-	char event_loop[8]; /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
-	char presence_channels
-	        [512];           /* LIVEHUB_PRESENCE_CHANNELS; join/leave patterns; default "" */
-	char client_events[512]; /* LIVEHUB_CLIENT_EVENTS; client publish patterns; default "" */
-	int client_event_rate; /* LIVEHUB_CLIENT_EVENT_RATE; per second per connection; default 10 */
-	int client_event_burst; /* LIVEHUB_CLIENT_EVENT_BURST; default 20 */
-	int tenant_presence;    /* LIVEHUB_TENANT_PRESENCE; 0 or 1; default 0 */
-	char log_level[16];     /* LIVEHUB_LOG_LEVEL; default info */
-	char log_format[16];    /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
-	char config_file[256];  /* LIVEHUB_CONFIG, --config; default none */
+	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
+	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
+	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
+	char config_file[256]; /* LIVEHUB_CONFIG, --config; default none */
+
+	/* Presence and client events (presence.h); reloaded on SIGHUP. */
+	char presence_channels[512]; /* LIVEHUB_PRESENCE_CHANNELS; default "" */
+	char client_events[512];     /* LIVEHUB_CLIENT_EVENTS; default "" */
+	int client_event_rate;       /* LIVEHUB_CLIENT_EVENT_RATE; default 10 */
+	int client_event_burst;      /* LIVEHUB_CLIENT_EVENT_BURST; default 20 */
+	int tenant_presence;         /* LIVEHUB_TENANT_PRESENCE; 0 or 1; default 0 */
 	/* Actions asked for on the command line (not settings). */
 	bool show_version; /* --version */
 	bool check_only;   /* --check-config: validate, then exit 0 or 2 */

@@ -67,15 +67,17 @@ struct rxbuf {
  * are the bulk of the memory. */
 struct session {
 	struct lws *wsi;
-	struct hub_conn *conn;         /* NULL until ESTABLISHED succeeded */
-	struct rxbuf *rx;              /* only while a message spans fragments */
-	struct session *prev, *next;   /* ws->sessions */
-	const char *close_reason;      /* static text, with close_code */
-	int close_code;                /* nonzero: close at the next write */
-	unsigned char why;             /* enum metrics_close, when close_code does not tell */
-	bool killing;                  /* libuv: closing; the close frame goes at the next write */
-	char *reason_buf;              /* owned copy of a close reason the hub gave (tr_kill) */
-	struct presence_bucket events; /* client-event rate limit */
+	struct hub_conn *conn;       /* NULL until ESTABLISHED succeeded */
+	struct rxbuf *rx;            /* only while a message spans fragments */
+	struct session *prev, *next; /* ws->sessions */
+	const char *close_reason;    /* static text, with close_code */
+	int close_code;              /* nonzero: close at the next write */
+	unsigned char why;           /* enum metrics_close, when close_code does not tell */
+	bool killing;                /* libuv: closing; the close frame goes at the next write */
+	/* An owned copy of a close reason the hub gave (tr_kill). */
+	char *reason_buf;
+	/* The client-event rate limit (presence.h). */
+	struct presence_bucket events;
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -87,13 +89,15 @@ struct reload {
 struct ws {
 	struct lws_context *ctx;
 	struct lws_vhost *vh;
-	struct hub *hub;                        /* owned */
-	struct auth *auth;                      /* borrowed, or owned_auth after a reload */
-	struct auth *owned_auth;                /* the auth of the last reload; freed with w */
-	_Atomic(struct reload *) reload;        /* any thread: pending reload */
-	struct handoff *q;                      /* borrowed */
-	struct presence *pres;                  /* owned; presence, client events, commands */
-	_Atomic(struct presence *) pres_reload; /* any thread: pending presence settings */
+	struct hub *hub;                 /* owned */
+	struct auth *auth;               /* borrowed, or owned_auth after a reload */
+	struct auth *owned_auth;         /* the auth of the last reload; freed with w */
+	_Atomic(struct reload *) reload; /* any thread: pending reload */
+	struct handoff *q;               /* borrowed */
+	/* Owned: presence, client events and control commands. */
+	struct presence *pres;
+	/* Any thread: presence settings waiting for the service thread. */
+	_Atomic(struct presence *) pres_reload;
 	int port;
 	int ping_interval_s, ping_timeout_s;
 	lws_retry_bo_t retry;              /* lws keeps a pointer */
