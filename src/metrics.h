@@ -109,6 +109,8 @@ struct metrics_gauges {
 	uint64_t handoff_depth;  /* publications waiting for the service thread */
 	uint64_t sendq_frames;   /* frames queued over every connection */
 	uint64_t sendq_max;      /* the longest single send queue */
+	/* presence.c counters (presence_stats_read). */
+	uint64_t client_events, client_events_limited, presence_events, disconnects;
 };
 
 /* Zeroes everything and records the start time. Call once, before threads. */

@@ -276,6 +276,12 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.publications = hs.messages_published;
 	g.events_out = hs.messages_delivered;
 	g.handoff_depth = handoff_depth(w->q);
+	struct presence_stats ps;
+	presence_stats_read(&ps);
+	g.client_events = ps.client_events;
+	g.client_events_limited = ps.client_events_limited;
+	g.presence_events = ps.presence_events;
+	g.disconnects = ps.disconnects;
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;

@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from hubtest import Closed, Hub, aio, hub_pb2, uniq
+from hubtest import RPC_TIMEOUT, Closed, Hub, aio, hub_pb2, uniq
 
 
 def disconnect(hub, tenant, **kw):
@@ -227,3 +227,30 @@ async def test_sigterm_with_calls_in_flight_closes_1001_and_exits_0(tmp_path):
     assert status == 0, "exit status %r\n%s" % (status, h.stderr_tail())
     assert set(results) <= {"OK", "UNAVAILABLE", "CANCELLED"}, set(results)
     assert "OK" in results
+
+
+def metric(hub, line_prefix):
+    """The value of the /metrics sample whose name and labels are line_prefix."""
+    import http.client
+    conn = http.client.HTTPConnection(hub.ws_host, hub.ws_port, timeout=RPC_TIMEOUT)
+    conn.request("GET", "/metrics")
+    body = conn.getresponse().read().decode()
+    conn.close()
+    for line in body.splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.split()[-1])
+    raise AssertionError("no sample %r in /metrics" % line_prefix)
+
+
+@aio
+async def test_disconnects_are_counted(fresh_hub):
+    h = fresh_hub
+    a1 = await h.connect("acme", "alice")
+    a2 = await h.connect("acme", "alice")
+    assert disconnect(h, "acme", user_id="alice") == 2
+    await closed_with(a1)
+    await closed_with(a2)
+    s = await h.wait_stats(lambda s: s.connections == 0, "no connection")
+    assert (s.disconnects, s.control_commands) == (2, 1)
+    assert metric(h, "livehub_disconnects_total") == 2
+    assert metric(h, 'livehub_connections_closed_total{reason="disconnected"}') == 2
