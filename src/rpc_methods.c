@@ -26,8 +26,11 @@
 /* Event types the client protocol uses for its own messages: an event of
  * one of these types would be indistinguishable from a protocol reply. */
 static const char *const reserved_types[] = {
-        "connected", "subscribed", "unsubscribed", "pong", "error",
+        "connected", "subscribed",    "unsubscribed",   "pong",        "error",        "presence",
+        "published", "presence:join", "presence:leave", "user:online", "user:offline",
 };
+/* Client events are typed "client:{event}"; a service cannot pass for a client. */
+#define CLIENT_EVENT_PREFIX "client:"
 
 /* Fills err and returns -1, so a check can `return fail(...)`. */
 __attribute__((format(printf, 3, 4))) static int fail(struct rpc_error *err, enum rpc_code code,
@@ -77,6 +80,9 @@ static int set_custom_type(struct publication *p, const char *type, struct rpc_e
 		if (strcmp(type, reserved_types[i]) == 0)
 			return fail(err, RPC_INVALID_ARGUMENT,
 			            "type: \"%s\" is reserved for the client protocol", type);
+	if (strncmp(type, CLIENT_EVENT_PREFIX, sizeof(CLIENT_EVENT_PREFIX) - 1) == 0)
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "type: \"client:\" types are reserved for client events");
 	memcpy(p->type, type, n + 1);
 	return 0;
 }
