@@ -256,3 +256,27 @@ async def test_presence_config_is_checked(tmp_path):
     res = subprocess.run([BIN, "--check-config"], capture_output=True, text=True,
                          env=clean_env({"LIVEHUB_CLIENT_EVENTS": "*,board:*"}), timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+@aio
+async def test_control_calls_announce_like_clients(phub):
+    """A service-made subscription joins like a client's own; a Disconnect of
+    the user's last connection on the channel is a leave."""
+    t = uniq()
+    bob = await phub.connect(t, "bob")
+    await bob.subscribe("board:5")
+    a1 = await phub.connect(t, "alice")
+    a2 = await phub.connect(t, "alice")
+    r = phub.rpc("Subscribe", hub_pb2.SubscribeRequest(tenant_id=t, user_id="alice", channel="board:5"))
+    assert r.subscribed == 2
+    got = await bob.barrier()
+    assert len(got) == 1 and got[0]["type"] == "presence:join" and got[0]["user"] == "alice", got
+    assert got[0]["clientId"] in (a1.connected["clientId"], a2.connected["clientId"])
+    # alice's devices see their subscribed frame; the join of her second
+    # device is no event (she was there already).
+    for c in (a1, a2):
+        assert [m["type"] for m in await c.barrier()] == ["subscribed"]
+    phub.rpc("Disconnect", hub_pb2.DisconnectRequest(tenant_id=t, user_id="alice"))
+    left = await bob.next()
+    assert (left["type"], left["user"]) == ("presence:leave", "alice"), left
+    await bob.expect_nothing()  # one leave for the user, not one per device
