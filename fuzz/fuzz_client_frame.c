@@ -23,7 +23,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	} else {
 		f = wsp_error(err.code, err.message, true, &req);
 	}
-	wsp_request_clear(&req);
 	if (!f)
 		abort();
 	frame_unref(f);

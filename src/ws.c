@@ -524,7 +524,6 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 	} else {
 		f = wsp_reply(&req);
 	}
-	wsp_request_clear(&req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
 		return;

@@ -64,9 +64,12 @@ struct wsp_request {
 	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
 	size_t id_len;
 	/* publish only: the event name (the frame's type is "client:" + event)
-	 * and its data as compact JSON object text (malloc'd; NULL = none). */
+	 * and its data as compact JSON object text (NUL-terminated), NULL when
+	 * absent. data
+	 * points into a buffer of the parser (one per thread): valid until the
+	 * thread's next wsp_parse, never freed by the caller. */
 	char event[WSP_EVENT_MAX + 1];
-	char *data;
+	const char *data;
 	size_t data_len;
 };
 
@@ -80,9 +83,6 @@ struct wsp_error {
  * not: jansson checks). Returns 0 with *req filled, or -1 with *err filled
  * (and req->id set when the message had a valid id). */
 int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err);
-/* Frees what a parsed request owns (req->data); safe to call twice and
- * after a failed parse. */
-void wsp_request_clear(struct wsp_request *req);
 
 /* The code's name as the protocol spells it, e.g. "BAD_REQUEST". */
 const char *wsp_code_name(enum wsp_code code);

@@ -339,8 +339,6 @@ static void test_presence_and_publish(void **state)
 	assert_string_equal(req.data, "{\"b\":1,\"a\":\"x\\ny\"}");
 	assert_int_equal(req.data_len, strlen(req.data));
 	assert_string_equal(req.id, "3");
-	wsp_request_clear(&req);
-	wsp_request_clear(&req); /* twice is fine */
 	assert_int_equal(
 	        parse("{\"type\":\"publish\",\"channel\":\"board:1\",\"event\":\"a.b:c-d\"}", &req,
 	              &err),
