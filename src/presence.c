@@ -69,8 +69,10 @@ void command_clear(struct command *cmd)
  * Patterns
  * ------------------------------------------------------------------------ */
 
-/* Walks the comma-separated list s; for each pattern calls add (when not
- * NULL). Returns the number of patterns, or -1 with *why set. */
+/* Walks the list s (patterns separated by commas and/or spaces), checking
+ * each and, when out is not NULL, appending it to out (room for every
+ * pattern allocated by the caller). Returns the number of patterns, or -1
+ * with *why set. */
 static int patterns_walk(const char *s, struct patterns *out, const char **why)
 {
 	int n = 0;
@@ -93,10 +95,6 @@ static int patterns_walk(const char *s, struct patterns *out, const char **why)
 		}
 		if (body > 0 && !name_channel_ok(start, body)) {
 			*why = "a pattern must be a channel name, optionally ending in '*'";
-			return -1;
-		}
-		if (body == 0 && !prefix) {
-			*why = "empty pattern";
 			return -1;
 		}
 		if (++n > MAX_PATTERNS) {
