@@ -176,10 +176,11 @@ async def test_list_channels(hub):
 
 @aio
 async def test_sigterm_with_calls_in_flight_closes_1001_and_exits_0(tmp_path):
-    """SIGTERM while publishers keep calling and a client does not read: every
-    client gets 1001 (the stalled one within the shutdown timeout at the
-    latest), every call ends (OK, or UNAVAILABLE once the hub stops taking
-    calls), and the exit status is 0."""
+    """SIGTERM while three publishers keep calling and one client has
+    stopped reading: every reading client gets its events in order and then
+    1001, every call ends (OK, or UNAVAILABLE once the hub stops taking
+    calls), and the exit status is 0. (test_lifecycle.py shows the deadline
+    dropping a client whose socket is full.)"""
     h = Hub.start(tmp_path, env={"LIVEHUB_SHUTDOWN_TIMEOUT": "4"})
     clients = [await h.connect("acme", "u%d" % i) for i in range(3)]
     for c in clients:
