@@ -11,6 +11,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -24,6 +25,7 @@
 #include "auth.h"
 #include "log.h"
 #include "presence.h"
+#include "tls_files.h"
 
 enum kind { K_STR, K_INT };
 
@@ -83,6 +85,16 @@ static const struct setting settings[] = {
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
 	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
+	STR(api_keys_file, "api-keys-file", "LIVEHUB_API_KEYS_FILE",
+	    "JSON file of gRPC API keys (docs/SECURITY.md); none: development mode, gRPC on loopback only"),
+	STR(api_keys, "api-keys", "LIVEHUB_API_KEYS", "gRPC API keys, NAME:SCOPES[:TENANTS]=KEY,..."),
+	STR(tls_cert, "tls-cert", "LIVEHUB_TLS_CERT", "PEM certificate chain: serve wss:// and https://"),
+	STR(tls_key, "tls-key", "LIVEHUB_TLS_KEY", "PEM private key of --tls-cert"),
+	STR(grpc_tls_cert, "grpc-tls-cert", "LIVEHUB_GRPC_TLS_CERT",
+	    "PEM certificate chain for gRPC over TLS (default: --tls-cert)"),
+	STR(grpc_tls_key, "grpc-tls-key", "LIVEHUB_GRPC_TLS_KEY", "PEM private key of the gRPC certificate (default: --tls-key)"),
+	STR(grpc_tls_client_ca, "grpc-tls-client-ca", "LIVEHUB_GRPC_TLS_CLIENT_CA",
+	    "PEM CA bundle: gRPC callers must present a certificate it signed (mutual TLS)"),
 };
 /* clang-format on */
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -105,7 +117,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
-	strcpy(cfg->event_loop, "poll");
+	strcpy(cfg->event_loop, "libuv");
 	cfg->client_event_rate = 10;
 	cfg->client_event_burst = 20;
 	strcpy(cfg->log_level, "info");
@@ -273,6 +285,92 @@ static int from_flags(struct lh_config *cfg, int argc, char **argv, bool *help)
 	return 0;
 }
 
+/* Whether path can be read; prints a message naming setting when not. */
+static bool readable(const char *path, const char *setting)
+{
+	if (access(path, R_OK) == 0)
+		return true;
+	fprintf(stderr, "livehub: %s: cannot read %s: %s\n", setting, path, strerror(errno));
+	return false;
+}
+
+/* tls_check_pair, with its warning (an expired certificate) logged. */
+static int check_pair(const char *cert, const char *key, const char *cs, const char *ks, char *err,
+                      size_t errlen, char *warn, size_t warnlen)
+{
+	if (tls_check_pair(cert, key, cs, ks, err, errlen, warn, warnlen))
+		return -1;
+	if (warn[0])
+		log_warn("msg=\"%s\"", warn);
+	return 0;
+}
+
+/* Certificates and keys come in pairs; the gRPC pair defaults to the
+ * WebSocket one; a client CA needs gRPC TLS. */
+static int check_tls(struct lh_config *cfg)
+{
+	if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_TLS_CERT and LIVEHUB_TLS_KEY must be set together\n");
+		return -1;
+	}
+	if (!cfg->grpc_tls_cert[0] && !cfg->grpc_tls_key[0]) {
+		strcpy(cfg->grpc_tls_cert, cfg->tls_cert);
+		strcpy(cfg->grpc_tls_key, cfg->tls_key);
+	}
+	if (!cfg->grpc_tls_cert[0] != !cfg->grpc_tls_key[0]) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_GRPC_TLS_CERT and LIVEHUB_GRPC_TLS_KEY must be set "
+		        "together\n");
+		return -1;
+	}
+	if (cfg->grpc_tls_client_ca[0] && !cfg->grpc_tls_cert[0]) {
+		fprintf(stderr, "livehub: LIVEHUB_GRPC_TLS_CLIENT_CA needs gRPC TLS "
+		                "(LIVEHUB_GRPC_TLS_CERT/KEY or LIVEHUB_TLS_CERT/KEY)\n");
+		return -1;
+	}
+	if ((cfg->tls_cert[0] && (!readable(cfg->tls_cert, "LIVEHUB_TLS_CERT") ||
+	                          !readable(cfg->tls_key, "LIVEHUB_TLS_KEY"))) ||
+	    (cfg->grpc_tls_cert[0] && (!readable(cfg->grpc_tls_cert, "LIVEHUB_GRPC_TLS_CERT") ||
+	                               !readable(cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_KEY"))) ||
+	    (cfg->grpc_tls_client_ca[0] &&
+	     !readable(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA")))
+		return -1;
+	char err[768], warn[512];
+	if ((cfg->tls_cert[0] &&
+	     check_pair(cfg->tls_cert, cfg->tls_key, "LIVEHUB_TLS_CERT", "LIVEHUB_TLS_KEY", err,
+	                sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_cert[0] &&
+	     check_pair(cfg->grpc_tls_cert, cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_CERT",
+	                "LIVEHUB_GRPC_TLS_KEY", err, sizeof err, warn, sizeof warn)) ||
+	    (cfg->grpc_tls_client_ca[0] &&
+	     tls_check_ca(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA", err,
+	                  sizeof err))) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+bool config_host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	const char *h = host;
+	char buf[64];
+	size_t n = strlen(h);
+	if (n >= 2 && h[0] == '[' && h[n - 1] == ']' && n - 2 < sizeof buf) {
+		memcpy(buf, h + 1, n - 2);
+		buf[n - 2] = '\0';
+		h = buf;
+	}
+	return inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
 static int check(struct lh_config *cfg)
 {
 	int lvl = log_level_parse(cfg->log_level);
@@ -311,6 +409,8 @@ static int check(struct lh_config *cfg)
 		        cfg->ping_timeout_s, cfg->ping_interval_s);
 		return -1;
 	}
+	if (check_tls(cfg))
+		return -1;
 	cfg->jwt_secret_len = strlen(cfg->jwt_secret);
 	if (cfg->jwt_secret_len > 0 && cfg->jwt_secret_len < 32) {
 		fprintf(stderr,
@@ -401,6 +501,8 @@ void config_usage(FILE *out)
 	        "usage: livehub [options]             run the hub\n"
 	        "       livehub token --tenant T --user U [--ttl SECONDS] [options]\n"
 	        "                                     print a development token\n"
+	        "       livehub apikey --name N --scopes publish|admin [--tenants T+T]\n"
+	        "                                     make a gRPC API key and its configuration entries\n"
 	        "       livehub --version\n"
 	        "       livehub --check-config [options]  validate the configuration, exit 0 or 2\n\n"
 	        "Settings: defaults < --config FILE (JSON, keys like \"ws_port\") < environment\n"

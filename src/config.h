@@ -34,6 +34,14 @@ struct lh_config {
 	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
 	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
 	char config_file[256]; /* LIVEHUB_CONFIG, --config; default none */
+	/* Service authentication and TLS (docs/SECURITY.md). */
+	char api_keys_file[256];      /* LIVEHUB_API_KEYS_FILE; JSON key file; default none */
+	char api_keys[4096];          /* LIVEHUB_API_KEYS; compact key list; default none */
+	char tls_cert[256];           /* LIVEHUB_TLS_CERT; PEM chain for wss/https; default none */
+	char tls_key[256];            /* LIVEHUB_TLS_KEY; its PEM private key */
+	char grpc_tls_cert[256];      /* LIVEHUB_GRPC_TLS_CERT; default tls_cert */
+	char grpc_tls_key[256];       /* LIVEHUB_GRPC_TLS_KEY; default tls_key */
+	char grpc_tls_client_ca[256]; /* LIVEHUB_GRPC_TLS_CLIENT_CA; mTLS when set */
 
 	/* Presence and client events (presence.h); reloaded on SIGHUP. */
 	char presence_channels[512]; /* LIVEHUB_PRESENCE_CHANNELS; default "" */
@@ -60,5 +68,9 @@ int config_load(struct lh_config *cfg, int argc, char **argv, bool *help);
 int config_resolve_secret(struct lh_config *cfg);
 
 void config_usage(FILE *out);
+
+/* Whether host (a listen address) is loopback only: 127.0.0.0/8, ::1 or
+ * localhost. */
+bool config_host_is_loopback(const char *host);
 
 #endif

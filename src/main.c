@@ -13,12 +13,15 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "apikeys.h"
 #include "auth.h"
 #include "config.h"
 #include "handoff.h"
@@ -37,7 +40,61 @@ struct run {
 	_Atomic int stopped; /* the signal thread has stopped gRPC and the loop */
 	int argc;            /* the command line, read again on SIGHUP */
 	char **argv;
+	size_t nkeys; /* API keys configured at start */
 };
+
+/* The development-mode rule: with no API key (and no mutual TLS) gRPC may
+ * listen on loopback only. Returns 0, or -1 after a message on stderr. */
+static int check_open_grpc(const struct lh_config *cfg)
+{
+	if (cfg->grpc_tls_client_ca[0] || config_host_is_loopback(cfg->grpc_host))
+		return 0;
+	fprintf(stderr,
+	        "livehub: LIVEHUB_GRPC_HOST is %s, but no gRPC API key is configured: "
+	        "anyone who can reach the port could publish to every tenant. Set "
+	        "LIVEHUB_API_KEYS_FILE or LIVEHUB_API_KEYS (or LIVEHUB_GRPC_TLS_CLIENT_CA "
+	        "for mutual TLS), or listen on a loopback address (127.0.0.1, ::1)\n",
+	        cfg->grpc_host);
+	return -1;
+}
+
+/* Loads the gRPC API keys cfg names and applies the development-mode rule
+ * to cfg and, on a reload, to running (the listener actually bound: its
+ * address and TLS change only with a restart). Returns 0 with *out (NULL
+ * when no key is configured), or -1 after a message on stderr (nothing of
+ * a key in it). */
+static int load_keys(const struct lh_config *cfg, const struct lh_config *running,
+                     struct apikeys **out)
+{
+	char err[512];
+	if (apikeys_load(cfg->api_keys_file, cfg->api_keys, out, err, sizeof err)) {
+		fprintf(stderr, "livehub: %s\n", err);
+		return -1;
+	}
+	if (!*out && (check_open_grpc(cfg) || (running && check_open_grpc(running))))
+		return -1;
+	struct stat st;
+	if (*out && cfg->api_keys_file[0] && stat(cfg->api_keys_file, &st) == 0 &&
+	    (st.st_mode & 077))
+		log_warn("msg=\"the API key file can be read by other users; chmod 600 it\" "
+		         "file=%s mode=%03o",
+		         cfg->api_keys_file, (unsigned)(st.st_mode & 0777));
+	return 0;
+}
+
+/* The loud start-up warning of development mode. */
+static void warn_no_keys(const struct lh_config *cfg)
+{
+	if (cfg->grpc_tls_client_ca[0])
+		log_warn("event=grpc_auth_mtls_only msg=\"no gRPC API key configured: every caller "
+		         "with a client certificate signed by LIVEHUB_GRPC_TLS_CLIENT_CA may call "
+		         "every method\"");
+	else
+		log_warn("event=grpc_auth_disabled msg=\"DEVELOPMENT MODE: no gRPC API key "
+		         "configured, every local caller may publish to any tenant and call admin "
+		         "methods; gRPC listens on loopback only. Set LIVEHUB_API_KEYS_FILE or "
+		         "LIVEHUB_API_KEYS in production\"");
+}
 
 /* SIGHUP, on the signal thread: reads the configuration again (file,
  * environment, flags) and hands the JWT secret and the limits to the
@@ -54,10 +111,19 @@ static void reload(struct run *r)
 		          "running one stays\"");
 		return;
 	}
+	struct apikeys *keys;
+	if (load_keys(&nc, &r->cfg, &keys)) {
+		metrics_inc(&lh_metrics.reload_failures, 1);
+		log_error("event=reload_failed msg=\"invalid API keys (see above); the running "
+		          "ones stay\"");
+		explicit_bzero(&nc, sizeof nc);
+		return;
+	}
 	struct auth_config ac = {nc.jwt_secret, nc.jwt_secret_len, nc.tenant_claim,
 	                         nc.jwt_leeway_s};
 	struct auth *auth = auth_new(&ac);
 	if (!auth) {
+		apikeys_free(keys);
 		metrics_inc(&lh_metrics.reload_failures, 1);
 		log_error("event=reload_failed msg=\"out of memory\"");
 		return;
@@ -71,7 +137,11 @@ static void reload(struct run *r)
 	               nc.rx_buffer_size != r->cfg.rx_buffer_size ||
 	               nc.ping_interval_s != r->cfg.ping_interval_s ||
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
-	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s;
+	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s ||
+	               strcmp(nc.tls_cert, r->cfg.tls_cert) || strcmp(nc.tls_key, r->cfg.tls_key) ||
+	               strcmp(nc.grpc_tls_cert, r->cfg.grpc_tls_cert) ||
+	               strcmp(nc.grpc_tls_key, r->cfg.grpc_tls_key) ||
+	               strcmp(nc.grpc_tls_client_ca, r->cfg.grpc_tls_client_ca);
 	/* Presence first: the service thread applies it in the same wake-up
 	 * as, or before, the reload that logs reload_applied. */
 	struct presence *pr = ws_presence_new(&nc);
@@ -81,16 +151,23 @@ static void reload(struct run *r)
 		log_error(
 		        "event=reload_partial msg=\"out of memory: presence settings unchanged\"");
 	ws_reload(r->ws, auth, &lim);
+	size_t nkeys = keys ? keys->n : 0;
+	rpc_set_keys(r->rpc, keys);
+	if (!nkeys)
+		warn_no_keys(&r->cfg);
 	memcpy(r->cfg.jwt_secret, nc.jwt_secret, sizeof nc.jwt_secret);
 	r->cfg.jwt_secret_len = nc.jwt_secret_len;
 	/* The copy of the secret on this stack is not left behind. */
 	explicit_bzero(&nc, sizeof nc);
 	metrics_inc(&lh_metrics.reloads, 1);
-	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u",
-	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames);
+	log_info("event=reload secret_changed=%s max_subscriptions=%u sendq_max_frames=%u "
+	         "api_keys=%zu",
+	         secret_changed ? "true" : "false", lim.max_subs_per_conn, lim.sendq_max_frames,
+	         nkeys);
 	if (restart)
 		log_warn("event=reload_partial msg=\"addresses, ports, ping times, rx buffer, "
-		         "hand-off size and shutdown timeout apply only after a restart\"");
+		         "hand-off size, shutdown timeout and TLS files apply only after a "
+		         "restart\"");
 }
 
 static int64_t now_ms(void)
@@ -150,11 +227,22 @@ static void print_banner(const struct run *r, const char *argv0)
 	 * event=ready line has the ports). */
 	if (strcmp(c->log_format, "json") == 0)
 		goto ready_line;
+	bool tls = c->tls_cert[0] != '\0';
 	fprintf(stderr,
 	        "\nlivehub %s\n"
-	        "  WebSocket  ws://%s:%d/ws?token=TOKEN   (health: http://%s:%d/healthz)\n"
-	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)\n",
-	        LH_VERSION, host, wsp, host, wsp, c->grpc_host, rpc_port(r->rpc));
+	        "  WebSocket  %s://%s:%d/ws?token=TOKEN   (health: %s://%s:%d/healthz)\n"
+	        "  gRPC       %s:%d  livehub.v1.HubService (proto/livehub/v1/hub.proto)%s\n",
+	        LH_VERSION, tls ? "wss" : "ws", host, wsp, tls ? "https" : "http", host, wsp,
+	        c->grpc_host, rpc_port(r->rpc),
+	        c->grpc_tls_client_ca[0] ? ", mutual TLS"
+	        : c->grpc_tls_cert[0]    ? ", TLS"
+	                                 : "");
+	if (r->nkeys)
+		fprintf(stderr, "  API keys   %zu configured (authorization: Bearer <key>)\n",
+		        r->nkeys);
+	else
+		fprintf(stderr, "  API keys   NONE: development mode, any local caller may call "
+		                "any method (set LIVEHUB_API_KEYS_FILE)\n");
 	if (c->jwt_secret_dev) {
 		char *demo = auth_mint(c->jwt_secret, c->jwt_secret_len, c->tenant_claim, "demo",
 		                       "alice", 86400);
@@ -187,7 +275,11 @@ static int serve(int argc, char **argv)
 		printf("livehub %s\n", LH_VERSION);
 		return 0;
 	}
+	struct apikeys *keys = NULL;
+	if (load_keys(&r.cfg, NULL, &keys))
+		return 2;
 	if (r.cfg.check_only) {
+		apikeys_free(keys);
 		printf("livehub: configuration OK%s\n",
 		       r.cfg.jwt_secret_len
 		               ? ""
@@ -196,8 +288,10 @@ static int serve(int argc, char **argv)
 	}
 	r.argc = argc;
 	r.argv = argv;
-	if (config_resolve_secret(&r.cfg))
+	if (config_resolve_secret(&r.cfg)) {
+		apikeys_free(keys);
 		return 2;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	metrics_init();
 	/* Before any thread exists, so every thread inherits the mask and only
@@ -213,12 +307,19 @@ static int serve(int argc, char **argv)
 	                         r.cfg.jwt_leeway_s};
 	struct auth *auth = auth_new(&ac);
 	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max);
-	if (!auth || !q)
+	if (!auth || !q) {
+		apikeys_free(keys);
 		goto out;
+	}
 	r.ws = ws_new(&r.cfg, auth, q);
-	if (!r.ws)
+	if (!r.ws) {
+		apikeys_free(keys);
 		goto out;
-	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q);
+	}
+	r.nkeys = keys ? keys->n : 0;
+	if (!keys)
+		warn_no_keys(&r.cfg);
+	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q, keys);
 	if (!r.rpc)
 		goto out;
 	/* Ready before the ready line: whoever waits for it may probe at once. */
@@ -330,6 +431,53 @@ static int cmd_token(int argc, char **argv)
 	return 0;
 }
 
+/* `livehub apikey --name N --scopes S[+S] [--tenants T[+T]]`: prints a new
+ * random key, then its entries for LIVEHUB_API_KEYS and for the key file
+ * (both by SHA-256, so the configuration never holds the key itself). */
+static int cmd_apikey(int argc, char **argv)
+{
+	const char *name = take_opt(&argc, argv, "--name");
+	const char *scopes = take_opt(&argc, argv, "--scopes");
+	const char *tenants = take_opt(&argc, argv, "--tenants");
+	bool help = argc > 1 && strcmp(argv[1], "--help") == 0;
+	if (help || argc > 1 || !name || !scopes) {
+		fprintf(help ? stdout : stderr,
+		        "usage: livehub apikey --name NAME --scopes publish|admin[+...] "
+		        "[--tenants T[+T...]]\n"
+		        "Prints a new random gRPC API key (line 1), then its LIVEHUB_API_KEYS entry\n"
+		        "and its LIVEHUB_API_KEYS_FILE entry, both holding only the key's SHA-256.\n");
+		return help ? 0 : 2;
+	}
+	char key[44], hex[65], entry[1024], err[512];
+	if (apikeys_generate(key, hex)) {
+		fprintf(stderr, "livehub: no random bytes for a key\n");
+		return 1;
+	}
+	int n = snprintf(entry, sizeof entry, "%s:%s%s%s=sha256:%s", name, scopes,
+	                 tenants ? ":" : "", tenants ? tenants : "", hex);
+	struct apikeys *t = NULL;
+	/* The entry goes through the same parser as the configuration. */
+	if (n < 0 || (size_t)n >= sizeof entry || apikeys_load(NULL, entry, &t, err, sizeof err)) {
+		fprintf(stderr, "livehub: %s\n",
+		        n < 0 || (size_t)n >= sizeof entry ? "too long" : err);
+		return 2;
+	}
+	printf("%s\nLIVEHUB_API_KEYS entry: %s\nkey file entry: {\"name\": \"%s\", "
+	       "\"key_sha256\": \"%s\", \"scopes\": [",
+	       key, entry, t->keys[0].name, hex);
+	printf("\"%s\"%s", t->keys[0].scopes & APIKEY_SCOPE_ADMIN ? "admin" : "publish", "]");
+	if (t->keys[0].ntenants) {
+		printf(", \"tenants\": [");
+		for (int i = 0; i < t->keys[0].ntenants; i++)
+			printf("%s\"%s\"", i ? ", " : "", t->keys[0].tenants[i]);
+		printf("]");
+	}
+	printf("}\n");
+	apikeys_free(t);
+	explicit_bzero(key, sizeof key);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "--version") == 0) {
@@ -338,5 +486,7 @@ int main(int argc, char **argv)
 	}
 	if (argc > 1 && strcmp(argv[1], "token") == 0)
 		return cmd_token(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "apikey") == 0)
+		return cmd_apikey(argc - 1, argv + 1);
 	return serve(argc, argv);
 }

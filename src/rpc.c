@@ -23,6 +23,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "apikeys.h"
 #include "livehub.h"
 #include "livehub/v1/hub.pb-c.h"
 #include "log.h"
@@ -58,6 +60,8 @@ _Static_assert((int)GRPC_STATUS_RESOURCE_EXHAUSTED == RPC_RESOURCE_EXHAUSTED, "s
 _Static_assert((int)GRPC_STATUS_UNIMPLEMENTED == RPC_UNIMPLEMENTED, "status numbers");
 _Static_assert((int)GRPC_STATUS_INTERNAL == RPC_INTERNAL, "status numbers");
 _Static_assert((int)GRPC_STATUS_UNAVAILABLE == RPC_UNAVAILABLE, "status numbers");
+_Static_assert((int)GRPC_STATUS_PERMISSION_DENIED == RPC_PERMISSION_DENIED, "status numbers");
+_Static_assert((int)GRPC_STATUS_UNAUTHENTICATED == RPC_UNAUTHENTICATED, "status numbers");
 
 /* The decode arena: see decode(). */
 #define ARENA_BYTES (32 * 1024)
@@ -126,7 +130,10 @@ struct call {
 	struct command cmd;     /* control methods: pub.cmd points here; owns its output */
 	struct stream *stream;  /* PublishStream only; owned */
 	struct call *park_next; /* r->park_mu: link of r->parked */
-	int64_t start_us;       /* arrival, for the latency metric */
+	/* The API key the call was authorized with; NULL without keys. Points
+	 * into a key table that lives until rpc_stop (apikeys_store). */
+	const struct apikey *key;
+	int64_t start_us; /* arrival, for the latency metric */
 };
 
 struct rpc {
@@ -145,6 +152,7 @@ struct rpc {
 	int mslot[MAX_METHODS];        /* metrics slots of methods[] */
 	int mslot_unknown;             /* metrics slot of unknown methods */
 	struct rpc_extra *extra;       /* health and reflection */
+	struct apikeys_store keys;     /* swapped by rpc_set_keys */
 
 	pthread_mutex_t mu;
 	pthread_cond_t cv;  /* signalled when a field below changes */
@@ -360,6 +368,97 @@ static void reply_message(struct call *c, const ProtobufCMessage *msg)
 
 static void unpark(struct rpc *r);
 static void handle_stream(struct call *c);
+
+/* ------------------------------------------------------------------------
+ * Service authentication: the API key in the call's metadata (apikeys.c
+ * decides), checked before the request is decoded; the tenant a key may
+ * act for, checked on the decoded request.
+ * ---------------------------------------------------------------------- */
+
+/* The value of the call's authorization metadata: sets *v and *n, or leaves
+ * *v NULL when absent. Returns -1 when the header is there more than once
+ * (refused: which one counts would be ambiguous). */
+static int auth_header(const grpc_metadata_array *md, const char **v, size_t *n)
+{
+	*v = NULL;
+	*n = 0;
+	for (size_t i = 0; i < md->count; i++) {
+		grpc_slice k = md->metadata[i].key;
+		if (GRPC_SLICE_LENGTH(k) != 13 ||
+		    memcmp(GRPC_SLICE_START_PTR(k), "authorization", 13) != 0)
+			continue;
+		if (*v)
+			return -1;
+		*v = (const char *)GRPC_SLICE_START_PTR(md->metadata[i].value);
+		*n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+	}
+	return 0;
+}
+
+/* Logs a refused call by key name and peer, never the key. */
+static void log_refused(struct call *c, const char *reason, const struct apikey *k)
+{
+	char *peer = grpc_call_get_peer(c->call);
+	log_info("event=grpc_auth_refused method=%s reason=%s key=%s peer=%s", c->m->name, reason,
+	         k ? k->name : "-", peer ? peer : "-");
+	gpr_free(peer);
+}
+
+/* Checks the caller's API key against the scope c's method needs. Returns
+ * true when the call may go on (c->key set); else replies UNAUTHENTICATED
+ * or PERMISSION_DENIED and returns false. */
+static bool authorize(struct call *c)
+{
+	const struct apikeys *t = apikeys_store_get(&c->r->keys);
+	c->key = NULL;
+	if (!t)
+		return true; /* development mode */
+	const char *v;
+	size_t n;
+	char msg[RPC_ERRMSG_MAX];
+	enum apikey_verdict verdict;
+	if (auth_header(&c->req_md, &v, &n)) {
+		snprintf(msg, sizeof msg, "authorization metadata sent more than once");
+		verdict = APIKEY_MALFORMED;
+	} else {
+		verdict = apikeys_check(t, v, n, apikeys_method_scope(c->m->name), &c->key, msg,
+		                        sizeof msg);
+	}
+	static const char *const why[] = {"ok", "missing", "malformed", "unknown_key", "scope"};
+	if (verdict == APIKEY_OK)
+		return true;
+	log_refused(c, why[verdict], c->key);
+	reply_error(c, verdict == APIKEY_SCOPE ? RPC_PERMISSION_DENIED : RPC_UNAUTHENTICATED, msg);
+	return false;
+}
+
+/* Checks that c's key may act for the tenant req names (its top-level
+ * tenant_id field, found through the descriptor, so methods added later are
+ * covered). A tenant-restricted key may not call a method whose request
+ * names no tenant (node-wide methods such as GetStats report on every
+ * tenant). Returns true, or replies PERMISSION_DENIED and returns false. */
+static bool authorize_tenant(struct call *c, const ProtobufCMessage *req)
+{
+	if (!c->key || c->key->ntenants == 0)
+		return true;
+	char msg[RPC_ERRMSG_MAX];
+	const ProtobufCFieldDescriptor *f =
+	        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "tenant_id");
+	if (!f || f->type != PROTOBUF_C_TYPE_STRING || f->label == PROTOBUF_C_LABEL_REPEATED) {
+		snprintf(msg, sizeof msg,
+		         "API key \"%s\" is restricted to tenants; %s is not a per-tenant method",
+		         c->key->name, c->m->name);
+	} else {
+		const char *tenant = *(const char *const *)((const char *)req + f->offset);
+		if (!tenant)
+			tenant = "";
+		if (apikeys_tenant_ok(c->key, tenant, strlen(tenant), "tenant_id", msg, sizeof msg))
+			return true;
+	}
+	log_refused(c, "tenant", c->key);
+	reply_error(c, RPC_PERMISSION_DENIED, msg);
+	return false;
+}
 
 /* on_done of a publication: runs on the WebSocket service thread once the
  * hub has queued (or refused) it. */
@@ -593,6 +692,8 @@ static void on_arrived(struct call *c, bool ok)
 		handle_unknown(c);
 		return;
 	}
+	if (!authorize(c))
+		return;
 	if (c->m->kind == RPC_KIND_STREAM) {
 		handle_stream(c);
 		return;
@@ -603,12 +704,14 @@ static void on_arrived(struct call *c, bool ok)
 		reply_error(c, err.code, err.msg);
 		return;
 	}
-	if (c->m->kind == RPC_KIND_STATS)
-		handle_stats(c);
-	else if (c->m->kind == RPC_KIND_COMMAND)
-		handle_command(c, req);
-	else
-		handle_publish(c, req);
+	if (authorize_tenant(c, req)) {
+		if (c->m->kind == RPC_KIND_STATS)
+			handle_stats(c);
+		else if (c->m->kind == RPC_KIND_COMMAND)
+			handle_command(c, req);
+		else
+			handle_publish(c, req);
+	}
 	arena_reset(&r->arena);
 }
 
@@ -783,6 +886,32 @@ static void unpark(struct rpc *r)
 	}
 }
 
+/* Whether the stream's key may publish for sl's tenant; else fills err
+ * (the message's rejection, naming the field as "broadcast_tenant.tenant_id"
+ * like the other rejections) and frees sl's data. req is the decoded
+ * PublishStreamRequest. */
+static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct slot *sl,
+                             struct rpc_error *err)
+{
+	const char *t = sl->pub.tenant;
+	if (!c->key || c->key->ntenants == 0)
+		return true;
+	const Livehub__V1__PublishStreamRequest *r = (const void *)req;
+	const ProtobufCFieldDescriptor *f =
+	        protobuf_c_message_descriptor_get_field(req->descriptor, (unsigned)r->request_case);
+	char field[80];
+	snprintf(field, sizeof field, "%s.tenant_id", f ? f->name : "request");
+	if (apikeys_tenant_ok(c->key, t, strlen(t), field, err->msg, sizeof err->msg))
+		return true;
+	err->code = RPC_PERMISSION_DENIED;
+	/* Per message, so at debug: the stream's response reports it. */
+	log_debug("event=grpc_auth_refused method=%s reason=tenant key=%s", c->m->name,
+	          c->key->name);
+	free(sl->pub.data);
+	sl->pub.data = NULL;
+	return false;
+}
+
 /* Turns one received message into a publication and pushes it. */
 static void stream_message(struct call *c)
 {
@@ -800,6 +929,8 @@ static void stream_message(struct call *c)
 	s->msg = NULL;
 	ProtobufCMessage *req = decode(c, &err);
 	int rc = req ? rpc_stream_prepare(req, &sl->pub, &sl->sequence, &err) : -1;
+	if (rc == 0 && !stream_tenant_ok(c, req, sl, &err))
+		rc = -1;
 	sl->pub.t0_us = metrics_now_us();
 	arena_reset(&c->r->arena);
 	if (rc) {
@@ -949,16 +1080,86 @@ static int register_methods(struct rpc *r)
 	return 0;
 }
 
-/* Binds host:port; returns the bound port or 0. */
-static int bind_port(struct rpc *r, const char *host, int port)
+/* Reads the whole file at path into a malloc'd NUL-terminated string the
+ * caller frees; NULL after logging (setting names the configuration). */
+static char *read_pem(const char *path, const char *setting)
 {
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	if (!f)
+		goto fail;
+	for (;;) {
+		if (cap - len < 4096) {
+			char *nb = cap < (1u << 20) ? realloc(buf, cap + 4096 + 1) : NULL;
+			if (!nb)
+				goto fail;
+			buf = nb;
+			cap += 4096;
+		}
+		size_t got = fread(buf + len, 1, cap - len, f);
+		len += got;
+		if (got == 0)
+			break;
+	}
+	if (ferror(f) || len == 0)
+		goto fail;
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+fail:
+	log_error("msg=\"cannot read a TLS file\" setting=%s file=%s", setting, path);
+	if (f)
+		fclose(f);
+	free(buf);
+	return NULL;
+}
+
+/* The server credentials cfg asks for: TLS with the gRPC certificate and
+ * key, requiring and verifying a client certificate when a client CA is
+ * set; plaintext otherwise. NULL after logging why. */
+static grpc_server_credentials *server_creds(const struct lh_config *cfg)
+{
+	if (!cfg->grpc_tls_cert[0])
+		return grpc_insecure_server_credentials_create();
+	grpc_server_credentials *creds = NULL;
+	char *ca = NULL;
+	char *cert = read_pem(cfg->grpc_tls_cert, "LIVEHUB_GRPC_TLS_CERT");
+	char *key = read_pem(cfg->grpc_tls_key, "LIVEHUB_GRPC_TLS_KEY");
+	if (cfg->grpc_tls_client_ca[0])
+		ca = read_pem(cfg->grpc_tls_client_ca, "LIVEHUB_GRPC_TLS_CLIENT_CA");
+	if (cert && key && (ca || !cfg->grpc_tls_client_ca[0])) {
+		grpc_ssl_pem_key_cert_pair pair = {key, cert};
+		/* gRPC copies the PEM text. */
+		creds = grpc_ssl_server_credentials_create_ex(
+		        ca, &pair, 1,
+		        ca ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+		           : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+		        NULL);
+		if (!creds)
+			log_error("msg=\"gRPC refused the TLS certificate, key or client CA\"");
+	}
+	if (key)
+		explicit_bzero(key, strlen(key));
+	free(cert);
+	free(key);
+	free(ca);
+	return creds;
+}
+
+/* Binds host:port; returns the bound port or 0. */
+static int bind_port(struct rpc *r, const struct lh_config *cfg)
+{
+	const char *host = cfg->grpc_host;
 	char addr[96];
 	/* An IPv6 literal needs brackets before the port. */
 	if (strchr(host, ':') && host[0] != '[')
-		snprintf(addr, sizeof addr, "[%s]:%d", host, port);
+		snprintf(addr, sizeof addr, "[%s]:%d", host, cfg->grpc_port);
 	else
-		snprintf(addr, sizeof addr, "%s:%d", host, port);
-	grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+		snprintf(addr, sizeof addr, "%s:%d", host, cfg->grpc_port);
+	grpc_server_credentials *creds = server_creds(cfg);
+	if (!creds)
+		return 0;
 	int bound = grpc_server_add_http2_port(r->server, addr, creds);
 	grpc_server_credentials_release(creds);
 	if (bound == 0)
@@ -984,16 +1185,20 @@ static void abort_start(struct rpc *r, bool thread)
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
 	pthread_mutex_destroy(&r->park_mu);
+	apikeys_store_free(&r->keys);
 	free(r);
 }
 
-struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q)
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q,
+                      struct apikeys *keys)
 {
 	struct rpc *r = calloc(1, sizeof *r);
 	if (!r) {
 		log_error("msg=\"out of memory starting gRPC\"");
+		apikeys_free(keys);
 		return NULL;
 	}
+	apikeys_store_init(&r->keys, keys);
 	r->hub = hub;
 	r->q = q;
 	r->started_ms = mono_ms();
@@ -1031,7 +1236,7 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	 * without a shutdown. */
 	r->mslot_unknown = metrics_grpc_method("other");
 	if (register_methods(r) || !(r->extra = rpc_extra_attach(r->server)) ||
-	    (r->port = bind_port(r, cfg->grpc_host, cfg->grpc_port)) == 0) {
+	    (r->port = bind_port(r, cfg)) == 0) {
 		abort_start(r, true);
 		return NULL;
 	}
@@ -1044,9 +1249,19 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	 * methods until their deadline: answer them UNIMPLEMENTED instead. */
 	for (int k = 0; k < ARMED_UNKNOWN; k++)
 		call_arm(r, UNKNOWN_METHOD);
-	log_info("msg=\"gRPC listening\" host=%s port=%d max_recv_bytes=%d", cfg->grpc_host,
-	         r->port, RPC_MAX_RECV_BYTES);
+	const struct apikeys *t = apikeys_store_get(&r->keys);
+	log_info("msg=\"gRPC listening\" host=%s port=%d max_recv_bytes=%d tls=%s api_keys=%zu",
+	         cfg->grpc_host, r->port, RPC_MAX_RECV_BYTES,
+	         cfg->grpc_tls_client_ca[0] ? "mutual"
+	         : cfg->grpc_tls_cert[0]    ? "on"
+	                                    : "off",
+	         t ? t->n : 0);
 	return r;
+}
+
+void rpc_set_keys(struct rpc *r, struct apikeys *keys)
+{
+	apikeys_store_swap(&r->keys, keys);
 }
 
 int rpc_port(const struct rpc *r)
@@ -1084,10 +1299,11 @@ static bool wait_for(struct rpc *r, bool (*done)(const struct rpc *), int timeou
 	return ok;
 }
 
-/* Drained: the notify tag came, or no call is left to finish. */
+/* Drained: the notify tag came, or no call is left to finish (Watch calls
+ * included: their last message must go out before cancel_all_calls). */
 static bool drained(const struct rpc *r)
 {
-	return r->shutdown_done || r->ncalls == 0;
+	return r->shutdown_done || (r->ncalls == 0 && rpc_extra_idle(r->extra));
 }
 
 /* Finished: the notify tag came and every call struct is freed. */
@@ -1119,6 +1335,7 @@ void rpc_stop(struct rpc *r, int drain_ms)
 	pthread_cond_destroy(&r->cv);
 	pthread_mutex_destroy(&r->mu);
 	pthread_mutex_destroy(&r->park_mu);
+	apikeys_store_free(&r->keys);
 	free(r);
 	log_info("msg=\"gRPC stopped\"");
 }

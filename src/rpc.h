@@ -10,15 +10,24 @@
 #ifndef LH_RPC_H
 #define LH_RPC_H
 
+#include "apikeys.h"
 #include "config.h"
 #include "handoff.h"
 #include "hub.h"
 
 struct rpc;
 
-/* Starts the server (grpc_init, bind, completion-queue thread). Returns
- * NULL after logging why. Block SIGINT/SIGTERM before calling. */
-struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q);
+/* Starts the server (grpc_init, bind, completion-queue thread), with TLS
+ * when cfg names gRPC certificate files. keys (ownership passes to the
+ * server, also on failure) are the API keys callers must present; NULL
+ * lets every caller call every method (development mode). Returns NULL
+ * after logging why. Block SIGINT/SIGTERM before calling. */
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q,
+                      struct apikeys *keys);
+/* Replaces the API keys (SIGHUP; ownership of keys passes to r). Calls
+ * that have started keep the key they were authorized with. Call from one
+ * thread at a time. */
+void rpc_set_keys(struct rpc *r, struct apikeys *keys);
 /* The bound gRPC port. */
 int rpc_port(const struct rpc *r);
 /* Stops accepting calls, lets calls in flight finish for up to drain_ms

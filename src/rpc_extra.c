@@ -629,6 +629,16 @@ void rpc_extra_stopping(struct rpc_extra *x)
 	}
 }
 
+bool rpc_extra_idle(struct rpc_extra *x)
+{
+	if (!x)
+		return true;
+	pthread_mutex_lock(&x->mu);
+	bool idle = x->watchers == NULL;
+	pthread_mutex_unlock(&x->mu);
+	return idle;
+}
+
 void rpc_extra_free(struct rpc_extra *x)
 {
 	if (!x)
@@ -677,6 +687,13 @@ void rpc_extra_stats(Livehub__V1__GetStatsResponse *out, struct rpc_extra_stats 
 		for (int c = 0; c < METRICS_NCODES; c++)
 			sum += metrics_get(&m->grpc_calls[i][c]);
 	out->grpc_calls = sum;
+	uint64_t unauth = 0, denied = 0;
+	for (int i = 0; i < n; i++) {
+		unauth += metrics_get(&m->grpc_calls[i][16]); /* UNAUTHENTICATED */
+		denied += metrics_get(&m->grpc_calls[i][7]);  /* PERMISSION_DENIED */
+	}
+	out->grpc_unauthenticated = unauth;
+	out->grpc_permission_denied = denied;
 	size_t nt = metrics_top_tenants(st->top, METRICS_TOP_TENANTS);
 	for (size_t i = 0; i < nt; i++) {
 		livehub__v1__tenant_connections__init(&st->tenants[i]);

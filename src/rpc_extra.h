@@ -28,6 +28,10 @@ void rpc_extra_start(struct rpc_extra *x);
 void rpc_extra_stopping(struct rpc_extra *x);
 /* After grpc_server_destroy (or instead of starting): shuts the queue down,
  * joins the thread, frees x. NULL is a no-op. */
+/* True when no Watch call is still open or sending its last status:
+ * rpc_stop waits for it before cancelling what is left, so a watcher's
+ * NOT_SERVING is not cut off by grpc_server_cancel_all_calls. */
+bool rpc_extra_idle(struct rpc_extra *x);
 void rpc_extra_free(struct rpc_extra *x);
 
 /* Storage for the GetStats fields filled by rpc_extra_stats. */

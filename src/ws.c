@@ -843,6 +843,9 @@ static int start_lws(struct ws *w, const struct lh_config *cfg)
 	struct lws_context_creation_info info;
 	memset(&info, 0, sizeof(info));
 	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_VALIDATE_UTF8;
+	/* TLS (wss://, https://): lws initialises OpenSSL only when asked. */
+	if (cfg->tls_cert[0])
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.user = w;
 	info.fd_limit_per_thread = fd_limit();
 	info.max_http_header_data = WS_HEADER_MAX;
@@ -865,9 +868,16 @@ static int start_lws(struct ws *w, const struct lh_config *cfg)
 	set_listen_host(&info, cfg->ws_host);
 	info.protocols = w->protocols;
 	info.retry_and_idle_policy = &w->retry;
+	if (cfg->tls_cert[0]) {
+		/* Every connection on the port is TLS; lws loads the chain and the
+		 * key here and refuses the vhost when they do not match. */
+		info.ssl_cert_filepath = cfg->tls_cert;
+		info.ssl_private_key_filepath = cfg->tls_key;
+	}
 	w->vh = lws_create_vhost(w->ctx, &info);
 	if (!w->vh) {
-		log_error("msg=\"cannot listen for WebSocket clients\" host=%s port=%d",
+		log_error("msg=\"cannot listen for WebSocket clients%s\" host=%s port=%d",
+		          cfg->tls_cert[0] ? " (or the TLS certificate or key is unusable)" : "",
 		          cfg->ws_host, cfg->ws_port);
 		return LH_EIO;
 	}

@@ -34,6 +34,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "grpcc.h"
 #include "livehub/v1/hub.pb-c.h"
 
 #define NREQ   64   /* distinct pre-encoded requests (job ids) */
@@ -59,17 +60,9 @@ static struct opts o = {
         .payload = 32,
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static gpr_timespec after_s(double s)
 {
-	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-	                    gpr_time_from_nanos((int64_t)(s * 1e9), GPR_TIMESPAN));
+	return grpcc_after_ns((uint64_t)(s * 1e9));
 }
 
 /* ---------------------------------------------------------------------- */
@@ -190,12 +183,13 @@ static void unary_issue(struct worker *w, struct ucall *c, int k)
 	c->details = grpc_empty_slice();
 	grpc_metadata_array_init(&c->md_init);
 	grpc_metadata_array_init(&c->md_trail);
-	c->t0 = now_ns();
+	c->t0 = grpcc_now_ns();
 	c->call = grpc_channel_create_registered_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
 	                                              w->method[k], after_s(30), NULL);
 	grpc_op ops[6];
 	memset(ops, 0, sizeof ops);
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	grpcc_auth_set(&ops[0]);
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = c->send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -241,7 +235,7 @@ static void *unary_main(void *arg)
 		int m = atomic_load_explicit(&measuring, memory_order_relaxed);
 		atomic_fetch_add_explicit(&done_total, 1, memory_order_relaxed);
 		if (m == 1) {
-			uint64_t us10 = (now_ns() - c->t0) / 10000;
+			uint64_t us10 = (grpcc_now_ns() - c->t0) / 10000;
 			w->hist[us10 < HIST_N ? us10 : HIST_N - 1]++;
 			if (ev.success && c->status == GRPC_STATUS_OK) {
 				w->ok++;
@@ -293,6 +287,7 @@ static void stream_start(struct worker *w, struct ucall *c, int k)
 	grpc_op ops[4];
 	memset(ops, 0, sizeof ops);
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	grpcc_auth_set(&ops[0]);
 	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
 	ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
 	ops[2].op = GRPC_OP_RECV_MESSAGE;
@@ -404,17 +399,9 @@ static double proc_cpu_s(int pid)
 
 static void wait_ready(grpc_channel *ch, grpc_completion_queue *cq)
 {
-	uint64_t deadline = now_ns() + 5000000000ull;
-	for (;;) {
-		grpc_connectivity_state s = grpc_channel_check_connectivity_state(ch, 1);
-		if (s == GRPC_CHANNEL_READY)
-			return;
-		if (now_ns() > deadline) {
-			fprintf(stderr, "ingress: cannot connect to %s\n", o.target);
-			exit(1);
-		}
-		grpc_channel_watch_connectivity_state(ch, s, after_s(1), cq, NULL);
-		grpc_completion_queue_next(cq, after_s(2), NULL);
+	if (!grpcc_wait_ready(ch, cq, 5000000000ull)) {
+		fprintf(stderr, "ingress: cannot connect to %s\n", o.target);
+		exit(1);
 	}
 }
 
@@ -449,6 +436,7 @@ int main(int argc, char **argv)
 	if (o.threads < 1 || o.channels < 1 || o.inflight < 1 || o.duration <= 0)
 		usage();
 	grpc_init();
+	grpcc_auth_init();
 	encode_all();
 	struct worker *ws = calloc((size_t)o.threads, sizeof *ws);
 	for (int t = 0; t < o.threads; t++) {
@@ -481,14 +469,14 @@ int main(int argc, char **argv)
 	nanosleep(&ts, NULL);
 	double cpu0 = o.pid ? proc_cpu_s(o.pid) : 0;
 	uint64_t sent0 = atomic_load(&sent_total);
-	uint64_t t0 = now_ns();
+	uint64_t t0 = grpcc_now_ns();
 	atomic_store(&measuring, 1);
 	ts.tv_sec = (time_t)o.duration;
 	ts.tv_nsec = (long)((o.duration - (time_t)o.duration) * 1e9);
 	nanosleep(&ts, NULL);
 	uint64_t sent1 = atomic_load(&sent_total);
 	double cpu1 = o.pid ? proc_cpu_s(o.pid) : 0;
-	double el = (double)(now_ns() - t0) / 1e9;
+	double el = (double)(grpcc_now_ns() - t0) / 1e9;
 	atomic_store(&measuring, 2);
 	for (int t = 0; t < o.threads; t++)
 		pthread_join(ws[t].th, NULL);

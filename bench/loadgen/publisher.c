@@ -24,6 +24,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "grpcc.h"
 #include "livehub/v1/hub.pb-c.h"
 
 struct pcall {
@@ -48,12 +49,6 @@ struct pub {
 	bool told_error;
 	pthread_mutex_t mu; /* guards the pool, inflight and st */
 };
-
-static gpr_timespec after_ns(uint64_t ns)
-{
-	return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-	                    gpr_time_from_nanos((int64_t)ns, GPR_TIMESPAN));
-}
 
 /* The Struct {t, tn, pad} every request carries. Points into the caller's
  * storage. */
@@ -175,10 +170,11 @@ static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
 	grpc_metadata_array_init(&c->md_trail);
 	c->t0 = now_ns();
 	c->call = grpc_channel_create_registered_call(p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
-	                                              p->method, after_ns(30000000000ull), NULL);
+	                                              p->method, grpcc_after_ns(30000000000ull), NULL);
 	grpc_op ops[6];
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	grpcc_auth_set(&ops[0]);
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = c->send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -303,7 +299,7 @@ static bool stream_wait(struct pub *p, void *want, uint64_t timeout_ns)
 	uint64_t end = now_ns() + timeout_ns;
 	for (;;) {
 		grpc_event ev = grpc_completion_queue_next(
-		        p->cq, after_ns(end > now_ns() ? end - now_ns() : 0), NULL);
+		        p->cq, grpcc_after_ns(end > now_ns() ? end - now_ns() : 0), NULL);
 		if (ev.type == GRPC_QUEUE_TIMEOUT)
 			return false;
 		if (ev.type == GRPC_OP_COMPLETE && ev.tag == want)
@@ -393,9 +389,10 @@ static void run_stream(struct pub *p)
 	grpc_call *call = grpc_channel_create_call(
 	        p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
 	        grpc_slice_from_static_string("/livehub.v1.HubService/PublishStream"), NULL,
-	        after_ns(600000000000ull), NULL);
+	        grpcc_after_ns(600000000000ull), NULL);
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	grpcc_auth_set(&ops[0]);
 	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
 	ops[1].data.recv_initial_metadata.recv_initial_metadata = &md_init;
 	grpc_call_start_batch(call, ops, 2, &t_start, NULL);
@@ -430,23 +427,14 @@ static void run_stream(struct pub *p)
  * is not counted as publish latency. */
 static void connect_first(struct pub *p)
 {
-	static int tag;
-	uint64_t deadline = now_ns() + 5000000000ull;
-
-	for (;;) {
-		grpc_connectivity_state s = grpc_channel_check_connectivity_state(p->ch, 1);
-		if (s == GRPC_CHANNEL_READY || now_ns() > deadline)
-			return;
-		grpc_channel_watch_connectivity_state(p->ch, s, after_ns(1000000000ull), p->cq,
-		                                      &tag);
-		grpc_completion_queue_next(p->cq, after_ns(2000000000ull), NULL);
-	}
+	grpcc_wait_ready(p->ch, p->cq, 5000000000ull);
 }
 
 void publisher_main(const struct lg_opts *o, int to_parent)
 {
 	struct pub *p = calloc(1, sizeof(*p));
 	grpc_init();
+	grpcc_auth_init();
 	p->o = o;
 	pthread_mutex_init(&p->mu, NULL);
 	grpc_channel_credentials *cred = grpc_insecure_credentials_create();

@@ -107,8 +107,51 @@ def clean_env(extra=None):
     return env
 
 
+class _KeyInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor,
+                      grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call on a channel."""
+
+    def __init__(self, key):
+        self.md = ("authorization", "Bearer " + key)
+
+    def _details(self, d):
+        md = list(d.metadata or []) + [self.md]
+        return d._replace(metadata=md) if hasattr(d, "_replace") else _Details(
+            d.method, d.timeout, md, d.credentials, getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, cont, d, req):
+        return cont(self._details(d), req)
+
+    def intercept_stream_unary(self, cont, d, reqs):
+        return cont(self._details(d), reqs)
+
+    def intercept_unary_stream(self, cont, d, req):
+        return cont(self._details(d), req)
+
+    def intercept_stream_stream(self, cont, d, reqs):
+        return cont(self._details(d), reqs)
+
+
+class _Details(collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                     "compression")), grpc.ClientCallDetails):
+    pass
+
+
+def key_channel(channel, key):
+    """channel with `authorization: Bearer key` sent on every call."""
+    return grpc.intercept_channel(channel, _KeyInterceptor(key))
+
+
 class Hub:
-    """A running livehub process with a gRPC channel to it."""
+    """A running livehub process with a gRPC channel to it. api_key (sent
+    as `authorization: Bearer` on every call of .channel/.stub) and
+    grpc_credentials (TLS) only change how the tests talk to it."""
+
+    api_key = None
+    grpc_credentials = None
+    ws_ssl = None  # an ssl.SSLContext: the hub serves wss:// and https://
 
     def __init__(self, proc, workdir, secret, stderr_path):
         self.proc = proc
@@ -127,14 +170,18 @@ class Hub:
         self.stopped = False
 
     @classmethod
-    def start(cls, workdir, args=None, env=None, secret=None):
+    def start(cls, workdir, args=None, env=None, secret=None, extra_args=(), api_key=None,
+              grpc_credentials=None, ws_ssl=None):
         """Starts the binary in workdir with ports 0 and a random secret
-        (unless args are given) and waits for its ready line."""
+        (unless args are given; extra_args are added to either) and waits
+        for its ready line. The test channel sends api_key on every call
+        and uses grpc_credentials (TLS) when given."""
         secret = secret or secrets.token_urlsafe(32)
         if args is None:
             args = ["--ws-host", "127.0.0.1", "--ws-port", "0",
                     "--grpc-host", "127.0.0.1", "--grpc-port", "0",
                     "--jwt-secret", secret]
+        args = list(args) + list(extra_args)
         if not os.access(BIN, os.X_OK):
             raise RuntimeError("livehub binary not found at %s (set LIVEHUB_BIN)" % BIN)
         stderr_path = os.path.join(str(workdir), "livehub.stderr")
@@ -143,6 +190,9 @@ class Hub:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                     preexec_fn=_die_with_parent)
         h = cls(proc, workdir, secret, stderr_path)
+        h.api_key = api_key
+        h.grpc_credentials = grpc_credentials
+        h.ws_ssl = ws_ssl
         try:
             h._wait_ready()
         except BaseException:
@@ -170,8 +220,20 @@ class Hub:
         self.ws_host, self.ws_port = m.group(1), int(m.group(2))
         self.grpc_host, self.grpc_port = m.group(3), int(m.group(4))
         assert self.ws_port > 0 and self.grpc_port > 0, self.ready_line
-        self.channel = grpc.insecure_channel("%s:%d" % (self.grpc_host, self.grpc_port))
+        self.channel = self.new_channel(self.api_key)
         self.stub = hub_pb2_grpc.HubServiceStub(self.channel)
+
+    def new_channel(self, key=None, credentials=None):
+        """A new gRPC channel to the hub (TLS when the hub's test channel
+        uses it, or with credentials), sending key when given."""
+        target = "%s:%d" % (self.grpc_host, self.grpc_port)
+        creds = credentials or self.grpc_credentials
+        ch = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+        return key_channel(ch, key) if key else ch
+
+    def stderr_text(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
 
     def stderr_tail(self, n=6000):
         try:
@@ -229,7 +291,7 @@ class Hub:
         return jwt.encode(body, key, algorithm=algorithm)
 
     def ws_url(self, token=None, path="/ws"):
-        url = "ws://%s:%d%s" % (self.ws_host, self.ws_port, path)
+        url = "%s://%s:%d%s" % ("wss" if self.ws_ssl else "ws", self.ws_host, self.ws_port, path)
         if token is not None:
             url += "?token=" + token
         return url
@@ -317,7 +379,7 @@ class WsClient:
         url = hub.ws_url(None if header else token)
         headers = {"Authorization": "Bearer " + token} if header else {}
         ws = await websockets.connect(url, extra_headers=headers, compression=None,
-                                      ping_interval=None, max_size=None,
+                                      ping_interval=None, max_size=None, ssl=hub.ws_ssl,
                                       open_timeout=RECV_TIMEOUT, close_timeout=5)
         c = cls(ws)
         _open_clients.append(c)

@@ -255,3 +255,43 @@ async def test_disconnects_are_counted(fresh_hub):
     assert (s.disconnects, s.control_commands) == (2, 1)
     assert metric(h, "livehub_disconnects_total") == 2
     assert metric(h, 'livehub_connections_closed_total{reason="disconnected"}') == 2
+
+
+@aio
+async def test_control_calls_need_admin_and_stay_in_their_tenant(tmp_path):
+    """With API keys: a publish key may not call the control methods; an
+    admin key limited to one tenant may act only there."""
+    pub_key, admin_key = "pub-Zq3v9LkWm2XyTt8Rq", "acadm-Mn7Bv5Cx3Zl1Kj9Hq"
+    keys = "jobs:publish=%s,acme-ops:admin:acme=%s" % (pub_key, admin_key)
+    h = Hub.start(tmp_path, env={"LIVEHUB_API_KEYS": keys})
+    try:
+        a = await h.connect("acme", "alice")
+        g = await h.connect("globex", "alice")
+
+        def call(method, req, key):
+            md = [("authorization", "Bearer " + key)]
+            return getattr(h.stub, method)(req, timeout=RPC_TIMEOUT, metadata=md)
+
+        for method, req in (
+                ("Disconnect", hub_pb2.DisconnectRequest(tenant_id="acme")),
+                ("Presence", hub_pb2.PresenceRequest(tenant_id="acme")),
+                ("Subscribe", hub_pb2.SubscribeRequest(tenant_id="acme", user_id="alice", channel="x")),
+                ("Unsubscribe", hub_pb2.UnsubscribeRequest(tenant_id="acme", user_id="alice", channel="x")),
+                ("ListChannels", hub_pb2.ListChannelsRequest(tenant_id="acme"))):
+            try:
+                call(method, req, pub_key)
+                raise AssertionError("%s with a publish key succeeded" % method)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.PERMISSION_DENIED, (method, e)
+        try:
+            call("Disconnect", hub_pb2.DisconnectRequest(tenant_id="globex"), admin_key)
+            raise AssertionError("Disconnect of another tenant succeeded")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+            assert "tenant_id" in e.details(), e.details()
+        assert call("Presence", hub_pb2.PresenceRequest(tenant_id="acme"), admin_key).connections == 1
+        assert call("Disconnect", hub_pb2.DisconnectRequest(tenant_id="acme"), admin_key).disconnected == 1
+        assert (await closed_with(a))[0] == 4501
+        await g.expect_nothing()
+    finally:
+        h.stop_and_check()

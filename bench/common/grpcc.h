@@ -1,0 +1,30 @@
+/*
+ * bench/common: what the benchmark's gRPC clients (lg's publisher and
+ * ingress) share, so that both speak to livehub the same way: the API key,
+ * deadlines, and bringing a channel up before the clock starts.
+ */
+#ifndef BENCH_GRPCC_H
+#define BENCH_GRPCC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <grpc/grpc.h>
+#include <grpc/support/time.h>
+
+/* Reads livehub's API key from LIVEHUB_API_KEY (docs/SECURITY.md), once,
+ * before any call; without it calls carry no key (development mode). */
+void grpcc_auth_init(void);
+/* Sets op, a GRPC_OP_SEND_INITIAL_METADATA, to carry the key if there is one. */
+void grpcc_auth_set(grpc_op *op);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t grpcc_now_ns(void);
+/* A gRPC deadline ns nanoseconds from now. */
+gpr_timespec grpcc_after_ns(uint64_t ns);
+
+/* Waits up to timeout_ns for ch to be READY, using cq for the watch (tag
+ * NULL). Returns true when it is. */
+bool grpcc_wait_ready(grpc_channel *ch, grpc_completion_queue *cq, uint64_t timeout_ns);
+
+#endif
