@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "hub.h"
 #include "log.h"
 #include "presence.h"
 #include "tls_files.h"
@@ -61,6 +62,22 @@ static const struct setting settings[] = {
 	    "channels one connection may subscribe to"),
 	INT(sendq_max_frames, "sendq-max-frames", "LIVEHUB_SENDQ_MAX_FRAMES", 1, 10000000,
 	    "frames queued for one connection before it is closed as a slow consumer"),
+	INT(sendq_max_bytes, "sendq-max-bytes", "LIVEHUB_SENDQ_MAX_BYTES", 1024, 1073741824,
+	    "payload bytes queued for one connection before it is closed as a slow consumer"),
+	INT(handoff_max_bytes, "handoff-max-bytes", "LIVEHUB_HANDOFF_MAX_BYTES", 65536, 2147483647,
+	    "bytes of publications queued from gRPC to the hub before RESOURCE_EXHAUSTED"),
+	INT(history_size, "history-size", "LIVEHUB_HISTORY_SIZE", 0, 100000,
+	    "publications kept per channel for recovery (0: no history)"),
+	INT(history_ttl_s, "history-ttl", "LIVEHUB_HISTORY_TTL", 0, 604800,
+	    "seconds a publication stays in channel history (0: no age limit)"),
+	INT(history_max_bytes, "history-max-bytes", "LIVEHUB_HISTORY_MAX_BYTES", 0, 2147483647,
+	    "memory for the history of all channels; the oldest entries go first"),
+	STR(history_kinds, "history-kinds", "LIVEHUB_HISTORY_KINDS",
+	    "history per channel kind, kind:size[/ttl],... e.g. \"job:50/600,price:0\""),
+	INT(idem_window_s, "idempotency-window", "LIVEHUB_IDEMPOTENCY_WINDOW", 0, 86400,
+	    "seconds a publish idempotency key is remembered (0: keys are ignored)"),
+	INT(idem_max, "idempotency-max", "LIVEHUB_IDEMPOTENCY_MAX", 0, 10000000,
+	    "idempotency keys remembered at most (the oldest are forgotten first)"),
 	INT(ping_interval_s, "ping-interval", "LIVEHUB_PING_INTERVAL", 1, 65535,
 	    "seconds between WebSocket pings to an idle client"),
 	INT(ping_timeout_s, "ping-timeout", "LIVEHUB_PING_TIMEOUT", 2, 65535,
@@ -112,6 +129,14 @@ static void defaults(struct lh_config *cfg)
 	cfg->handoff_max = 65536;
 	cfg->max_subs_per_conn = 128;
 	cfg->sendq_max_frames = 4096;
+	cfg->sendq_max_bytes = 4 * 1024 * 1024;
+	cfg->handoff_max_bytes = 64 * 1024 * 1024;
+	cfg->history_size = 100;
+	cfg->history_ttl_s = 300;
+	cfg->history_max_bytes = 256 * 1024 * 1024;
+	strcpy(cfg->history_kinds, "$tenant:100/120,$user:100/300");
+	cfg->idem_window_s = 300;
+	cfg->idem_max = 100000;
 	cfg->ping_interval_s = 30;
 	cfg->ping_timeout_s = 90;
 	cfg->shutdown_timeout_s = 10;
@@ -391,6 +416,9 @@ static int check(struct lh_config *cfg)
 		        cfg->event_loop);
 		return -1;
 	}
+	struct hub_limits lim;
+	if (config_hub_limits(cfg, &lim))
+		return -1;
 	const char *why;
 	if (presence_config_check(cfg->presence_channels, &why)) {
 		fprintf(stderr, "livehub: LIVEHUB_PRESENCE_CHANNELS: %s\n", why);
@@ -521,4 +549,23 @@ void config_usage(FILE *out)
 		fprintf(out, "  --%-20s %-26s %s [default: %s]\n", st->flag, st->env, st->help,
 		        def);
 	}
+}
+
+int config_hub_limits(const struct lh_config *cfg, struct hub_limits *lim)
+{
+	char err[200];
+	memset(lim, 0, sizeof(*lim));
+	lim->max_subs_per_conn = (uint32_t)cfg->max_subs_per_conn;
+	lim->sendq_max_frames = (uint32_t)cfg->sendq_max_frames;
+	lim->sendq_max_bytes = (uint64_t)cfg->sendq_max_bytes;
+	lim->hist.size = (uint32_t)cfg->history_size;
+	lim->hist.ttl_s = (uint32_t)cfg->history_ttl_s;
+	lim->hist.max_bytes = (uint64_t)cfg->history_max_bytes;
+	lim->idem_window_s = (uint32_t)cfg->idem_window_s;
+	lim->idem_max = cfg->idem_window_s ? (uint32_t)cfg->idem_max : 0;
+	if (hist_parse_kinds(cfg->history_kinds, &lim->hist, err, sizeof(err))) {
+		fprintf(stderr, "livehub: LIVEHUB_HISTORY_KINDS: %s\n", err);
+		return -1;
+	}
+	return 0;
 }

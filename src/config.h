@@ -25,6 +25,14 @@ struct lh_config {
 	int handoff_max;           /* LIVEHUB_HANDOFF_MAX; gRPC -> hub queue bound; default 65536 */
 	int max_subs_per_conn;     /* LIVEHUB_MAX_SUBSCRIPTIONS; default 128 */
 	int sendq_max_frames;      /* LIVEHUB_SENDQ_MAX_FRAMES; default 4096 */
+	int sendq_max_bytes;       /* LIVEHUB_SENDQ_MAX_BYTES; default 4 MiB */
+	int handoff_max_bytes;     /* LIVEHUB_HANDOFF_MAX_BYTES; default 64 MiB */
+	int history_size;          /* LIVEHUB_HISTORY_SIZE; default 100 */
+	int history_ttl_s;         /* LIVEHUB_HISTORY_TTL; default 300 */
+	int history_max_bytes;     /* LIVEHUB_HISTORY_MAX_BYTES; default 256 MiB */
+	char history_kinds[512];   /* LIVEHUB_HISTORY_KINDS; per-kind size/ttl */
+	int idem_window_s;         /* LIVEHUB_IDEMPOTENCY_WINDOW; default 300 */
+	int idem_max;              /* LIVEHUB_IDEMPOTENCY_MAX; default 100000 */
 	int ping_interval_s;       /* LIVEHUB_PING_INTERVAL; default 30 */
 	int ping_timeout_s;        /* LIVEHUB_PING_TIMEOUT; default 90 */
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
@@ -68,6 +76,11 @@ int config_load(struct lh_config *cfg, int argc, char **argv, bool *help);
 int config_resolve_secret(struct lh_config *cfg);
 
 void config_usage(FILE *out);
+
+struct hub_limits;
+/* Fills lim from a loaded (validated) cfg. Returns 0, or -1 after a message
+ * on stderr (a bad LIVEHUB_HISTORY_KINDS; config_load checks it already). */
+int config_hub_limits(const struct lh_config *cfg, struct hub_limits *lim);
 
 /* Whether host (a listen address) is loopback only: 127.0.0.0/8, ::1 or
  * localhost. */

@@ -20,14 +20,16 @@
 struct handoff {
 	_Atomic(struct publication *) head; /* newest first */
 	_Atomic size_t count;
+	_Atomic size_t bytes;
 	size_t max;
+	size_t max_bytes;
 	_Atomic bool closed;
 	pthread_mutex_t lock;
 	void (*wake)(void *); /* lock */
 	void *wake_arg;       /* lock */
 };
 
-struct handoff *handoff_new(size_t max)
+struct handoff *handoff_new(size_t max, size_t max_bytes)
 {
 	struct handoff *q = calloc(1, sizeof(*q));
 	if (!q)
@@ -38,6 +40,8 @@ struct handoff *handoff_new(size_t max)
 	}
 	atomic_init(&q->head, NULL);
 	atomic_init(&q->count, 0);
+	atomic_init(&q->bytes, 0);
+	q->max_bytes = max_bytes;
 	atomic_init(&q->closed, false);
 	q->max = max;
 	return q;
@@ -80,6 +84,13 @@ int handoff_push_lazy(struct handoff *q, struct publication *p)
 		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
 		return LH_EFULL;
 	}
+	size_t cost = handoff_cost(p);
+	size_t b = atomic_fetch_add_explicit(&q->bytes, cost, memory_order_relaxed);
+	if (b > 0 && b + cost > q->max_bytes) {
+		atomic_fetch_sub_explicit(&q->bytes, cost, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
+		return LH_EFULL;
+	}
 	struct publication *old = atomic_load_explicit(&q->head, memory_order_relaxed);
 	do
 		p->next = old;
@@ -104,22 +115,35 @@ struct publication *handoff_take(struct handoff *q)
 {
 	struct publication *p = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
 	struct publication *fifo = NULL;
-	size_t n = 0;
+	size_t n = 0, bytes = 0;
 	while (p) {
+		bytes += handoff_cost(p);
 		struct publication *next = p->next;
 		p->next = fifo;
 		fifo = p;
 		p = next;
 		n++;
 	}
-	if (n)
+	if (n) {
 		atomic_fetch_sub_explicit(&q->count, n, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&q->bytes, bytes, memory_order_relaxed);
+	}
 	return fifo;
 }
 
 size_t handoff_depth(struct handoff *q)
 {
 	return atomic_load_explicit(&q->count, memory_order_relaxed);
+}
+
+size_t handoff_bytes(struct handoff *q)
+{
+	return atomic_load_explicit(&q->bytes, memory_order_relaxed);
+}
+
+size_t handoff_cost(const struct publication *p)
+{
+	return sizeof(*p) + p->data_len;
 }
 
 void handoff_close(struct handoff *q)

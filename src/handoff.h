@@ -19,8 +19,10 @@
 struct publication;
 struct handoff;
 
-/* Returns a queue holding at most max publications, or NULL. */
-struct handoff *handoff_new(size_t max);
+/* Returns a queue holding at most max publications and max_bytes bytes of
+ * them (their data plus the struct; one publication is always let into an
+ * empty queue), or NULL. */
+struct handoff *handoff_new(size_t max, size_t max_bytes);
 /* Frees the queue; it must be empty. */
 void handoff_free(struct handoff *q);
 /* Sets the function called (from a producer thread) when work arrives. */
@@ -40,6 +42,10 @@ void handoff_wake(struct handoff *q);
 struct publication *handoff_take(struct handoff *q);
 /* Any thread. How many are queued now (for stats). */
 size_t handoff_depth(struct handoff *q);
+/* Any thread. How many bytes are queued now (for stats). */
+size_t handoff_bytes(struct handoff *q);
+/* The bytes p counts for in the queue's byte bound. */
+size_t handoff_cost(const struct publication *p);
 /* After close, pushes fail with LH_EFULL. A push racing with the close may
  * still land; close once producers have stopped when that matters. */
 void handoff_close(struct handoff *q);

@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "dict.h"
+#include "idem.h"
 #include "livehub.h"
 #include "names.h"
 
@@ -62,9 +63,12 @@ struct chan {
 	uint64_t epoch;  /* random; shown as 16 hex digits */
 	int64_t last_ms; /* last publication, creation or loss of the last subscriber */
 	struct sub one;
-	uint16_t klen; /* key bytes, without the NUL */
-	uint8_t tlen;  /* tenant bytes at the start of the key */
-	uint8_t kind;  /* enum chan_kind */
+	uint16_t klen;          /* key bytes, without the NUL */
+	uint8_t tlen;           /* tenant bytes at the start of the key */
+	uint8_t kind;           /* enum chan_kind */
+	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
+	uint32_t lim_gen;       /* hub's lim_gen when hsize/httl_s were looked up */
+	struct hist hist;
 	/* "tenant\x1fname\0"; a CHAN_TENANT record appends "tenant\0" so that
 	 * hub_conn_tenant() has a NUL-terminated string to return. */
 	char key[];
@@ -76,8 +80,11 @@ struct hub_conn {
 	struct frame **q;  /* ring; qinl while qcap is CONN_INLINE_Q, else heap */
 	uint32_t nsubs, subcap;
 	uint32_t qhead, qlen, qcap;
-	bool dead;   /* killed: nothing more is queued */
-	char id[23]; /* "c5f1e2a3-17" */
+	uint32_t nkeyed; /* queued frames with a conflation key */
+	uint64_t qbytes; /* payload bytes queued */
+	bool dead;       /* killed: nothing more is queued */
+	bool pressed;    /* raised hub.pressure since its queue was last empty */
+	char id[23];     /* "c5f1e2a3-17" */
 	struct csub inl[CONN_INLINE_SUBS];
 	struct frame *qinl[CONN_INLINE_Q];
 };
@@ -89,8 +96,19 @@ struct hub {
 	uint64_t rng;       /* splitmix64 state */
 	uint64_t conn_seq;
 	char id_prefix[9]; /* 'c', 7 hex digits, '-' */
+	uint32_t lim_gen;  /* raised by hub_set_limits */
+	bool pressure;     /* a queue crossed half its bound (hub_publish_some) */
+	struct hist_pool pool;
+	struct idem *idem;
 	struct hub_stats st;
+	/* Runs control commands (publications with cmd set); see
+	 * hub_set_command_runner. */
+	void (*run_cmd)(void *arg, struct publication *p);
+	void *run_cmd_arg;
 };
+
+static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f);
+static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms);
 
 /* ------------------------------------------------------------------------
  * Small helpers
@@ -182,6 +200,13 @@ static size_t make_key(char *buf, const char *tenant, size_t tlen, const char *n
  * Channels
  * ------------------------------------------------------------------------ */
 
+/* Publishes the history pool's gauges. */
+static void hist_stats(struct hub *h)
+{
+	atomic_store_explicit(&h->st.history_bytes, h->pool.bytes, memory_order_relaxed);
+	atomic_store_explicit(&h->st.history_entries, h->pool.entries, memory_order_relaxed);
+}
+
 static const char *chan_name(const struct chan *ch)
 {
 	return ch->key + ch->tlen + 1;
@@ -239,6 +264,8 @@ static struct chan *chan_get(struct hub *h, const char *key, size_t klen, size_t
 static void chan_free(struct hub *h, struct chan *ch)
 {
 	dict_del(h->chans, ch->key, ch->klen);
+	hist_clear(&h->pool, &ch->hist);
+	hist_stats(h);
 	if (ch->subs != &ch->one)
 		free(ch->subs);
 	free(ch);
@@ -401,6 +428,8 @@ static void queue_clear(struct hub_conn *c)
 	c->q = c->qinl;
 	c->qcap = CONN_INLINE_Q;
 	c->qhead = c->qlen = 0;
+	c->nkeyed = 0;
+	c->qbytes = 0;
 }
 
 /* Takes c off every channel and frees it; no stats but the presence ones. */
@@ -491,7 +520,8 @@ static int conn_chan(struct hub *h, struct hub_conn *c, const char *name, bool c
 	return create && !*out ? LH_ENOMEM : 0;
 }
 
-int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name)
+/* hub_subscribe, giving back the channel (also when LH_EEXIST). */
+static int subscribe_chan(struct hub *h, struct hub_conn *c, const char *name, struct chan **out)
 {
 	struct chan *ch;
 	/* At the limit, only look: a client must not create channels it
@@ -500,6 +530,7 @@ int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name)
 	int rc = conn_chan(h, c, name, !full, &ch);
 	if (rc)
 		return rc;
+	*out = ch;
 	if (ch && find_sub(c, ch) >= 0)
 		return LH_EEXIST;
 	if (full)
@@ -509,6 +540,76 @@ int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name)
 		return rc;
 	stat_add(&h->st.subscriptions, 1);
 	return 0;
+}
+
+int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name)
+{
+	struct chan *ch;
+	return subscribe_chan(h, c, name, &ch);
+}
+
+/* The implicit channel of c that name means ("$tenant", "$user",
+ * "$user:{own user}"), or NULL. */
+static struct chan *implicit_chan(const struct hub_conn *c, const char *name)
+{
+	if (strcmp(name, TENANT_NAME) == 0)
+		return c->subs[SUB_TENANT].ch;
+	struct chan *uch = c->subs[SUB_USER].ch;
+	if (strcmp(name, "$user") == 0 || strcmp(name, chan_name(uch)) == 0)
+		return uch;
+	return NULL;
+}
+
+/* Fills pos with ch's top offset and epoch and, when since is given,
+ * whether its history covers everything after since->offset. */
+static void chan_position(struct hub *h, struct chan *ch, const struct hub_since *since,
+                          struct hub_position *pos)
+{
+	chan_trim(h, ch, wall_ms());
+	pos->offset = ch->next - 1;
+	put_hex(pos->epoch, ch->epoch, 16);
+	pos->epoch[16] = '\0';
+	pos->recovered = false;
+	pos->replay = 0;
+	pos->from = NULL;
+	if (!since || !since->given)
+		return;
+	const struct hist_entry *first = NULL;
+	uint32_t n = 0;
+	pos->recovered = strcmp(since->epoch, pos->epoch) == 0 &&
+	                 hist_range(&ch->hist, since->offset, pos->offset, &first, &n);
+	if (pos->recovered) {
+		pos->from = first;
+		pos->replay = n;
+	}
+	stat_add(pos->recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
+}
+
+int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos)
+{
+	struct chan *ch = NULL;
+	int rc;
+	if (name[0] == '$') {
+		ch = implicit_chan(c, name);
+		rc = ch ? 0 : LH_EINVAL;
+	} else {
+		rc = subscribe_chan(h, c, name, &ch);
+	}
+	if (rc != 0 && rc != LH_EEXIST)
+		return rc;
+	chan_position(h, ch, since, pos);
+	return rc;
+}
+
+void hub_replay(struct hub *h, struct hub_conn *c, const struct hub_position *pos)
+{
+	const struct hist_entry *e = pos->from;
+	uint32_t n = 0;
+	for (uint32_t i = 0; e && i < pos->replay; i++, e = e->next)
+		if (enqueue(h, c, e->f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
 }
 
 int hub_unsubscribe(struct hub *h, struct hub_conn *c, const char *name)
@@ -534,6 +635,7 @@ int hub_unsubscribe(struct hub *h, struct hub_conn *c, const char *name)
 static void conn_kill(struct hub *h, struct hub_conn *c, int code, const char *reason)
 {
 	c->dead = true;
+	stat_add(&h->st.dropped, c->qlen);
 	queue_clear(c);
 	h->tr.kill(c->tctx, code, reason);
 }
@@ -557,6 +659,36 @@ static int queue_grow(struct hub_conn *c)
 	return 0;
 }
 
+/* The i-th oldest queued frame; i < c->qlen. */
+static struct frame *queue_at(const struct hub_conn *c, uint32_t i)
+{
+	return c->q[(c->qhead + i) & (c->qcap - 1)];
+}
+
+/* Drops a queued frame with the same conflation key as f, if any: scans
+ * from the newest (a conflated key is usually near the back) and closes
+ * the gap by moving the newer frames one slot towards the front. Cheap
+ * when nothing keyed is queued, which is the case of a healthy reader. */
+static void conflate(struct hub *h, struct hub_conn *c, const struct frame *f)
+{
+	if (c->nkeyed == 0)
+		return;
+	uint32_t i = c->qlen;
+	while (i-- > 0)
+		if (queue_at(c, i)->key == f->key)
+			break;
+	if (i == UINT32_MAX)
+		return;
+	struct frame *old = queue_at(c, i);
+	for (uint32_t j = i; j + 1 < c->qlen; j++)
+		c->q[(c->qhead + j) & (c->qcap - 1)] = queue_at(c, j + 1);
+	c->qlen--;
+	c->nkeyed--;
+	c->qbytes -= old->len;
+	frame_unref(old);
+	stat_add(&h->st.conflated, 1);
+}
+
 /* Queues a reference to f on c. Past the bound (or out of memory) c is
  * killed instead. Returns 0, LH_EFULL or LH_ENOMEM. The transport's kill
  * must not call hub_conn_close() from inside (see hub.h). */
@@ -564,7 +696,12 @@ static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f)
 {
 	if (c->dead)
 		return LH_EFULL;
-	if (c->qlen >= h->lim.sendq_max_frames) {
+	if (f->key)
+		conflate(h, c, f);
+	/* A frame bigger than the byte bound alone still goes to an empty
+	 * queue: the bound is on a backlog, not on one message. */
+	if (c->qlen >= h->lim.sendq_max_frames ||
+	    (c->qlen > 0 && c->qbytes + f->len > h->lim.sendq_max_bytes)) {
 		stat_add(&h->st.slow_consumers, 1);
 		conn_kill(h, c, CLOSE_SLOW_CONSUMER, "SLOW_CONSUMER");
 		return LH_EFULL;
@@ -574,6 +711,19 @@ static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f)
 		return LH_ENOMEM;
 	}
 	c->q[(c->qhead + c->qlen) & (c->qcap - 1)] = frame_ref(f);
+	/* Half the bound, crossed going up: the drain lets c write first. Once
+	 * per busy period of c (until its queue is empty again), so that a
+	 * reader that never catches up cannot make the drain yield for every
+	 * publication and slow everyone else. */
+	uint32_t half_frames = h->lim.sendq_max_frames / 2;
+	uint64_t half_bytes = h->lim.sendq_max_bytes / 2;
+	if (!c->pressed && ((half_frames >= 2 && c->qlen + 1 >= half_frames) ||
+	                    c->qbytes + f->len >= half_bytes)) {
+		c->pressed = true;
+		h->pressure = true;
+	}
+	c->qbytes += f->len;
+	c->nkeyed += f->key != 0;
 	if (c->qlen++ == 0)
 		h->tr.want_write(c->tctx);
 	return 0;
@@ -593,11 +743,16 @@ void hub_conn_pop(struct hub_conn *c)
 {
 	if (!c->qlen)
 		return;
-	frame_unref(c->q[c->qhead]);
+	struct frame *f = c->q[c->qhead];
+	c->qbytes -= f->len;
+	c->nkeyed -= f->key != 0;
+	frame_unref(f);
 	c->qhead = (c->qhead + 1) & (c->qcap - 1);
 	/* A drained ring that grew large for a burst gives its memory back;
 	 * small ones are kept to avoid a malloc per burst. */
-	if (--c->qlen == 0 && c->qcap > QUEUE_KEEP)
+	if (--c->qlen == 0)
+		c->pressed = false;
+	if (c->qlen == 0 && c->qcap > QUEUE_KEEP)
 		queue_clear(c);
 }
 
@@ -606,10 +761,9 @@ size_t hub_conn_queued(const struct hub_conn *c)
 	return c->qlen;
 }
 
-/* The i-th oldest queued frame; i < c->qlen. */
-static struct frame *queue_at(const struct hub_conn *c, uint32_t i)
+uint64_t hub_conn_queued_bytes(const struct hub_conn *c)
 {
-	return c->q[(c->qhead + i) & (c->qcap - 1)];
+	return c->qbytes;
 }
 
 size_t hub_conn_take_batch(struct hub_conn *c, unsigned char *buf, size_t cap, size_t max_frames,
@@ -660,6 +814,37 @@ static int pub_check(const struct publication *p)
 	return 0;
 }
 
+/* The conflation key of a frame on ch: the publication's key (tenant, job,
+ * item) mixed with the channel, so that the job: and project: frames of
+ * one progress event never replace each other. Never 0. */
+static uint64_t chan_conflate_key(uint64_t key, const struct chan *ch)
+{
+	uint64_t x = key;
+	for (uint16_t i = 0; i < ch->klen; i++)
+		x = (x ^ (unsigned char)ch->key[i]) * 1099511628211ULL;
+	return x ? x : 1;
+}
+
+/* Brings ch's history bounds up to date with the hub's limits. */
+static void chan_limits(struct hub *h, struct chan *ch)
+{
+	if (ch->lim_gen == h->lim_gen)
+		return;
+	hist_kind_of(&h->lim.hist, chan_name(ch), chan_name_len(ch), &ch->hsize, &ch->httl_s);
+	ch->lim_gen = h->lim_gen;
+}
+
+/* Drops ch's history entries past its kind's size and TTL at now_ms. */
+static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms)
+{
+	if (!ch->hist.n)
+		return;
+	chan_limits(h, ch);
+	int64_t cutoff = ch->httl_s ? now_ms - (int64_t)ch->httl_s * 1000 : INT64_MIN;
+	hist_trim(&h->pool, &ch->hist, cutoff, ch->hsize);
+	hist_stats(h);
+}
+
 /* Builds the event frame of p on ch at offset ch->next, written straight
  * into the frame (names are validated charsets: no escaping needed).
  * Returns it with one reference, or NULL when out of memory. */
@@ -689,7 +874,7 @@ static struct frame *event_frame(const struct publication *p, const struct chan 
 	o = put(o, data, dlen);
 	*o++ = '}';
 	f->len = (uint32_t)(o - start);
-	f->key = p->conflate_key;
+	f->key = p->conflate_key ? chan_conflate_key(p->conflate_key, ch) : 0;
 	f->t0_us = p->t0_us;
 	return f;
 }
@@ -703,12 +888,20 @@ static int publish_one(struct hub *h, struct publication *p, int i)
 	struct chan *ch = chan_get(h, key, klen, tlen);
 	if (!ch)
 		return LH_ENOMEM;
-	/* Nobody on the channel: the offset still advances, no frame is built. */
+	/* Nobody on the channel and no history: the offset still advances,
+	 * no frame is built. */
+	chan_limits(h, ch);
 	struct frame *f = NULL;
-	if (ch->nsubs > 0 && !(f = event_frame(p, ch)))
+	if ((ch->nsubs > 0 || ch->hsize > 0) && !(f = event_frame(p, ch)))
 		return LH_ENOMEM;
 	struct pub_position *pos = &p->pos[i];
 	pos->offset = ch->next++;
+	/* Out of memory for the history entry only makes a hole, which a
+	 * recovery across it reports as recovered:false. */
+	if (ch->hsize > 0) {
+		hist_push(&h->pool, &ch->hist, f, pos->offset, p->ts_ms, ch->hsize);
+		chan_trim(h, ch, p->ts_ms);
+	}
 	put_hex(pos->epoch, ch->epoch, 16);
 	pos->epoch[16] = '\0';
 	if (p->ts_ms > ch->last_ms)
@@ -725,16 +918,224 @@ static int publish_one(struct hub *h, struct publication *p, int i)
 	return 0;
 }
 
+/* FNV-1a over what makes a publication the same one: its type, channels
+ * and data (not its time). */
+static uint64_t pub_digest(const struct publication *p)
+{
+	uint64_t x = 14695981039346656037ULL;
+	const char *parts[2 + LH_PUB_MAX_CHANNELS] = {p->type, NULL};
+	size_t lens[2 + LH_PUB_MAX_CHANNELS] = {strlen(p->type), 0};
+	for (int i = 0; i < p->nchannels; i++) {
+		parts[1 + i] = p->channels[i];
+		lens[1 + i] = strlen(p->channels[i]);
+	}
+	parts[1 + p->nchannels] = p->data ? p->data : "";
+	lens[1 + p->nchannels] = p->data ? p->data_len : 0;
+	for (int k = 0; k < 2 + p->nchannels; k++) {
+		for (size_t i = 0; i < lens[k]; i++)
+			x = (x ^ (unsigned char)parts[k][i]) * 1099511628211ULL;
+		x = (x ^ LH_KEY_SEP) * 1099511628211ULL;
+	}
+	return x;
+}
+
+/* An idempotent retry: fills p from the first call's result (or fails it
+ * with LH_EEXIST when the key was used for a different publication).
+ * Returns false when (tenant, key) is not in the window. */
+static bool publish_again(struct hub *h, struct publication *p, int64_t now_ms)
+{
+	int64_t since = now_ms - (int64_t)h->lim.idem_window_s * 1000;
+	const struct idem_result *r = idem_get(h->idem, p->tenant, p->idem_key, since);
+	if (!r)
+		return false;
+	if (r->digest != pub_digest(p)) {
+		p->status = LH_EEXIST;
+		return true;
+	}
+	p->status = 0;
+	p->subscribers = r->subscribers;
+	memcpy(p->pos, r->pos, sizeof(p->pos));
+	p->duplicate = true;
+	stat_add(&h->st.deduplicated, 1);
+	return true;
+}
+
+/* Records p's result under its idempotency key. */
+static void remember(struct hub *h, const struct publication *p, int64_t now_ms)
+{
+	struct idem_result r = {
+	        .digest = pub_digest(p), .nchannels = p->nchannels, .subscribers = p->subscribers};
+	memcpy(r.pos, p->pos, sizeof(r.pos));
+	idem_put(h->idem, p->tenant, p->idem_key, &r, now_ms, h->lim.idem_max);
+	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);
+}
+
+void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p), void *arg)
+{
+	h->run_cmd = run;
+	h->run_cmd_arg = arg;
+}
+
 void hub_publish(struct hub *h, struct publication *p)
 {
+	if (p->cmd) {
+		if (h->run_cmd) {
+			h->run_cmd(h->run_cmd_arg, p);
+		} else {
+			p->status = LH_EINVAL;
+			if (p->on_done)
+				p->on_done(p);
+		}
+		return;
+	}
+	if (p->kind == PUB_HISTORY) {
+		hub_history(h, p);
+		return;
+	}
 	p->subscribers = 0;
+	p->duplicate = false;
 	memset(p->pos, 0, sizeof(p->pos));
 	int rc = pub_check(p);
+	bool keyed = rc == 0 && p->idem_key[0] != '\0';
+	int64_t now = keyed ? wall_ms() : 0;
+	if (keyed && publish_again(h, p, now)) {
+		if (p->on_done)
+			p->on_done(p);
+		return;
+	}
 	for (int i = 0; rc == 0 && i < p->nchannels; i++)
 		rc = publish_one(h, p, i);
+	if (keyed && rc == 0)
+		remember(h, p, now);
 	p->status = rc;
 	if (p->on_done)
 		p->on_done(p);
+}
+
+/* ------------------------------------------------------------------------
+ * Reading a history (History RPC)
+ * ------------------------------------------------------------------------ */
+
+/* Where the type and the data are in an event frame built by
+ * event_frame(): names never hold '"', so the first ",\"data\":" is the
+ * data's. Returns false for a frame of another shape. */
+static bool frame_parts(const struct frame *f, const char **type, size_t *tlen, const char **data,
+                        size_t *dlen)
+{
+	static const char tkey[] = "{\"type\":\"", dkey[] = ",\"data\":";
+	const char *s = (const char *)f->mem + LH_FRAME_HEADROOM;
+	size_t n = f->len;
+	if (n < sizeof(tkey) || memcmp(s, tkey, sizeof(tkey) - 1) != 0)
+		return false;
+	*type = s + sizeof(tkey) - 1;
+	const char *q = memchr(*type, '"', n - (sizeof(tkey) - 1));
+	if (!q)
+		return false;
+	*tlen = (size_t)(q - *type);
+	for (const char *d = q; d + sizeof(dkey) - 1 < s + n; d++) {
+		if (memcmp(d, dkey, sizeof(dkey) - 1) == 0) {
+			*data = d + sizeof(dkey) - 1;
+			*dlen = (size_t)(s + n - 1 - *data); /* without the closing '}' */
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The entries of ch that p asks for: *first and *n. */
+static void history_select(struct hub *h, struct chan *ch, struct publication *p,
+                           struct hub_history_result *hdr, const struct hist_entry **first,
+                           uint32_t *n)
+{
+	struct hub_since since = {.given = p->hist_has_since, .offset = p->hist_since_offset};
+	memcpy(since.epoch, p->hist_since_epoch, sizeof(since.epoch));
+	since.epoch[sizeof(since.epoch) - 1] = '\0';
+	struct hub_position pos;
+	chan_position(h, ch, &since, &pos);
+	hdr->offset = pos.offset;
+	memcpy(hdr->epoch, pos.epoch, sizeof(hdr->epoch));
+	hdr->recovered = pos.recovered;
+	*first = ch->hist.head;
+	*n = ch->hist.n;
+	if (since.given) {
+		*first = pos.from;
+		*n = pos.replay;
+		if (p->hist_limit && *n > p->hist_limit)
+			*n = p->hist_limit; /* the oldest ones: the client pages on */
+		return;
+	}
+	while (p->hist_limit && *n > p->hist_limit) {
+		*first = (*first)->next; /* the newest ones */
+		(*n)--;
+	}
+}
+
+/* Copies n entries from first into one allocation with hdr in front. */
+static struct hub_history_result *history_copy(const struct hub_history_result *hdr,
+                                               const struct hist_entry *first, uint32_t n)
+{
+	size_t text = 0;
+	const struct hist_entry *e = first;
+	for (uint32_t i = 0; i < n; i++, e = e->next)
+		text += e->f->len + 2;
+	size_t head = sizeof(*hdr) + n * sizeof(hdr->items[0]);
+	struct hub_history_result *r = malloc(head + text);
+	if (!r)
+		return NULL;
+	*r = *hdr;
+	r->n = 0;
+	char *o = (char *)r + head;
+	for (e = first; r->n < n; e = e->next) {
+		const char *t, *d;
+		size_t tl, dl;
+		if (!frame_parts(e->f, &t, &tl, &d, &dl))
+			continue;
+		struct hub_history_item *it = &r->items[r->n++];
+		it->offset = e->offset;
+		it->ts_ms = e->ts_ms;
+		it->type = o;
+		o = put(o, t, tl);
+		*o++ = '\0';
+		it->data = o;
+		it->data_len = dl;
+		o = put(o, d, dl);
+		*o++ = '\0';
+	}
+	return r;
+}
+
+void hub_history(struct hub *h, struct publication *p)
+{
+	struct hub_history_result hdr;
+	memset(&hdr, 0, sizeof(hdr));
+	p->history = NULL;
+	p->status = 0;
+	size_t tlen = strnlen(p->tenant, sizeof(p->tenant));
+	const char *name = p->channels[0];
+	size_t nlen = strnlen(name, sizeof(p->channels[0]));
+	if (!name_tenant_ok(p->tenant, tlen) || !name_channel_any_ok(name, nlen)) {
+		p->status = LH_EINVAL;
+		goto done;
+	}
+	memcpy(hdr.channel, name, nlen + 1);
+	char key[KEY_MAX];
+	size_t klen = make_key(key, p->tenant, tlen, name, nlen);
+	struct chan *ch = dict_get(h->chans, key, klen);
+	const struct hist_entry *first = NULL;
+	uint32_t n = 0;
+	if (ch)
+		history_select(h, ch, p, &hdr, &first, &n);
+	p->history = history_copy(&hdr, first, n);
+	if (!p->history)
+		p->status = LH_ENOMEM;
+done:
+	if (p->on_done)
+		p->on_done(p);
+}
+
+void hub_history_free(struct hub_history_result *r)
+{
+	free(r);
 }
 
 /* ------------------------------------------------------------------------
@@ -744,6 +1145,8 @@ void hub_publish(struct hub *h, struct publication *p)
 void hub_set_limits(struct hub *h, const struct hub_limits *lim)
 {
 	h->lim = *lim;
+	h->lim_gen++;
+	h->pool.max_bytes = lim->hist.max_bytes;
 }
 
 struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr)
@@ -756,6 +1159,14 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 	h->rng = seed_random();
 	h->chans = dict_new(rng_next(h));
 	if (!h->chans) {
+		free(h);
+		return NULL;
+	}
+	h->lim_gen = 1;
+	h->pool.max_bytes = lim->hist.max_bytes;
+	h->idem = idem_new(rng_next(h));
+	if (!h->idem) {
+		dict_free(h->chans);
 		free(h);
 		return NULL;
 	}
@@ -774,6 +1185,7 @@ void hub_free(struct hub *h)
 	while (dict_next(h->chans, &pos, &e))
 		chan_free(h, e.val);
 	dict_free(h->chans);
+	idem_free(h->idem);
 	free(h);
 }
 
@@ -783,14 +1195,42 @@ void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms)
 	struct dict_entry e;
 	while (dict_next(h->chans, &pos, &e)) {
 		struct chan *ch = e.val;
-		if (ch->nsubs == 0 && now_ms - ch->last_ms > idle_ms)
+		chan_trim(h, ch, now_ms);
+		if (ch->nsubs == 0 && ch->hist.n == 0 && now_ms - ch->last_ms > idle_ms)
 			chan_free(h, ch);
 	}
+	idem_expire(h->idem, now_ms - (int64_t)h->lim.idem_window_s * 1000);
+	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);
 }
 
 void hub_count_received(struct hub *h)
 {
 	stat_add(&h->st.messages_received, 1);
+}
+
+size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pubs, bool yield,
+                        bool *pressed)
+{
+	size_t n = 0;
+	h->pressure = false;
+	*pressed = false;
+	while (*list && n < max_pubs) {
+		struct publication *p = *list;
+		/* on_done may hand p back to its publisher: read next first. */
+		*list = p->next;
+		hub_publish(h, p);
+		n++;
+		if (yield && h->pressure) {
+			*pressed = true;
+			break;
+		}
+	}
+	return n;
+}
+
+uint64_t hub_delivered(struct hub *h)
+{
+	return atomic_load_explicit(&h->st.messages_delivered, memory_order_relaxed);
 }
 
 void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out)
@@ -806,6 +1246,14 @@ void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out)
 	LOAD(messages_delivered);
 	LOAD(messages_received);
 	LOAD(slow_consumers);
+	LOAD(conflated);
+	LOAD(dropped);
+	LOAD(history_bytes);
+	LOAD(history_entries);
+	LOAD(recoveries);
+	LOAD(recovery_misses);
+	LOAD(deduplicated);
+	LOAD(idempotency_keys);
 #undef LOAD
 }
 

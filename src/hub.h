@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "frame.h"
+#include "history.h"
 #include "publication.h"
 
 struct hub;
@@ -39,6 +40,10 @@ struct hub_transport {
 struct hub_limits {
 	uint32_t max_subs_per_conn; /* explicit subscriptions per connection */
 	uint32_t sendq_max_frames;  /* frames queued per connection before SLOW_CONSUMER */
+	uint64_t sendq_max_bytes;   /* payload bytes queued per connection, likewise */
+	struct hist_limits hist;    /* channel history: sizes, TTLs, global byte cap */
+	uint32_t idem_window_s;     /* how long an idempotency key is remembered */
+	uint32_t idem_max;          /* keys remembered at most (oldest forgotten first) */
 };
 
 /* Counters, written by the service thread, read by any thread. */
@@ -53,6 +58,14 @@ struct hub_stats {
 	_Atomic uint64_t messages_delivered;
 	_Atomic uint64_t messages_received;
 	_Atomic uint64_t slow_consumers;
+	_Atomic uint64_t conflated;        /* queued frames replaced by a newer one */
+	_Atomic uint64_t dropped;          /* frames discarded with a slow consumer's queue */
+	_Atomic uint64_t history_bytes;    /* gauge: memory held by channel histories */
+	_Atomic uint64_t history_entries;  /* gauge: publications held in histories */
+	_Atomic uint64_t recoveries;       /* subscribe with since answered recovered:true */
+	_Atomic uint64_t recovery_misses;  /* ... answered recovered:false */
+	_Atomic uint64_t deduplicated;     /* publishes answered from the idempotency table */
+	_Atomic uint64_t idempotency_keys; /* gauge: keys remembered */
 };
 
 /* A plain copy of struct hub_stats. */
@@ -60,6 +73,8 @@ struct hub_stats_snapshot {
 	uint64_t connections, users, tenants, channels, subscriptions;
 	uint64_t connections_total, messages_published, messages_delivered;
 	uint64_t messages_received, slow_consumers;
+	uint64_t conflated, dropped, history_bytes, history_entries;
+	uint64_t recoveries, recovery_misses, deduplicated, idempotency_keys;
 };
 
 /* Returns a hub, or NULL. The hub keeps pointers to lim and tr's functions
@@ -90,12 +105,53 @@ const char *hub_conn_id(const struct hub_conn *c);
  * Returns 0, LH_EEXIST (already subscribed), LH_EINVAL (bad name),
  * LH_ELIMIT (too many subscriptions) or LH_ENOMEM. */
 int hub_subscribe(struct hub *h, struct hub_conn *c, const char *name);
+/* Where a channel stands, and what a recovery found (hub_subscribe_since). */
+struct hub_position {
+	uint64_t offset;  /* the channel's top offset: its last publication, 0 = none */
+	char epoch[17];   /* 16 hex digits */
+	bool recovered;   /* since was given and every missed publication is held */
+	uint32_t replay;  /* publications hub_replay() will queue */
+	const void *from; /* hub_replay's starting point; private */
+};
+
+/* A client's position in a channel: the last offset it saw, and the epoch. */
+struct hub_since {
+	bool given;
+	uint64_t offset;
+	char epoch[33];
+};
+
+/*
+ * Subscribes like hub_subscribe and fills *pos. With since->given, also
+ * decides recovery: recovered is true when since->epoch is the channel's
+ * epoch and its history holds every publication after since->offset up to
+ * the top; pos->replay then says how many there are. The caller queues its
+ * reply, then calls hub_replay(pos) at once (nothing else may run on the
+ * hub in between), so that the missed events follow the reply, in order,
+ * before any live event.
+ *
+ * name may also be an implicit channel of c: "$tenant", "$user" or
+ * "$user:{c's user}"; nothing is subscribed then (c is always on them) but
+ * the position and the recovery are the same. Another reserved name is
+ * LH_EINVAL.
+ *
+ * Returns 0 or LH_EEXIST (already subscribed; pos filled as well), or the
+ * errors of hub_subscribe (pos not filled).
+ */
+int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos);
+/* Queues the pos->replay publications found by hub_subscribe_since on c. */
+void hub_replay(struct hub *h, struct hub_conn *c, const struct hub_position *pos);
+
 /* Returns 0 or LH_ENOENT (not subscribed). */
 int hub_unsubscribe(struct hub *h, struct hub_conn *c, const char *name);
 
 /* Queues f (taking a new reference) on c, e.g. a reply. Returns 0, or
- * LH_EFULL when the queue is over its bound (the connection is then killed
- * with SLOW_CONSUMER). */
+ * LH_EFULL when the queue is over its bound in frames or bytes (the
+ * connection is then killed with SLOW_CONSUMER). A frame with a key
+ * (f->key != 0, job:progress events) first takes the place of a queued
+ * frame with the same key: that one is dropped and the new one goes to the
+ * back of the queue, so a channel's frames stay in offset order. */
 int hub_conn_send(struct hub *h, struct hub_conn *c, struct frame *f);
 /*
  * Write contract. The hub calls want_write() only when a connection's queue
@@ -105,7 +161,9 @@ int hub_conn_send(struct hub *h, struct hub_conn *c, struct frame *f);
  * hub_conn_queued() > 0. A connection killed as a slow consumer has its
  * queue emptied at once (peek returns NULL) and gets nothing more queued;
  * it stays subscribed until the transport calls hub_conn_close(), which
- * must not happen from inside kill() itself.
+ * must not happen from inside kill() itself. A frame is popped in the same
+ * callback that wrote it (lws copies what the socket does not take), so no
+ * queued frame is ever partly written and conflation may drop any of them.
  */
 /* The oldest queued frame, or NULL. */
 struct frame *hub_conn_peek(struct hub_conn *c);
@@ -113,6 +171,8 @@ struct frame *hub_conn_peek(struct hub_conn *c);
 void hub_conn_pop(struct hub_conn *c);
 /* Frames queued on c. */
 size_t hub_conn_queued(const struct hub_conn *c);
+/* Payload bytes queued on c. */
+uint64_t hub_conn_queued_bytes(const struct hub_conn *c);
 /*
  * Several messages per send (PROTOCOL.md "Several messages per frame").
  * Copies the oldest queued frames into buf, joined by '\n', as long as they
@@ -125,18 +185,81 @@ size_t hub_conn_take_batch(struct hub_conn *c, unsigned char *buf, size_t cap, s
                            size_t *nframes);
 
 /* Publishes p: gives it the next offset in each channel, builds its event
- * frame once per channel and queues a reference on every subscriber. Fills
- * p->status, p->subscribers and p->pos[], then calls p->on_done(p) if set. */
+ * frame once per channel, keeps a reference in the channel's history (when
+ * its kind has one) and queues a reference on every subscriber. Fills
+ * p->status, p->subscribers and p->pos[], then calls p->on_done(p) if set.
+ * With p->idem_key set, a (tenant, key) seen inside the idempotency window
+ * publishes nothing: p gets the first call's positions and duplicate=true,
+ * or status LH_EEXIST when that call published something else (another
+ * type, channel or data).
+ * A publication of kind PUB_HISTORY is passed to hub_history instead. */
 void hub_publish(struct hub *h, struct publication *p);
 
-/* Frees channels that have had no subscriber and no publication for
- * idle_ms. Channels live on while empty for a while so that offsets keep
- * increasing across short gaps; a freed channel comes back with a new
- * epoch. The service thread calls it every few seconds. */
+/* One publication read from a history. type and data point into the
+ * result's own memory. */
+struct hub_history_item {
+	uint64_t offset;
+	int64_t ts_ms;
+	const char *type; /* NUL-terminated */
+	const char *data; /* the JSON object text, NUL-terminated */
+	size_t data_len;
+};
+
+struct hub_history_result {
+	char channel[LH_CHANNEL_MAX + 1];
+	uint64_t offset; /* the channel's top offset */
+	char epoch[17];  /* "" when the channel does not exist */
+	bool recovered;  /* since given: every publication after it is below */
+	uint32_t n;
+	struct hub_history_item items[]; /* oldest first, then their text */
+};
+
+/* Reads the history of p->channels[0] in p->tenant (PUB_HISTORY): the
+ * newest p->hist_limit entries (0: all), or with p->hist_has_since those
+ * after p->hist_since_offset when the epoch matches and none is missing
+ * (else none, recovered=false), the oldest p->hist_limit of them. Sets
+ * p->history (NULL and p->status LH_ENOMEM when out of memory) and calls
+ * p->on_done. */
+void hub_history(struct hub *h, struct publication *p);
+/* Frees a history result. NULL is a no-op. */
+void hub_history_free(struct hub_history_result *r);
+
+/* Drops history past its TTL and idempotency keys past their window, then
+ * frees channels that have no subscriber, no history left and no
+ * publication for idle_ms. Channels live on while empty so that offsets
+ * keep increasing across short gaps and history can be recovered; a freed
+ * channel comes back with a new epoch. The service thread calls it every
+ * few seconds. */
 void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms);
 
 /* Counts one frame received from a client. */
 void hub_count_received(struct hub *h);
+
+/*
+ * Publishes the publications of *list (oldest first, linked by ->next) with
+ * hub_publish until the list is empty or max_pubs are done, and, with
+ * yield, also stops right after a publication that made a send queue cross
+ * half of its bound (frames or bytes) going up: the caller then lets the
+ * transport write before it goes on (a later call, the next loop turn), so
+ * that a backlog larger than the bound does not close a reader that keeps
+ * up. A connection raises this once per busy period (until its queue is
+ * empty again), so a reader that never catches up makes the drain yield
+ * once, not for every publication, and is closed at the bound.
+ * *list is left at the first publication not done. Returns how many were
+ * done; *pressed says whether it stopped for a queue.
+ */
+size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pubs, bool yield,
+                        bool *pressed);
+
+/* Sets who runs control commands: a publication with p->cmd set is passed
+ * to run(arg, p) by hub_publish (in its place in the line), which must set
+ * p->status and call p->on_done. Without a runner such a publication fails
+ * with LH_EINVAL. The runner may use every hub function. */
+void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p),
+                            void *arg);
+
+/* Event frames queued on connections since start (messages_delivered). */
+uint64_t hub_delivered(struct hub *h);
 
 /* Any thread: a consistent-enough copy of the counters. */
 void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out);

@@ -128,12 +128,14 @@ static void reload(struct run *r)
 		log_error("event=reload_failed msg=\"out of memory\"");
 		return;
 	}
-	struct hub_limits lim = {(uint32_t)nc.max_subs_per_conn, (uint32_t)nc.sendq_max_frames};
+	struct hub_limits lim;
+	config_hub_limits(&nc, &lim); /* config_load checked it */
 	bool secret_changed = nc.jwt_secret_len != r->cfg.jwt_secret_len ||
 	                      memcmp(nc.jwt_secret, r->cfg.jwt_secret, nc.jwt_secret_len) != 0;
 	bool restart = strcmp(nc.ws_host, r->cfg.ws_host) || nc.ws_port != r->cfg.ws_port ||
 	               strcmp(nc.grpc_host, r->cfg.grpc_host) || nc.grpc_port != r->cfg.grpc_port ||
 	               nc.handoff_max != r->cfg.handoff_max ||
+	               nc.handoff_max_bytes != r->cfg.handoff_max_bytes ||
 	               nc.rx_buffer_size != r->cfg.rx_buffer_size ||
 	               nc.ping_interval_s != r->cfg.ping_interval_s ||
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
@@ -306,7 +308,7 @@ static int serve(int argc, char **argv)
 	struct auth_config ac = {r.cfg.jwt_secret, r.cfg.jwt_secret_len, r.cfg.tenant_claim,
 	                         r.cfg.jwt_leeway_s};
 	struct auth *auth = auth_new(&ac);
-	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max);
+	struct handoff *q = handoff_new((size_t)r.cfg.handoff_max, (size_t)r.cfg.handoff_max_bytes);
 	if (!auth || !q) {
 		apikeys_free(keys);
 		goto out;

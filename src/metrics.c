@@ -259,11 +259,26 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	one(sb, "livehub_disconnects_total", "counter", "Connections closed by Disconnect calls",
 	    g->disconnects);
 	one(sb, "livehub_messages_dropped_total", "counter",
-	    "Frames dropped without closing the connection (not built yet: 0)",
-	    metrics_get(&m->dropped));
+	    "Frames discarded with the send queue of a connection closed as a slow consumer",
+	    g->dropped);
 	one(sb, "livehub_messages_conflated_total", "counter",
-	    "Queued frames replaced by a newer one with the same key (not built yet: 0)",
-	    metrics_get(&m->conflated));
+	    "Queued frames replaced by a newer one with the same key (job:progress)", g->conflated);
+	one(sb, "livehub_history_bytes", "gauge",
+	    "Memory held by channel histories (entries and their frames)", g->history_bytes);
+	one(sb, "livehub_history_publications", "gauge", "Publications held in channel histories",
+	    g->history_entries);
+	one(sb, "livehub_recoveries_total", "counter",
+	    "Subscriptions with since answered recovered:true", g->recoveries);
+	one(sb, "livehub_recovery_misses_total", "counter",
+	    "Subscriptions with since answered recovered:false", g->recovery_misses);
+	one(sb, "livehub_publishes_deduplicated_total", "counter",
+	    "Publish calls answered from the idempotency table", g->deduplicated);
+	one(sb, "livehub_idempotency_keys", "gauge", "Idempotency keys remembered",
+	    g->idempotency_keys);
+	one(sb, "livehub_handoff_bytes", "gauge",
+	    "Bytes of publications waiting to be handed to the service thread", g->handoff_bytes);
+	one(sb, "livehub_sendq_bytes", "gauge", "Payload bytes queued over every connection",
+	    g->sendq_bytes);
 	one(sb, "livehub_rate_limited_total", "counter",
 	    "Client messages refused by rate limits (not built yet: 0)",
 	    metrics_get(&m->rate_limited));

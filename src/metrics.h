@@ -102,13 +102,19 @@ extern struct metrics lh_metrics;
 /* Values only their owners can read at the moment of a scrape. */
 struct metrics_gauges {
 	uint64_t connections, users, tenants, channels, subscriptions;
-	uint64_t slow_consumers; /* hub counter */
-	uint64_t messages_in;    /* hub counter: client frames received */
-	uint64_t publications;   /* hub counter: one per publication and channel */
-	uint64_t events_out;     /* hub counter: event frames queued, one per subscriber */
-	uint64_t handoff_depth;  /* publications waiting for the service thread */
-	uint64_t sendq_frames;   /* frames queued over every connection */
-	uint64_t sendq_max;      /* the longest single send queue */
+	uint64_t slow_consumers;     /* hub counter */
+	uint64_t messages_in;        /* hub counter: client frames received */
+	uint64_t publications;       /* hub counter: one per publication and channel */
+	uint64_t events_out;         /* hub counter: event frames queued, one per subscriber */
+	uint64_t handoff_depth;      /* publications waiting for the service thread */
+	uint64_t sendq_frames;       /* frames queued over every connection */
+	uint64_t sendq_max;          /* the longest single send queue */
+	uint64_t sendq_bytes;        /* payload bytes queued over every connection */
+	uint64_t conflated, dropped; /* hub counters */
+	uint64_t history_bytes, history_entries; /* hub gauges */
+	uint64_t recoveries, recovery_misses;    /* hub counters */
+	uint64_t deduplicated, idempotency_keys; /* hub counter, gauge */
+	uint64_t handoff_bytes;                  /* bytes waiting in the hand-off */
 	/* presence.c counters (presence_stats_read). */
 	uint64_t client_events, client_events_limited, presence_events, disconnects;
 };

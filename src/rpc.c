@@ -613,6 +613,50 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 	reply_error(c, RPC_RESOURCE_EXHAUSTED, msg);
 }
 
+/* on_done of a History read, on the service thread. */
+static void on_history(struct publication *p)
+{
+	struct call *c = p->owner;
+	if (atomic_load(&c->r->nparked) > 0)
+		unpark(c->r);
+	struct hub_history_result *res = p->history;
+	p->history = NULL;
+	struct rpc_error err;
+	if (rpc_publication_status(p, &err) != RPC_OK) {
+		hub_history_free(res);
+		reply_error(c, err.code, err.msg);
+		return;
+	}
+	Livehub__V1__HistoryResponse resp;
+	void *mem = NULL;
+	const ProtobufCMessage *msg = rpc_history_reply_init(&resp, res, &mem);
+	if (msg)
+		reply_message(c, msg);
+	else
+		reply_error(c, RPC_INTERNAL, "out of memory");
+	free(mem);
+	hub_history_free(res);
+}
+
+/* Validates a History request and hands it to the service thread, like a
+ * publication (the hub is only read there). */
+static void handle_history(struct call *c, const ProtobufCMessage *req)
+{
+	struct rpc_error err;
+	if (rpc_history_prepare(req, &c->pub, &err)) {
+		reply_error(c, err.code, err.msg);
+		return;
+	}
+	c->pub.on_done = on_history;
+	c->pub.owner = c;
+	c->state = CALL_PUBLISHING;
+	if (push_lazy(c->r, &c->pub) == 0)
+		return;
+	reply_error(c, atomic_load(&c->r->stopping) ? RPC_UNAVAILABLE : RPC_RESOURCE_EXHAUSTED,
+	            atomic_load(&c->r->stopping) ? "livehub is shutting down"
+	                                         : "hub queue full; retry with backoff");
+}
+
 /* on_done of a control command: runs on the service thread once the hub
  * has run it. */
 static void on_command_done(struct publication *p)
@@ -707,6 +751,8 @@ static void on_arrived(struct call *c, bool ok)
 	if (authorize_tenant(c, req)) {
 		if (c->m->kind == RPC_KIND_STATS)
 			handle_stats(c);
+		else if (c->m->kind == RPC_KIND_HISTORY)
+			handle_history(c, req);
 		else if (c->m->kind == RPC_KIND_COMMAND)
 			handle_command(c, req);
 		else

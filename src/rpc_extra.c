@@ -677,8 +677,8 @@ void rpc_extra_stats(Livehub__V1__GetStatsResponse *out, struct rpc_extra_stats 
 		sum += metrics_get(&m->msg_out[i]);
 	out->messages_out = sum;
 	out->bytes_out = metrics_get(&m->bytes_out);
-	out->messages_dropped = metrics_get(&m->dropped);
-	out->messages_conflated = metrics_get(&m->conflated);
+	out->messages_dropped = s->dropped;
+	out->messages_conflated = s->conflated;
 	out->rate_limited = metrics_get(&m->rate_limited);
 	out->handoff_depth = handoff_depth;
 	sum = 0;

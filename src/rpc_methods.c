@@ -554,6 +554,8 @@ static const struct rpc_method methods[] = {
          &livehub__v1__get_stats_response__descriptor, NULL, NULL},
         {"PublishStream", RPC_KIND_STREAM, &livehub__v1__publish_stream_request__descriptor,
          &livehub__v1__publish_stream_response__descriptor, NULL, NULL},
+        {"History", RPC_KIND_HISTORY, &livehub__v1__history_request__descriptor,
+         &livehub__v1__history_response__descriptor, NULL, NULL},
         COMMAND("Presence", presence, command_presence),
         COMMAND("Disconnect", disconnect, command_disconnect),
         COMMAND("Subscribe", subscribe, command_subscribe),
@@ -599,6 +601,28 @@ int rpc_methods_check(const ProtobufCServiceDescriptor *svc)
 	return 0;
 }
 
+/* Copies the request's idempotency_key (every publish request has one,
+ * found through the descriptor) into p. */
+static int set_idem_key(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const ProtobufCFieldDescriptor *f =
+	        protobuf_c_message_descriptor_get_field_by_name(req->descriptor, "idempotency_key");
+	if (!f || f->type != PROTOBUF_C_TYPE_STRING)
+		return 0;
+	const char *key = *(char *const *)((const char *)req + f->offset);
+	size_t n = key ? strlen(key) : 0;
+	bool ok = n <= LH_IDEM_KEY_MAX;
+	for (size_t i = 0; ok && i < n; i++)
+		ok = key[i] > 0x20 && key[i] < 0x7f;
+	if (!ok)
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "idempotency_key: must be at most %d printable ASCII characters "
+		            "(no spaces)",
+		            LH_IDEM_KEY_MAX);
+	memcpy(p->idem_key, key ? key : "", n + 1);
+	return 0;
+}
+
 int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
                        struct publication *p, struct rpc_error *err)
 {
@@ -607,7 +631,7 @@ int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
 	err->msg[0] = '\0';
 	if (m->kind != RPC_KIND_PUBLISH || req->descriptor != m->input)
 		return fail(err, RPC_INTERNAL, "method is not a publish method");
-	if (m->prepare(req, p, err)) {
+	if (m->prepare(req, p, err) || set_idem_key(req, p, err)) {
 		free(p->data);
 		p->data = NULL;
 		p->data_len = 0;
@@ -698,6 +722,11 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 	case 0: return RPC_OK;
 	case LH_ENOMEM: fail(err, RPC_INTERNAL, "out of memory"); break;
 	case LH_ECLOSED: fail(err, RPC_UNAVAILABLE, "livehub is shutting down"); break;
+	case LH_EEXIST:
+		fail(err, RPC_INVALID_ARGUMENT,
+		     "idempotency_key: already used within the window for a different publication "
+		     "(another type, channel or data)");
+		break;
 	case LH_EINVAL:
 		fail(err, RPC_INVALID_ARGUMENT, "publication refused: %s", lh_strerror(p->status));
 		break;
@@ -717,6 +746,7 @@ const ProtobufCMessage *rpc_publish_reply_init(struct rpc_publish_reply *out,
 	out->result.offset = p->pos[0].offset;
 	out->result.epoch = p->pos[0].epoch;
 	out->result.subscribers = p->subscribers;
+	out->result.duplicate = p->duplicate;
 	out->result.n_channels = (size_t)p->nchannels;
 	out->result.channels = out->pos_ptr;
 	for (int i = 0; i < p->nchannels && i < LH_PUB_MAX_CHANNELS; i++) {
@@ -745,5 +775,80 @@ void rpc_stats_reply_init(Livehub__V1__GetStatsResponse *out, const struct hub_s
 	out->messages_delivered = s->messages_delivered;
 	out->messages_received = s->messages_received;
 	out->uptime_seconds = uptime_s;
+	out->history_bytes = s->history_bytes;
+	out->history_publications = s->history_entries;
+	out->recoveries = s->recoveries;
+	out->recovery_misses = s->recovery_misses;
+	out->publishes_deduplicated = s->deduplicated;
 	out->version = (char *)LH_VERSION;
+}
+
+/* ------------------------------------------------------------------------
+ * History.
+ * ---------------------------------------------------------------------- */
+
+int rpc_history_prepare(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err)
+{
+	const Livehub__V1__HistoryRequest *r = (const void *)req;
+	memset(p, 0, sizeof *p);
+	if (req->descriptor != &livehub__v1__history_request__descriptor)
+		return fail(err, RPC_INTERNAL, "message is not a HistoryRequest");
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	size_t n = strlen(r->channel);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "channel: required");
+	if (n > LH_CHANNEL_MAX || !name_channel_any_ok(r->channel, n))
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "channel: must be 1-%d characters of " CHANNEL_CHARS
+		            " (or $tenant, $user:{user})",
+		            LH_CHANNEL_MAX);
+	memcpy(p->channels[0], r->channel, n + 1);
+	p->nchannels = 1;
+	if (r->limit > RPC_HISTORY_LIMIT_MAX)
+		return fail(err, RPC_INVALID_ARGUMENT, "limit: must be at most %d",
+		            RPC_HISTORY_LIMIT_MAX);
+	p->hist_limit = r->limit ? r->limit : RPC_HISTORY_LIMIT_DEFAULT;
+	if (r->since) {
+		size_t el = strlen(r->since->epoch);
+		if (el >= sizeof p->hist_since_epoch)
+			return fail(err, RPC_INVALID_ARGUMENT,
+			            "since.epoch: must be at most %zu characters",
+			            sizeof p->hist_since_epoch - 1);
+		p->hist_has_since = true;
+		p->hist_since_offset = r->since->offset;
+		memcpy(p->hist_since_epoch, r->since->epoch, el + 1);
+	}
+	p->kind = PUB_HISTORY;
+	p->ts_ms = now_ms();
+	return 0;
+}
+
+const ProtobufCMessage *rpc_history_reply_init(Livehub__V1__HistoryResponse *out,
+                                               const struct hub_history_result *r, void **mem)
+{
+	livehub__v1__history_response__init(out);
+	size_t n = r->n;
+	Livehub__V1__HistoryPublication *items = malloc(n * (sizeof *items + sizeof(void *)) + 1);
+	*mem = items;
+	if (!items)
+		return NULL;
+	Livehub__V1__HistoryPublication **ptrs = (void *)(items + n);
+	for (size_t i = 0; i < n; i++) {
+		const struct hub_history_item *it = &r->items[i];
+		livehub__v1__history_publication__init(&items[i]);
+		items[i].offset = it->offset;
+		items[i].epoch = (char *)r->epoch;
+		items[i].ts_ms = it->ts_ms;
+		items[i].type = (char *)it->type;
+		items[i].data_json = (char *)it->data;
+		ptrs[i] = &items[i];
+	}
+	out->channel = (char *)r->channel;
+	out->offset = r->offset;
+	out->epoch = (char *)r->epoch;
+	out->recovered = r->recovered;
+	out->n_publications = n;
+	out->publications = n ? ptrs : NULL;
+	return &out->base;
 }

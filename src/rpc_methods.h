@@ -49,6 +49,7 @@ enum rpc_kind {
 	RPC_KIND_PUBLISH, /* turns the request into a publication */
 	RPC_KIND_STATS,   /* answered at once from hub_stats_read */
 	RPC_KIND_STREAM,  /* PublishStream: a client stream of publish requests */
+	RPC_KIND_HISTORY, /* History: a read of the hub, through the hand-off */
 	RPC_KIND_COMMAND, /* a control command (command.h) run on the service thread */
 };
 
@@ -140,6 +141,24 @@ struct rpc_stream_reply {
 /* Fills out from res; returns the message to serialize (&out->msg.base). */
 const ProtobufCMessage *rpc_stream_reply_init(struct rpc_stream_reply *out,
                                               const struct rpc_stream_result *res);
+
+/* ------------------------------------------------------------------------
+ * History: the request becomes a publication of kind PUB_HISTORY, which
+ * the service thread answers with hub_history().
+ * ---------------------------------------------------------------------- */
+
+#define RPC_HISTORY_LIMIT_DEFAULT 100
+#define RPC_HISTORY_LIMIT_MAX     1000
+
+/* Validates req (a HistoryRequest) and fills p (zeroed first). Returns 0,
+ * or -1 with err filled. p holds no heap memory either way. */
+int rpc_history_prepare(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err);
+
+/* The HistoryResponse for r. Returns the message to serialize, pointing
+ * into r and into *mem (malloc'd; the caller frees it after packing), or
+ * NULL when out of memory. */
+const ProtobufCMessage *rpc_history_reply_init(Livehub__V1__HistoryResponse *out,
+                                               const struct hub_history_result *r, void **mem);
 
 /* ------------------------------------------------------------------------
  * Control commands (Presence, Disconnect, Subscribe, Unsubscribe,

@@ -38,17 +38,23 @@
 
 _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws frame header");
 
-#define WS_PROTOCOL_NAME  "livehub"
-#define WS_MSG_MAX        (64 * 1024)          /* largest client message */
-#define WS_HEADER_MAX     8192                 /* request headers, so a long JWT fits */
-#define WS_HEADER_POOL    64                   /* handshakes parsed at the same time */
-#define WS_FD_MAX         65536                /* cap on lws' fd table */
-#define WS_SWEEP_US       (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
-#define WS_SWEEP_IDLE_MS  60000                /* how long an unused channel lives on */
-#define WS_CLOSE_SHUTDOWN 1001
-#define WS_KILL_GRACE_S   5             /* a killed connection that never becomes writable */
-#define WS_BATCH_FRAMES   4096          /* messages in one batched frame, at most */
-#define WS_TX_PACKET      (1024 * 1024) /* largest single send() lws may make */
+#define WS_PROTOCOL_NAME       "livehub"
+#define WS_MSG_MAX             (64 * 1024)          /* largest client message */
+#define WS_HEADER_MAX          8192                 /* request headers, so a long JWT fits */
+#define WS_HEADER_POOL         64                   /* handshakes parsed at the same time */
+#define WS_FD_MAX              65536                /* cap on lws' fd table */
+#define WS_SWEEP_US            (5 * LWS_US_PER_SEC) /* how often idle channels are swept */
+#define WS_SWEEP_IDLE_MS       60000                /* how long an unused channel lives on */
+#define WS_CLOSE_SHUTDOWN      1001
+#define WS_CLOSE_SLOW_CONSUMER 4000
+#define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
+#define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
+/* Work drain() does per loop turn: after this many publications, or frames
+ * queued on subscribers, it lets the loop write before it goes on. */
+#define WS_DRAIN_PUBS   1024
+#define WS_DRAIN_FRAMES 65536
+#define WS_DRAIN_STEP   64
 
 /* lws' own opcode for a close frame: 4, the value lws-write.h leaves out
  * ("LWS_WRITE_CLOSE is handled by lws_close_reason()"); send_close() needs
@@ -74,6 +80,7 @@ struct session {
 	int close_code;              /* nonzero: close at the next write */
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
 	bool killing;                /* libuv: closing; the close frame goes at the next write */
+	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
 	/* An owned copy of a close reason the hub gave (tr_kill). */
 	char *reason_buf;
 	/* The client-event rate limit (presence.h). */
@@ -104,16 +111,17 @@ struct ws {
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
 	lws_sorted_usec_list_t sul_deadline;
-	struct session *sessions;   /* live WebSocket connections */
-	bool closing;               /* shutdown has begun: no new clients */
-	bool deadline_passed;       /* the shutdown grace (grace_ms) is over */
-	_Atomic bool stop;          /* any thread: ws_stop() was called */
-	_Atomic int grace_ms;       /* any thread: how long closing clients may take */
-	char tokbuf[WS_HEADER_MAX]; /* scratch for the token, service thread */
-	uv_loop_t *uv;              /* owned; NULL: lws' own poll() loop */
-	void *foreign_loops[1];     /* lws keeps a pointer */
-	size_t batch_cap;           /* write_batch: payload bytes of batch, 0 = no batching */
-	unsigned char *batch;       /* owned; LWS_PRE + batch_cap bytes, service thread */
+	struct session *sessions;    /* live WebSocket connections */
+	bool closing;                /* shutdown has begun: no new clients */
+	bool deadline_passed;        /* the shutdown grace (grace_ms) is over */
+	_Atomic bool stop;           /* any thread: ws_stop() was called */
+	_Atomic int grace_ms;        /* any thread: how long closing clients may take */
+	char tokbuf[WS_HEADER_MAX];  /* scratch for the token, service thread */
+	uv_loop_t *uv;               /* owned; NULL: lws' own poll() loop */
+	void *foreign_loops[1];      /* lws keeps a pointer */
+	struct publication *backlog; /* taken from the hand-off, not published yet (FIFO) */
+	size_t batch_cap;            /* write_batch: payload bytes of batch, 0 = no batching */
+	unsigned char *batch;        /* owned; LWS_PRE + batch_cap bytes, service thread */
 };
 
 /* ------------------------------------------------------------------------
@@ -276,6 +284,15 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.publications = hs.messages_published;
 	g.events_out = hs.messages_delivered;
 	g.handoff_depth = handoff_depth(w->q);
+	g.handoff_bytes = handoff_bytes(w->q);
+	g.conflated = hs.conflated;
+	g.dropped = hs.dropped;
+	g.history_bytes = hs.history_bytes;
+	g.history_entries = hs.history_entries;
+	g.recoveries = hs.recoveries;
+	g.recovery_misses = hs.recovery_misses;
+	g.deduplicated = hs.deduplicated;
+	g.idempotency_keys = hs.idempotency_keys;
 	struct presence_stats ps;
 	presence_stats_read(&ps);
 	g.client_events = ps.client_events;
@@ -285,6 +302,7 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
+		g.sendq_bytes += hub_conn_queued_bytes(s->conn);
 		if (n > g.sendq_max)
 			g.sendq_max = n;
 	}
@@ -467,20 +485,6 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
  * Client messages
  * ------------------------------------------------------------------------ */
 
-static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req)
-{
-	int rc = hub_subscribe(w->hub, s->conn, req->channel);
-	switch (rc) {
-	case 0: presence_on_subscribed(w->pres, w->hub, s->conn, req->channel); /* fall through */
-	case LH_EEXIST: return wsp_subscribed(req);
-	case LH_ELIMIT:
-		return wsp_error(WSP_LIMIT_EXCEEDED,
-		                 "the connection is on the maximum number of channels", true, req);
-	case LH_EINVAL: return wsp_error(WSP_BAD_REQUEST, "invalid \"channel\"", true, req);
-	default: return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
-	}
-}
-
 /* Counts a client message by type and its reply (error or not). */
 static void count_message(const struct wsp_request *req, struct frame *f)
 {
@@ -500,6 +504,47 @@ static void count_message(const struct wsp_request *req, struct frame *f)
 	metrics_inc(&lh_metrics.msg_out[error ? MO_ERROR : MO_REPLY], 1);
 }
 
+/* Subscribes (or, for an implicit channel, only recovers) and queues the
+ * reply; when the client gave "since" and the history covers the gap, the
+ * missed events are queued right behind the reply, before any live one
+ * (the hub is not touched by anything else in between). Returns NULL with
+ * *replied set when it queued the reply itself; NULL without it when out
+ * of memory; else the error frame to queue. */
+static struct frame *do_subscribe(struct ws *w, struct session *s, const struct wsp_request *req,
+                                  bool *replied)
+{
+	*replied = false;
+	struct hub_since since = {.given = req->has_since, .offset = req->since_offset};
+	memcpy(since.epoch, req->since_epoch, sizeof(since.epoch));
+	struct hub_position pos;
+	int rc = hub_subscribe_since(w->hub, s->conn, req->channel, &since, &pos);
+	switch (rc) {
+	case 0:
+	case LH_EEXIST: break;
+	case LH_ELIMIT:
+		return wsp_error(WSP_LIMIT_EXCEEDED,
+		                 "the connection is on the maximum number of channels", true, req);
+	case LH_EINVAL:
+		if (req->channel[0] == '$')
+			return wsp_error(WSP_CHANNEL_ACCESS_DENIED,
+			                 "\"channel\": not one of this connection's own channels",
+			                 true, req);
+		return wsp_error(WSP_BAD_REQUEST, "invalid \"channel\"", true, req);
+	default: return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
+	}
+	struct frame *f = wsp_subscribed_at(req, pos.offset, pos.epoch, pos.recovered);
+	if (!f)
+		return NULL; /* the caller closes with SERVER_ERROR */
+	count_message(req, f);
+	hub_conn_send(w->hub, s->conn, f);
+	frame_unref(f);
+	hub_replay(w->hub, s->conn, &pos);
+	if (rc == 0)
+		presence_on_subscribed(w->pres, w->hub, s->conn, req->channel);
+	*replied = true;
+	return NULL;
+}
+
 /* Handles one complete client message: parse, act, queue the reply. */
 static void on_message(struct ws *w, struct session *s, const char *buf, size_t len)
 {
@@ -511,7 +556,10 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
 		f = wsp_error(err.code, err.message, true, &req);
 	} else if (req.type == WSP_SUBSCRIBE) {
-		f = do_subscribe(w, s, &req);
+		bool replied;
+		f = do_subscribe(w, s, &req, &replied);
+		if (replied)
+			return;
 	} else if (req.type == WSP_UNSUBSCRIBE) {
 		/* LH_ENOENT is fine: unsubscribing is idempotent. */
 		if (hub_unsubscribe(w->hub, s->conn, req.channel) == 0)
@@ -630,6 +678,25 @@ static int write_batch(struct ws *w, struct session *s)
 	return 0;
 }
 
+/* A slow consumer's queue was dropped; before its close (4000) it gets one
+ * `error` frame saying why, for a client that reads again later. lws sends
+ * the rest of a partly written frame first and the close only after this
+ * one (the next writable callback comes once lws' buffer is flushed). */
+static int tell_slow(struct session *s)
+{
+	static const char msg[] = "{\"type\":\"error\",\"code\":\"SLOW_CONSUMER\",\"message\":"
+	                          "\"the connection did not read fast enough; its queued messages "
+	                          "were dropped\",\"recoverable\":false}";
+	unsigned char buf[LWS_PRE + sizeof(msg)];
+	memcpy(buf + LWS_PRE, msg, sizeof(msg) - 1);
+	s->told_slow = true;
+	metrics_inc(&lh_metrics.msg_out[MO_ERROR], 1);
+	if (lws_write(s->wsi, buf + LWS_PRE, sizeof(msg) - 1, LWS_WRITE_TEXT) < 0)
+		return -1;
+	lws_callback_on_writable(s->wsi);
+	return 0;
+}
+
 /* Writes the oldest queued frames, one lws_write per callback: several
  * joined into one WebSocket frame when more than one is queued and they
  * fit in write_batch bytes, else the oldest alone, from the shared frame
@@ -642,6 +709,8 @@ static int on_writeable(struct ws *w, struct session *s)
 	if (!s->conn)
 		return 0;
 	size_t queued = hub_conn_queued(s->conn);
+	if (s->close_code == WS_CLOSE_SLOW_CONSUMER && !s->told_slow)
+		return tell_slow(s);
 	if (s->close_code && !(s->close_code == WS_CLOSE_SHUTDOWN && queued > 0))
 		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
 	if (queued > 1 && w->batch_cap) {
@@ -701,19 +770,47 @@ static void on_closed(struct ws *w, struct session *s)
 	s->reason_buf = NULL;
 }
 
-/* Publishes everything the gRPC threads handed over, oldest first. */
+/* Publishes what the gRPC threads handed over, oldest first, at most
+ * WS_DRAIN_PUBS publications or WS_DRAIN_FRAMES queued frames per call, and
+ * stops early when a send queue crosses half its bound (hub_publish_some),
+ * so that a burst cannot starve the writers of one loop turn (and fill fast
+ * readers' queues up to their bound before they had a chance to write).
+ * What is left waits in w->backlog; drain() wakes the loop for itself and
+ * goes on at the next turn. The hand-off is taken only when the backlog is
+ * empty, so the hand-off's bound still holds the producers back: at most
+ * twice its size is ever waiting. With all, it drains everything (shutdown). */
+static void drain_some(struct ws *w, bool all)
+{
+	size_t pubs = 0;
+	uint64_t delivered0 = hub_delivered(w->hub);
+	bool pressed = false;
+	while (all || (!pressed && pubs < WS_DRAIN_PUBS &&
+	               hub_delivered(w->hub) - delivered0 < WS_DRAIN_FRAMES)) {
+		if (!w->backlog)
+			w->backlog = handoff_take(w->q);
+		if (!w->backlog)
+			return;
+		/* In steps, so that the frame budget is looked at every few. */
+		size_t step =
+		        WS_DRAIN_PUBS - pubs < WS_DRAIN_STEP ? WS_DRAIN_PUBS - pubs : WS_DRAIN_STEP;
+		pubs += hub_publish_some(w->hub, &w->backlog, all ? SIZE_MAX : step, !all,
+		                         &pressed);
+	}
+	if (w->backlog || handoff_depth(w->q) > 0)
+		lws_cancel_service(w->ctx);
+}
+
 static void drain(struct ws *w)
 {
-	struct publication *p = handoff_take(w->q);
-	while (p) {
-		/* on_done may hand p back to its publisher: read next first. */
-		struct publication *next = p->next;
-		if (p->cmd)
-			presence_command(w->pres, w->hub, p);
-		else
-			hub_publish(w->hub, p);
-		p = next;
-	}
+	drain_some(w, false);
+}
+
+/* The hub's command runner: control calls are presence.c's, with the
+ * presence settings in force now. */
+static void run_command(void *arg, struct publication *p)
+{
+	struct ws *w = arg;
+	presence_command(w->pres, w->hub, p);
 }
 
 /* Applies a pending SIGHUP reload: new handshakes verify with the new
@@ -957,7 +1054,9 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	         * sends the rest from a copy, one piece per writable event. */
 	        .tx_packet_size = WS_TX_PACKET,
 	};
-	struct hub_limits lim = {(uint32_t)cfg->max_subs_per_conn, (uint32_t)cfg->sendq_max_frames};
+	struct hub_limits lim;
+	if (config_hub_limits(cfg, &lim))
+		goto fail;
 	struct hub_transport tr = {tr_want_write, tr_kill};
 	w->hub = hub_new(&lim, &tr);
 	if (!w->hub)
@@ -965,6 +1064,7 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->pres = ws_presence_new(cfg);
 	if (!w->pres)
 		goto fail;
+	hub_set_command_runner(w->hub, run_command, w);
 	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
 	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
 		goto fail;
@@ -1027,7 +1127,7 @@ int ws_run(struct ws *w)
 			break;
 		}
 	}
-	drain(w);
+	drain_some(w, true);
 	begin_shutdown(w);
 	while (w->sessions && !w->deadline_passed) {
 		if (service_once(w) < 0)
@@ -1035,7 +1135,7 @@ int ws_run(struct ws *w)
 	}
 	if (w->sessions)
 		log_warn("msg=\"shutdown timeout: closing remaining clients\"");
-	drain(w);
+	drain_some(w, true);
 	return rc;
 }
 

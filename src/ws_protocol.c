@@ -113,11 +113,31 @@ static const char *needs_channel(enum wsp_type type)
 	}
 }
 
+/* Fills req's since from "since": {"offset": N, "epoch": "..."}. */
+static int take_since(const json_t *since, struct wsp_request *req, struct wsp_error *err)
+{
+	if (!since)
+		return 0;
+	const json_t *off = json_object_get(since, "offset");
+	const json_t *ep = json_object_get(since, "epoch");
+	if (!json_is_object(since) || !json_is_integer(off) || json_integer_value(off) < 0 ||
+	    !json_is_string(ep) || json_string_length(ep) >= sizeof(req->since_epoch))
+		return fail(
+		        err, WSP_BAD_REQUEST,
+		        "\"since\" must be {\"offset\": a whole number >= 0, \"epoch\": a string "
+		        "of at most 32 characters}");
+	req->has_since = true;
+	req->since_offset = (uint64_t)json_integer_value(off);
+	memcpy(req->since_epoch, json_string_value(ep), json_string_length(ep) + 1);
+	return 0;
+}
+
 /* Fills req->channel from "channel" or "projectId" (exactly one of them). */
 static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_error *err)
 {
 	const json_t *ch = json_object_get(root, "channel");
 	const json_t *pid = json_object_get(root, "projectId");
+	bool sub = req->type == WSP_SUBSCRIBE;
 	if (ch && pid)
 		return fail(err, WSP_BAD_REQUEST, "give \"channel\" or \"projectId\", not both");
 	if (pid)
@@ -126,12 +146,26 @@ static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_
 		return fail(err, WSP_BAD_REQUEST, needs_channel(req->type));
 	const char *s = json_string_value(ch);
 	size_t n = json_string_length(ch);
-	/* Tenant presence is asked for as "$tenant" (presence.c decides). */
-	bool tenant_presence = req->type == WSP_PRESENCE && n == 7 && memcmp(s, "$tenant", 7) == 0;
-	if (n > 0 && s[0] == '$' && !tenant_presence)
-		return fail(err, WSP_CHANNEL_ACCESS_DENIED,
-		            "\"channel\": names starting with \"$\" are reserved");
-	if (!tenant_presence && !name_channel_ok(s, n))
+	/* An implicit channel is named only to recover it (subscribe with
+	 * since), or to ask for tenant presence ("$tenant"; presence.c
+	 * decides); the hub checks that a "$user:" channel is the caller's. */
+	bool implicit =
+	        (sub && req->has_since && n > 0 && s[0] == '$' && name_channel_any_ok(s, n) &&
+	         (strcmp(s, "$tenant") == 0 || strcmp(s, "$user") == 0 ||
+	          strncmp(s, "$user:", 6) == 0)) ||
+	        (req->type == WSP_PRESENCE && n == 7 && memcmp(s, "$tenant", 7) == 0);
+	if (implicit) {
+		memcpy(req->channel, s, n + 1);
+		req->channel_len = n;
+		return 0;
+	}
+	if (n > 0 && s[0] == '$')
+		return fail(
+		        err, WSP_CHANNEL_ACCESS_DENIED,
+		        sub ? "\"channel\": names starting with \"$\" are reserved (\"$tenant\" "
+		              "and \"$user\" may be named with \"since\", to recover them)"
+		            : "\"channel\": names starting with \"$\" are reserved");
+	if (!name_channel_ok(s, n))
 		return fail(err, WSP_BAD_REQUEST,
 		            "\"channel\" must be 1-160 characters of A-Z a-z 0-9 _ . : @ + = / -");
 	memcpy(req->channel, s, n);
@@ -199,6 +233,9 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	req->channel[0] = '\0';
 	req->channel_len = 0;
 	req->project_alias = false;
+	req->has_since = false;
+	req->since_offset = 0;
+	req->since_epoch[0] = '\0';
 	req->id[0] = '\0';
 	req->id_len = 0;
 	json_t *root = load(buf, len);
@@ -227,6 +264,10 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 	}
 	switch (req->type) {
 	case WSP_SUBSCRIBE:
+		rc = take_since(json_object_get(root, "since"), req, err);
+		if (rc == 0)
+			rc = take_channel(root, req, err);
+		break;
 	case WSP_UNSUBSCRIBE:
 	case WSP_PRESENCE: rc = take_channel(root, req, err); break;
 	case WSP_PUBLISH:
@@ -332,6 +373,26 @@ static struct frame *channel_reply(const char *type, const struct wsp_request *r
 struct frame *wsp_subscribed(const struct wsp_request *req)
 {
 	return channel_reply("subscribed", req);
+}
+
+struct frame *wsp_subscribed_at(const struct wsp_request *req, uint64_t offset, const char *epoch,
+                                bool recovered)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sb_adds(&sb, "{\"type\":\"subscribed\",\"channel\":");
+	sb_add_json_str(&sb, req->channel, req->channel_len);
+	if (req->project_alias) {
+		sb_adds(&sb, ",\"projectId\":");
+		sb_add_json_str(&sb, req->channel + WSP_PROJECT_PREFIX_LEN,
+		                req->channel_len - WSP_PROJECT_PREFIX_LEN);
+	}
+	sb_addf(&sb, ",\"offset\":%" PRIu64, offset);
+	add_str(&sb, ",\"epoch\":", epoch);
+	if (req->has_since)
+		sb_adds(&sb, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
 }
 
 struct frame *wsp_unsubscribed(const struct wsp_request *req)

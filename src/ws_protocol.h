@@ -60,7 +60,12 @@ struct wsp_request {
 	enum wsp_type type;
 	char channel[LH_CHANNEL_MAX + 1]; /* validated, NUL-terminated; subscribe/unsubscribe */
 	size_t channel_len;
-	bool project_alias;           /* channel came from projectId ("project:" + projectId) */
+	bool project_alias; /* channel came from projectId ("project:" + projectId) */
+	/* subscribe: "since": {"offset": N, "epoch": "..."}; the channel may
+	 * then also be an implicit one ("$tenant", "$user"), for recovery. */
+	bool has_since;
+	uint64_t since_offset;
+	char since_epoch[33];
 	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
 	size_t id_len;
 	/* publish only: the event name (the frame's type is "client:" + event)
@@ -93,6 +98,10 @@ struct frame *wsp_connected(const char *client_id, const char *tenant, const cha
                             int ping_interval_s, int ping_timeout_s);
 /* {"type":"subscribed","channel":…[,"projectId":…][,"id":…]} */
 struct frame *wsp_subscribed(const struct wsp_request *req);
+/* {"type":"subscribed","channel":…[,"projectId":…],"offset":…,"epoch":…
+ * [,"recovered":…][,"id":…]}; recovered only when req->has_since. */
+struct frame *wsp_subscribed_at(const struct wsp_request *req, uint64_t offset, const char *epoch,
+                                bool recovered);
 /* {"type":"unsubscribed","channel":…[,"projectId":…][,"id":…]} */
 struct frame *wsp_unsubscribed(const struct wsp_request *req);
 /* {"type":"pong"[,"id":…]} */

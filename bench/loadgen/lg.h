@@ -26,6 +26,7 @@ struct lg_opts {
 	int workers;      /* worker processes */
 	int tenants;      /* tenants the measured connections are spread over */
 	int foreign;      /* extra connections in a tenant nobody publishes to */
+	int stalled;      /* extra connections in the measured tenants that stop reading */
 	int src_addrs;    /* source addresses 127.0.0.2 .. 127.0.0.(1+src_addrs) */
 	double rate;      /* publishes per second (broadcast, jobs) */
 	double duration;  /* seconds of publishing, or of churn */
@@ -77,6 +78,7 @@ struct wstats {
 	uint64_t errors;  /* `error` messages from the hub */
 	uint64_t cycles;  /* churn: connect-subscribe-close cycles done */
 	uint64_t bytes_in;
+	uint64_t stalled; /* connections that stopped reading once ready */
 	double cpu_s;    /* the worker's own user+system seconds */
 	struct hist lat; /* publish -> deliver, or churn cycle time */
 };
@@ -124,5 +126,6 @@ void publisher_main(const struct lg_opts *o, int to_parent);
 void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, char *user,
                    size_t ucap);
 bool conn_is_foreign(const struct lg_opts *o, int g);
+bool conn_is_stalled(const struct lg_opts *o, int g);
 
 #endif

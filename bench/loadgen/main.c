@@ -29,6 +29,8 @@ static void usage(FILE *f)
 	        "  --proto ws|socketio     client protocol (ws)\n"
 	        "  --conns N               measured connections (1000)\n"
 	        "  --foreign N             extra connections in another tenant (0)\n"
+	        "  --stalled N             extra connections on the measured channels that stop\n"
+	        "                          reading once ready (0); the hub should close them\n"
 	        "  --tenants N             tenants the measured connections are spread over (1)\n"
 	        "  --workers N             worker processes (2)\n"
 	        "  --src-addrs N           source addresses 127.0.0.2.. (8)\n"
@@ -65,6 +67,7 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	                                   {"proto", 1, 0, 'P'},
 	                                   {"conns", 1, 0, 'n'},
 	                                   {"foreign", 1, 0, 'f'},
+	                                   {"stalled", 1, 0, 'Z'},
 	                                   {"tenants", 1, 0, 'T'},
 	                                   {"workers", 1, 0, 'W'},
 	                                   {"src-addrs", 1, 0, 'A'},
@@ -124,6 +127,7 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 		case 'P': o->proto = !strcmp(optarg, "socketio") ? PROTO_SIO : PROTO_WS; break;
 		case 'n': o->conns = atoi(optarg); break;
 		case 'f': o->foreign = atoi(optarg); break;
+		case 'Z': o->stalled = atoi(optarg); break;
 		case 'T': o->tenants = atoi(optarg); break;
 		case 'W': o->workers = atoi(optarg); break;
 		case 'A': o->src_addrs = atoi(optarg); break;
@@ -192,7 +196,7 @@ struct child {
 
 static int spawn_workers(const struct lg_opts *o, struct child *w)
 {
-	int total = o->conns + o->foreign;
+	int total = o->conns + o->foreign + o->stalled;
 	for (int i = 0; i < o->workers; i++) {
 		int first = (int)((long)total * i / o->workers);
 		int last = (int)((long)total * (i + 1) / o->workers);
@@ -334,7 +338,7 @@ static bool report_checks(const struct lg_opts *o, const struct run *r)
 	uint64_t bad = s->gaps + s->dups + s->reorders + s->foreign + s->unexpected +
 	               s->epoch_changes + s->parse_errors + s->missing + s->extra + s->closed +
 	               s->errors + r->ps.failed;
-	uint64_t want = (uint64_t)(o->conns + o->foreign);
+	uint64_t want = (uint64_t)(o->conns + o->foreign + o->stalled);
 	bool failed_conns = o->scenario == SC_CHURN ? s->connect_fail > 0 : r->rd.ready < want;
 	printf("checks: gaps=%llu dups=%llu reorders=%llu foreign=%llu unexpected=%llu epoch_changes=%llu "
 	       "parse_errors=%llu missing=%llu extra=%llu hub_closed=%llu hub_errors=%llu publish_failed=%llu "
@@ -355,6 +359,8 @@ static void report(const struct lg_opts *o, const struct run *r, bool ok)
 	                 "RESULT hub=%s scenario=%s proto=%s conns=%d foreign=%d ready=%llu",
 	                 o->label, names[o->scenario], o->proto == PROTO_SIO ? "socketio" : "ws",
 	                 o->conns, o->foreign, U(r->rd.ready));
+	if (o->stalled)
+		n += snprintf(res + n, sizeof(res) - (size_t)n, " stalled=%llu", U(s->stalled));
 	if (o->scenario == SC_IDLE && r->rss0 > 0 && r->rss1 > 0 && r->rd.ready)
 		n += snprintf(res + n, sizeof(res) - (size_t)n,
 		              " rss_before=%ld rss_after=%ld rss_per_conn=%.0f", r->rss0, r->rss1,
@@ -399,7 +405,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	int total = o.conns + o.foreign;
+	int total = o.conns + o.foreign + o.stalled;
 	if ((total + o.workers - 1) / o.workers > 19000) {
 		fprintf(stderr, "lg: more than 19000 connections per worker; raise --workers\n");
 		return 2;

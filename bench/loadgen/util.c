@@ -159,7 +159,14 @@ int jwt_mint(char *out, size_t cap, const char *secret, const char *tenant, cons
 
 bool conn_is_foreign(const struct lg_opts *o, int g)
 {
-	return g >= o->conns;
+	return g >= o->conns && g < o->conns + o->foreign;
+}
+
+/* Stalled connections come last: in the measured tenants, on the measured
+ * channels, but they stop reading once ready (a browser tab that froze). */
+bool conn_is_stalled(const struct lg_opts *o, int g)
+{
+	return g >= o->conns + o->foreign;
 }
 
 /* Measured connections are spread over tenants bt0..bt{T-1}; the foreign
@@ -171,6 +178,9 @@ void conn_identity(const struct lg_opts *o, int g, char *tenant, size_t tcap, ch
 	if (conn_is_foreign(o, g)) {
 		snprintf(tenant, tcap, "bx");
 		snprintf(user, ucap, "f%d", g);
+	} else if (conn_is_stalled(o, g)) {
+		snprintf(tenant, tcap, "bt%d", g % o->tenants);
+		snprintf(user, ucap, "s%d", g);
 	} else {
 		snprintf(tenant, tcap, "bt%d", g % o->tenants);
 		snprintf(user, ucap, "u%d", g);

@@ -185,6 +185,10 @@ static int conn_open(struct worker *w, struct conn *c)
 		return -1;
 	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (conn_is_stalled(o, c->g)) {
+		int small = 4096; /* so that the hub's queue, not the kernel, holds the backlog */
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	}
 	struct sockaddr_in src = {.sin_family = AF_INET};
 	src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(c->g % o->src_addrs));
 	if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0 ||
@@ -234,7 +238,11 @@ static int send_upgrade(struct worker *w, struct conn *c)
  * same names as measured ones (in their own tenant). */
 static int job_of(const struct lg_opts *o, int g)
 {
-	return conn_is_foreign(o, g) ? (g - o->conns) % o->conns : g;
+	if (conn_is_foreign(o, g))
+		return (g - o->conns) % o->conns;
+	if (conn_is_stalled(o, g))
+		return (g - o->conns - o->foreign) % o->conns;
+	return g;
 }
 
 static bool wants_subscribe(const struct lg_opts *o)
@@ -584,6 +592,12 @@ static void on_writable(struct worker *w, struct conn *c)
 static void conn_ready(struct worker *w, struct conn *c)
 {
 	c->state = CS_READY;
+	/* A stalled connection stops reading for good: off epoll, so that not
+	 * even the hub's close is read (its fd stays open until the end). */
+	if (conn_is_stalled(w->o, c->g)) {
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+		w->st.stalled++;
+	}
 }
 
 /* Opens connections while fewer than o->handshakes are in flight. */
@@ -646,7 +660,7 @@ static void after(struct worker *w, struct conn *c, uint8_t prev)
 
 static uint64_t expected(const struct lg_opts *o, int g, uint64_t p)
 {
-	if (conn_is_foreign(o, g))
+	if (conn_is_foreign(o, g) || conn_is_stalled(o, g))
 		return 0;
 	if (o->scenario == SC_BROADCAST) {
 		uint64_t t = (uint64_t)o->tenants, k = (uint64_t)(g % o->tenants);
@@ -685,7 +699,7 @@ static void finish(struct worker *w, uint64_t published, int to_parent)
 
 	for (int i = 0; i < w->count; i++) {
 		struct conn *c = &w->c[i];
-		if (counts && c->state == CS_READY) {
+		if (counts && c->state == CS_READY && !conn_is_stalled(o, c->g)) {
 			uint64_t e = expected(o, c->g, published);
 			if (c->received < e)
 				w->st.missing += e - c->received;

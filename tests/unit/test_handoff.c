@@ -27,7 +27,7 @@ static void wake(void *arg)
 
 static void test_fifo_and_wake(void **state)
 {
-	struct handoff *q = handoff_new(8);
+	struct handoff *q = handoff_new(8, SIZE_MAX);
 	assert_non_null(q);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
@@ -62,7 +62,7 @@ static void test_fifo_and_wake(void **state)
 
 static void test_bound(void **state)
 {
-	struct handoff *q = handoff_new(2);
+	struct handoff *q = handoff_new(2, SIZE_MAX);
 	struct publication p[3];
 	memset(p, 0, sizeof(p));
 	/* No wake function set: pushes still work. */
@@ -78,9 +78,34 @@ static void test_bound(void **state)
 	handoff_free(q);
 }
 
+/* The byte bound counts each publication's data plus its struct; one
+ * publication always fits an empty queue, whatever its size. */
+static void test_byte_bound(void **state)
+{
+	struct publication p[4];
+	memset(p, 0, sizeof(p));
+	for (int i = 0; i < 4; i++)
+		p[i].data_len = 1000;
+	size_t one = handoff_cost(&p[0]);
+	assert_int_equal(one, sizeof(struct publication) + 1000);
+	struct handoff *q = handoff_new(100, 2 * one + 10);
+	assert_int_equal(handoff_push(q, &p[0]), 0);
+	assert_int_equal(handoff_push(q, &p[1]), 0);
+	assert_int_equal(handoff_push(q, &p[2]), LH_EFULL);
+	assert_int_equal(handoff_bytes(q), 2 * one);
+	assert_int_equal(handoff_depth(q), 2);
+	assert_non_null(handoff_take(q));
+	assert_int_equal(handoff_bytes(q), 0);
+	p[3].data_len = 1 << 20; /* over the bound alone */
+	assert_int_equal(handoff_push(q, &p[3]), 0);
+	assert_int_equal(handoff_push(q, &p[2]), LH_EFULL);
+	assert_ptr_equal(handoff_take(q), &p[3]);
+	handoff_free(q);
+}
+
 static void test_close(void **state)
 {
-	struct handoff *q = handoff_new(4);
+	struct handoff *q = handoff_new(4, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	struct publication p[2];
@@ -124,7 +149,7 @@ static void *produce(void *arg)
 
 static void test_stress(void **state)
 {
-	struct handoff *q = handoff_new(64);
+	struct handoff *q = handoff_new(64, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	pthread_t th[PRODUCERS];
@@ -172,7 +197,7 @@ static void test_stress(void **state)
  * those of handoff_push. */
 static void test_lazy_push(void **state)
 {
-	struct handoff *q = handoff_new(2);
+	struct handoff *q = handoff_new(2, SIZE_MAX);
 	_Atomic int mine = 0;
 	handoff_set_wake(q, wake, &mine);
 	struct publication p[3];
@@ -200,7 +225,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_fifo_and_wake), cmocka_unit_test(test_bound),
 	        cmocka_unit_test(test_close),         cmocka_unit_test(test_stress),
-	        cmocka_unit_test(test_lazy_push),
+	        cmocka_unit_test(test_lazy_push),     cmocka_unit_test(test_byte_bound),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -280,6 +280,63 @@ static void test_reserved_channel(void **state)
 	parse_err("{\"type\":\"unsubscribe\",\"channel\":\"$\"}", WSP_CHANNEL_ACCESS_DENIED, &req);
 }
 
+/* subscribe with since: parsed, validated, and the reply carries the
+ * position and recovered; implicit channels only with since. */
+static void test_subscribe_since(void **state)
+{
+	struct wsp_request req;
+	struct wsp_error err;
+	assert_int_equal(parse("{\"type\":\"subscribe\",\"channel\":\"job:42\",\"since\":{"
+	                       "\"offset\":7,\"epoch\":\"9f2c41d07a3b5e68\"},\"id\":1}",
+	                       &req, &err),
+	                 0);
+	assert_true(req.has_since);
+	assert_int_equal(req.since_offset, 7);
+	assert_string_equal(req.since_epoch, "9f2c41d07a3b5e68");
+	assert_frame(wsp_subscribed_at(&req, 9, "9f2c41d07a3b5e68", true),
+	             "{\"type\":\"subscribed\",\"channel\":\"job:42\",\"offset\":9,"
+	             "\"epoch\":\"9f2c41d07a3b5e68\",\"recovered\":true,\"id\":1}");
+	assert_int_equal(parse("{\"type\":\"subscribe\",\"projectId\":\"p1\"}", &req, &err), 0);
+	assert_false(req.has_since);
+	assert_frame(wsp_subscribed_at(&req, 0, "00000000000000aa", false),
+	             "{\"type\":\"subscribed\",\"channel\":\"project:p1\",\"projectId\":\"p1\","
+	             "\"offset\":0,\"epoch\":\"00000000000000aa\"}");
+	/* Implicit channels are named for recovery only. */
+	for (int i = 0; i < 3; i++) {
+		static const char *names[] = {"$tenant", "$user", "$user:alice"};
+		char text[200];
+		snprintf(text, sizeof text,
+		         "{\"type\":\"subscribe\",\"channel\":\"%s\",\"since\":{\"offset\":0,"
+		         "\"epoch\":\"e\"}}",
+		         names[i]);
+		assert_int_equal(parse(text, &req, &err), 0);
+		assert_string_equal(req.channel, names[i]);
+	}
+	parse_err("{\"type\":\"subscribe\",\"channel\":\"$other\",\"since\":{\"offset\":0,"
+	          "\"epoch\":\"e\"}}",
+	          WSP_CHANNEL_ACCESS_DENIED, &req);
+	parse_err("{\"type\":\"unsubscribe\",\"channel\":\"$tenant\",\"since\":{\"offset\":0,"
+	          "\"epoch\":\"e\"}}",
+	          WSP_CHANNEL_ACCESS_DENIED, &req);
+	static const char *bad[] = {
+	        "5",
+	        "{\"offset\":-1,\"epoch\":\"e\"}",
+	        "{\"offset\":1.5,\"epoch\":\"e\"}",
+	        "{\"epoch\":\"e\"}",
+	        "{\"offset\":1}",
+	        "{\"offset\":1,\"epoch\":7}",
+	        "{\"offset\":1,\"epoch\":\"123456789012345678901234567890123\"}",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		char text[200];
+		snprintf(text, sizeof text,
+		         "{\"type\":\"subscribe\",\"channel\":\"c\",\"since\":%s,\"id\":3}",
+		         bad[i]);
+		parse_err(text, WSP_BAD_REQUEST, &req);
+		assert_string_equal(req.id, "3");
+	}
+}
+
 static void test_channel_length(void **state)
 {
 	struct wsp_request req;
@@ -379,6 +436,7 @@ int main(void)
 	        cmocka_unit_test(test_channel_errors),
 	        cmocka_unit_test(test_reserved_channel),
 	        cmocka_unit_test(test_channel_length),
+	        cmocka_unit_test(test_subscribe_since),
 	        cmocka_unit_test(test_auth_refresh_unsupported),
 	        cmocka_unit_test(test_presence_and_publish),
 	};
