@@ -434,12 +434,56 @@ static void test_commands(void **state)
 	env_free(e);
 }
 
+static int runner_calls;
+
+static void runner(void *arg, struct publication *p)
+{
+	struct env *e = arg;
+	runner_calls++;
+	presence_command(e->pr, e->h, p);
+}
+
+static int done_status = 1;
+
+static void on_done(struct publication *p)
+{
+	done_status = p->status;
+}
+
+/* hub_publish hands a publication with cmd set to the command runner, and
+ * fails it without one. */
+static void test_command_runner(void **state)
+{
+	(void)state;
+	struct env *e = env_new("", "", false);
+	struct hub_conn *a = env_open(e, "t", "alice");
+	env_sub(e, a, "board:1");
+	struct command cmd = {.kind = CMD_LIST_CHANNELS};
+	struct publication p;
+	memset(&p, 0, sizeof(p));
+	strcpy(p.tenant, "t");
+	p.cmd = &cmd;
+	p.on_done = on_done;
+	hub_publish(e->h, &p);
+	assert_int_equal(done_status, LH_EINVAL);
+	assert_int_equal(runner_calls, 0);
+	hub_set_command_runner(e->h, runner, e);
+	hub_publish(e->h, &p);
+	assert_int_equal(done_status, 0);
+	assert_int_equal(runner_calls, 1);
+	assert_int_equal(cmd.nentries, 1);
+	assert_string_equal(cmd.entries[0].name, "board:1");
+	command_clear(&cmd);
+	env_free(e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_patterns),       cmocka_unit_test(test_join_leave_per_user),
 	        cmocka_unit_test(test_online_offline), cmocka_unit_test(test_presence_request),
 	        cmocka_unit_test(test_client_events),  cmocka_unit_test(test_commands),
+	        cmocka_unit_test(test_command_runner),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
