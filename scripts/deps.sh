@@ -8,7 +8,7 @@ set -euo pipefail
 build_pkgs=(cmake make gcc pkg-config protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
 	libgrpc-dev libwebsockets-dev libuv1-dev libjwt-dev libjansson-dev libssl-dev libcmocka-dev)
 test_pkgs=(clang libclang-rt-14-dev clang-format python3 python3-grpcio python3-grpc-tools
-	python3-websockets python3-pytest python3-jwt curl)
+	python3-websockets python3-pytest python3-jwt curl chromium)
 
 pkgs=("${build_pkgs[@]}")
 [ "${1:-}" = "--run" ] || pkgs+=("${test_pkgs[@]}")
@@ -30,7 +30,8 @@ npm_tools() {
 		return 0
 	fi
 	echo "deps: npm ci in tests/npm"
-	(cd "$tests_npm" && npm ci --no-audit --no-fund --loglevel=error)
+	# playwright-core drives Debian's chromium: never download a browser.
+	(cd "$tests_npm" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 }
 
 if [ "${1:-}" != "--run" ] && ! command -v npm >/dev/null; then

@@ -88,6 +88,7 @@ static const struct setting settings[] = {
 	    "receive buffer per connection, bytes"),
 	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
 	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
+	INT(demo, "demo", "LIVEHUB_DEMO", 0, 1, "serve the demo page at / and the browser client at /livehub.js (0: off)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
 	STR(presence_channels, "presence-channels", "LIVEHUB_PRESENCE_CHANNELS",
 	    "channels that send presence:join/leave, e.g. \"board:*,project:*\" (empty: none)"),
@@ -142,6 +143,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
+	cfg->demo = 1;
 	strcpy(cfg->event_loop, "libuv");
 	cfg->client_event_rate = 10;
 	cfg->client_event_burst = 20;

@@ -38,6 +38,7 @@ struct lh_config {
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
 	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
 	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
+	int demo;        /* LIVEHUB_DEMO; serve the demo page at / and /livehub.js; default 1 */
 	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
 	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
 	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */

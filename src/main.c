@@ -253,6 +253,14 @@ static void print_banner(const struct run *r, const char *argv0)
 		        "             mint one: %s token --tenant demo --user alice\n"
 		        "             tenant demo, user alice, 24 h: %s\n",
 		        c->dev_secret_file, argv0, demo ? demo : "(mint failed)");
+		/* A new user's first minute: open the page, run one command, see
+		 * bars move (clients/demo, clients/python/demo.py). */
+		if (c->demo && demo)
+			fprintf(stderr,
+			        "  Demo       http://%s:%d/?token=%s\n"
+			        "             publish a demo job: /usr/bin/python3 clients/python/demo.py "
+			        "--addr %s:%d\n",
+			        host, wsp, demo, c->grpc_host, rpc_port(r->rpc));
 		free(demo);
 	}
 	fprintf(stderr, "\n");

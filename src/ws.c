@@ -34,6 +34,7 @@
 #include "presence.h"
 #include "strbuf.h"
 #include "publication.h"
+#include "static_files.h"
 #include "ws_protocol.h"
 
 _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws frame header");
@@ -107,6 +108,7 @@ struct ws {
 	_Atomic(struct presence *) pres_reload;
 	int port;
 	int ping_interval_s, ping_timeout_s;
+	bool demo;                         /* serve the demo page and /livehub.js */
 	lws_retry_bo_t retry;              /* lws keeps a pointer */
 	struct lws_protocols protocols[2]; /* lws keeps a pointer */
 	lws_sorted_usec_list_t sul_sweep;
@@ -207,6 +209,7 @@ static const char *status_text(unsigned int status)
 	case 200: return "OK";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
+	case 304: return "Not Modified";
 	case 404: return "Not Found";
 	case 503: return "Service Unavailable";
 	default: return "Error";
@@ -337,19 +340,63 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	return rc;
 }
 
+/* Serves an embedded file (the demo page, the browser client): 304 when
+ * the client's If-None-Match holds its ETag, else 200 with the bytes (none
+ * for HEAD). Headers and body go out in one write, which lws finishes in
+ * the background when the socket takes less. Returns 0 or -1. */
+static int static_reply(struct lws *wsi, const struct static_file *f)
+{
+	char inm[128] = {0};
+	if (lws_hdr_copy(wsi, inm, (int)sizeof inm, WSI_TOKEN_HTTP_IF_NONE_MATCH) < 0)
+		inm[0] = '\0';
+	bool fresh = static_file_not_modified(f, inm);
+	bool head = lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0;
+	bool html = strncmp(f->content_type, "text/html", 9) == 0;
+	char hdr[768];
+	/* The page carries a token in its URL: no Referer may leak it, and
+	 * scripts come only from here (the WebSocket is on this origin too). */
+	int n = snprintf(hdr, sizeof hdr,
+	                 "HTTP/1.1 %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n"
+	                 "cache-control: %s\r\netag: %s\r\nx-content-type-options: nosniff\r\n"
+	                 "referrer-policy: no-referrer\r\n%s\r\n",
+	                 fresh ? "304 Not Modified" : "200 OK", f->content_type,
+	                 fresh ? (size_t)0 : f->len, f->cache_control, f->etag,
+	                 html ? "content-security-policy: default-src 'self'; connect-src 'self' "
+	                        "ws: wss:; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+	                        "frame-ancestors 'none'\r\n"
+	                      : "");
+	if (n < 0 || (size_t)n >= sizeof hdr)
+		return -1;
+	size_t body = fresh || head ? 0 : f->len;
+	unsigned char *buf = malloc(LWS_PRE + (size_t)n + body);
+	if (!buf)
+		return http_reply(wsi, 503, "out of memory\n");
+	memcpy(buf + LWS_PRE, hdr, (size_t)n);
+	if (body)
+		memcpy(buf + LWS_PRE + n, f->data, body);
+	size_t len = (size_t)n + body;
+	int rc = lws_write(wsi, buf + LWS_PRE, len, LWS_WRITE_HTTP) == (int)len ? 0 : -1;
+	free(buf);
+	return rc;
+}
+
 /* /healthz: the process is alive (also while it shuts down). /readyz:
  * it takes clients and calls (503 while starting or shutting down).
- * /metrics: Prometheus text format. */
+ * /metrics: Prometheus text format. "/", "/demo.js", "/livehub.js": the
+ * demo page and the browser client, unless the demo setting is off. */
 static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 {
 	int rc;
 	bool ready = atomic_load(&lh_metrics.ready) && !w->closing;
+	const struct static_file *f = w->demo ? static_file_find(uri) : NULL;
 	if (strcmp(uri, "/healthz") == 0)
 		rc = http_reply(wsi, 200, "ok\n");
 	else if (strcmp(uri, "/readyz") == 0)
 		rc = ready ? http_reply(wsi, 200, "ready\n") : http_reply(wsi, 503, "not ready\n");
 	else if (strcmp(uri, "/metrics") == 0)
 		rc = metrics_reply(w, wsi);
+	else if (f)
+		rc = static_reply(wsi, f);
 	else
 		rc = http_reply(wsi, 404, "not found\n");
 	if (rc || lws_http_transaction_completed(wsi))
@@ -1042,6 +1089,7 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->auth = auth;
 	w->q = q;
 	w->ping_interval_s = cfg->ping_interval_s;
+	w->demo = cfg->demo != 0;
 	w->ping_timeout_s = cfg->ping_timeout_s;
 	w->retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
 	w->retry.secs_since_valid_hangup = (uint16_t)cfg->ping_timeout_s;

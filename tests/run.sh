@@ -7,6 +7,10 @@
 #   5. the same integration tests against the ASan+UBSan binary (leaks fail the run)
 #   6. the same against a TSan binary (any race report fails the run)
 #   7. fuzz smoke: each libFuzzer target briefly over its seed corpus
+#   8. clients (node unit): clients/js with a mock WebSocket (node --test);
+#      clients (types): livehub.d.ts and react.d.ts compile (tsc --noEmit, strict)
+#   9. browser (chromium): the demo page and the React hooks in real Chromium,
+#      and the client in Node, against the normal binary (tests/browser)
 # Ends with one line "checks: N passed, M failed"; exits non-zero when any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +47,14 @@ integration() { # integration BINARY
 	LIVEHUB_BIN=$1 $PY -m pytest tests/integration -q -p no:cacheprovider
 }
 
+browser_tests() { # browser_tests BINARY
+	if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+		echo "no chromium at ${CHROMIUM:-/usr/bin/chromium} (scripts/deps.sh installs it)"
+		return 1
+	fi
+	LIVEHUB_BIN=$1 node --experimental-websocket --test --test-concurrency=1 tests/browser/
+}
+
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=23}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # gRPC's Debian libraries are not TSan-instrumented: tests/tsan.supp ignores
@@ -61,6 +73,9 @@ stage "integration (asan+ubsan)" integration "$PWD/build-asan/livehub"
 stage "build (tsan)" build build-tsan -DLH_TSAN=ON
 stage "integration (tsan)" integration "$PWD/build-tsan/livehub"
 stage "fuzz smoke" bash tests/fuzz.sh "${FUZZ_SMOKE_SECONDS:-15}"
+stage "clients (node unit)" node --test clients/js/test/
+stage "clients (types)" tests/npm/node_modules/.bin/tsc -p clients/js/test/tsconfig.json
+stage "browser (chromium)" browser_tests "$PWD/build/livehub"
 
 echo
 for f in "${failures[@]}"; do echo "failed: $f"; done

@@ -140,7 +140,8 @@ def test_healthz_is_200(hub):
     assert status == 200
 
 
-@pytest.mark.parametrize("path", ["/", "/nope", "/ws/x", "/healthzz", "/wss"])
+# "/" is the demo page (test_clients.py; 404 with --demo 0).
+@pytest.mark.parametrize("path", ["/nope", "/ws/x", "/healthzz", "/wss", "/livehub.js/x", "/index.htm"])
 def test_other_paths_are_404(hub, path):
     status, _ = http_get(hub, path)
     assert status == 404, (path, status)

@@ -1,0 +1,3 @@
+const React = window.React;
+export default React;
+export const { createContext, createElement, useContext, useEffect, useRef, useState, Fragment } = React;
