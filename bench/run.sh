@@ -95,7 +95,10 @@ start_hub() {
 	local name=$1 hublog=$2
 	local -a cmd
 	case $name in
-	livehub) cmd=("$LIVEHUB_BIN" --ws-host 127.0.0.1 --ws-port 0 --grpc-host 127.0.0.1 --grpc-port 0 --jwt-secret "$SECRET") ;;
+	# The load generator opens thousands of connections from 8 addresses:
+	# the per-address, per-user and rate limits are off, as the peers have none.
+	livehub) cmd=("$LIVEHUB_BIN" --ws-host 127.0.0.1 --ws-port 0 --grpc-host 127.0.0.1 --grpc-port 0 --jwt-secret "$SECRET"
+		--max-connections-per-ip 0 --max-connections-per-user 0 --rate-limit 0) ;;
 	node-ws) cmd=(node "$BENCH/peers/node-ws-hub.mjs" --ws-port 0 --grpc-port 0 --jwt-secret "$SECRET") ;;
 	socketio) cmd=(node "$BENCH/peers/socketio-hub.mjs" --ws-port 0 --grpc-port 0 --jwt-secret "$SECRET") ;;
 	esac

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "edge.h"
 #include "hub.h"
 #include "log.h"
 #include "presence.h"
@@ -88,6 +89,28 @@ static const struct setting settings[] = {
 	    "receive buffer per connection, bytes"),
 	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
 	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
+	STR(allowed_origins, "allowed-origins", "LIVEHUB_ALLOWED_ORIGINS",
+	    "comma-separated Origin allow-list, * for host labels (CORS_ORIGINS is read when unset; none: any origin)"),
+	INT(max_connections, "max-connections", "LIVEHUB_MAX_CONNECTIONS", 0, 10000000,
+	    "WebSocket connections in all (0: the fd limit less 100)"),
+	INT(max_conns_per_ip, "max-connections-per-ip", "LIVEHUB_MAX_CONNECTIONS_PER_IP", 0, 10000000,
+	    "WebSocket connections from one client address (0: no limit)"),
+	INT(max_conns_per_user, "max-connections-per-user", "LIVEHUB_MAX_CONNECTIONS_PER_USER", 0, 10000000,
+	    "WebSocket connections of one user of a tenant (0: no limit)"),
+	INT(max_conns_per_tenant, "max-connections-per-tenant", "LIVEHUB_MAX_CONNECTIONS_PER_TENANT", 0, 10000000,
+	    "WebSocket connections of one tenant (0: no limit)"),
+	INT(rate_limit, "rate-limit", "LIVEHUB_RATE_LIMIT", 0, 1000000,
+	    "client messages a minute per connection, refilled continuously (0: no limit)"),
+	INT(rate_burst, "rate-burst", "LIVEHUB_RATE_BURST", 1, 1000000,
+	    "client messages a connection may send at once (token bucket capacity)"),
+	INT(rate_strikes, "rate-limit-strikes", "LIVEHUB_RATE_LIMIT_STRIKES", 0, 65535,
+	    "RATE_LIMITED refusals in a row that close the connection with 1008 (0: never)"),
+	INT(max_message_size, "max-message-size", "LIVEHUB_MAX_MESSAGE_SIZE", 256, 16777216,
+	    "largest client message in bytes (close 1009 beyond)"),
+	INT(max_json_depth, "max-json-depth", "LIVEHUB_MAX_JSON_DEPTH", 1, 1000,
+	    "deepest nesting of objects and arrays in a client message"),
+	INT(max_json_elements, "max-json-elements", "LIVEHUB_MAX_JSON_ELEMENTS", 1, 10000000,
+	    "object members plus array elements in a client message"),
 	INT(demo, "demo", "LIVEHUB_DEMO", 0, 1, "serve the demo page at / and the browser client at /livehub.js (0: off)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
 	STR(presence_channels, "presence-channels", "LIVEHUB_PRESENCE_CHANNELS",
@@ -143,6 +166,16 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
+	cfg->max_connections = 0;
+	cfg->max_conns_per_ip = 1000;
+	cfg->max_conns_per_user = 32;
+	cfg->max_conns_per_tenant = 0;
+	cfg->rate_limit = 100;
+	cfg->rate_burst = 10;
+	cfg->rate_strikes = 10;
+	cfg->max_message_size = 65536;
+	cfg->max_json_depth = 16;
+	cfg->max_json_elements = 1000;
 	cfg->demo = 1;
 	strcpy(cfg->event_loop, "libuv");
 	cfg->client_event_rate = 10;
@@ -266,6 +299,13 @@ static int from_file(struct lh_config *cfg, const char *path)
 
 static int from_env(struct lh_config *cfg)
 {
+	/* The seeds' name for the origin allow-list, when ours is not set. */
+	const char *cors = getenv("CORS_ORIGINS");
+	if (cors && !getenv("LIVEHUB_ALLOWED_ORIGINS")) {
+		const struct setting *st = by_key("allowed_origins");
+		if (apply(cfg, st, cors, "CORS_ORIGINS"))
+			return -1;
+	}
 	for (size_t i = 0; i < NSETTINGS; i++) {
 		const char *v = getenv(settings[i].env);
 		if (v && apply(cfg, &settings[i], v, settings[i].env))
@@ -421,13 +461,13 @@ static int check(struct lh_config *cfg)
 	struct hub_limits lim;
 	if (config_hub_limits(cfg, &lim))
 		return -1;
-	const char *why;
-	if (presence_config_check(cfg->presence_channels, &why)) {
-		fprintf(stderr, "livehub: LIVEHUB_PRESENCE_CHANNELS: %s\n", why);
+	const char *pwhy;
+	if (presence_config_check(cfg->presence_channels, &pwhy)) {
+		fprintf(stderr, "livehub: LIVEHUB_PRESENCE_CHANNELS: %s\n", pwhy);
 		return -1;
 	}
-	if (presence_config_check(cfg->client_events, &why)) {
-		fprintf(stderr, "livehub: LIVEHUB_CLIENT_EVENTS: %s\n", why);
+	if (presence_config_check(cfg->client_events, &pwhy)) {
+		fprintf(stderr, "livehub: LIVEHUB_CLIENT_EVENTS: %s\n", pwhy);
 		return -1;
 	}
 	log_set_level((enum log_level)lvl);
@@ -437,6 +477,14 @@ static int check(struct lh_config *cfg)
 		        "livehub: LIVEHUB_PING_TIMEOUT (%d) must be greater than "
 		        "LIVEHUB_PING_INTERVAL (%d)\n",
 		        cfg->ping_timeout_s, cfg->ping_interval_s);
+		return -1;
+	}
+	const char *why;
+	struct origins *o = origins_new(cfg->allowed_origins, &why);
+	origins_free(o);
+	if (why) {
+		fprintf(stderr, "livehub: LIVEHUB_ALLOWED_ORIGINS: %s in \"%s\"\n", why,
+		        cfg->allowed_origins);
 		return -1;
 	}
 	if (check_tls(cfg))

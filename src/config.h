@@ -38,10 +38,22 @@ struct lh_config {
 	int shutdown_timeout_s;    /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
 	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
 	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
-	int demo;        /* LIVEHUB_DEMO; serve the demo page at / and /livehub.js; default 1 */
-	char event_loop[8];    /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
-	char log_level[16];    /* LIVEHUB_LOG_LEVEL; default info */
-	char log_format[16];   /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
+	/* Edge limits (docs/SECURITY.md); reloadable on SIGHUP. */
+	char allowed_origins[2048]; /* LIVEHUB_ALLOWED_ORIGINS (or CORS_ORIGINS); empty = any */
+	int max_connections;        /* LIVEHUB_MAX_CONNECTIONS; 0 = from the fd limit */
+	int max_conns_per_ip;       /* LIVEHUB_MAX_CONNECTIONS_PER_IP; default 1000, 0 = off */
+	int max_conns_per_user;     /* LIVEHUB_MAX_CONNECTIONS_PER_USER; default 32, 0 = off */
+	int max_conns_per_tenant;   /* LIVEHUB_MAX_CONNECTIONS_PER_TENANT; default 0 = off */
+	int rate_limit;        /* LIVEHUB_RATE_LIMIT; messages a minute; default 100, 0 = off */
+	int rate_burst;        /* LIVEHUB_RATE_BURST; bucket capacity; default 10 */
+	int rate_strikes;      /* LIVEHUB_RATE_LIMIT_STRIKES; default 10, 0 = never close */
+	int max_message_size;  /* LIVEHUB_MAX_MESSAGE_SIZE; bytes; default 65536 */
+	int max_json_depth;    /* LIVEHUB_MAX_JSON_DEPTH; default 16 */
+	int max_json_elements; /* LIVEHUB_MAX_JSON_ELEMENTS; default 1000 */
+	int demo;            /* LIVEHUB_DEMO; serve the demo page at / and /livehub.js; default 1 */
+	char event_loop[8];  /* LIVEHUB_EVENT_LOOP; poll or libuv; default poll */
+	char log_level[16];  /* LIVEHUB_LOG_LEVEL; default info */
+	char log_format[16]; /* LIVEHUB_LOG_FORMAT; logfmt or json; default logfmt */
 	char config_file[256]; /* LIVEHUB_CONFIG, --config; default none */
 	/* Service authentication and TLS (docs/SECURITY.md). */
 	char api_keys_file[256];      /* LIVEHUB_API_KEYS_FILE; JSON key file; default none */

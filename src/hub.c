@@ -489,6 +489,31 @@ void hub_conn_close(struct hub *h, struct hub_conn *c)
 	conn_destroy(h, c);
 }
 
+uint32_t hub_tenant_conns(struct hub *h, const char *tenant)
+{
+	char key[KEY_MAX];
+	size_t tlen = strnlen(tenant, LH_TENANT_MAX + 1);
+	if (!name_tenant_ok(tenant, tlen))
+		return 0;
+	size_t klen = make_key(key, tenant, tlen, TENANT_NAME, sizeof(TENANT_NAME) - 1);
+	const struct chan *ch = dict_get(h->chans, key, klen);
+	return ch ? ch->nsubs : 0;
+}
+
+uint32_t hub_user_conns(struct hub *h, const char *tenant, const char *user)
+{
+	char key[KEY_MAX], name[USER_PREFIX_LEN + LH_USER_MAX];
+	size_t tlen = strnlen(tenant, LH_TENANT_MAX + 1);
+	size_t ulen = strnlen(user, LH_USER_MAX + 1);
+	if (!name_tenant_ok(tenant, tlen) || !name_user_ok(user, ulen))
+		return 0;
+	memcpy(name, USER_PREFIX, USER_PREFIX_LEN);
+	memcpy(name + USER_PREFIX_LEN, user, ulen);
+	size_t klen = make_key(key, tenant, tlen, name, USER_PREFIX_LEN + ulen);
+	const struct chan *ch = dict_get(h->chans, key, klen);
+	return ch ? ch->nsubs : 0;
+}
+
 const char *hub_conn_tenant(const struct hub_conn *c)
 {
 	const struct chan *ch = c->subs[SUB_TENANT].ch;

@@ -232,6 +232,12 @@ void hub_history_free(struct hub_history_result *r);
  * few seconds. */
 void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms);
 
+/* Open connections of tenant, and of (tenant, user): the subscriber
+ * counts of their implicit channels, one dict lookup each. 0 for an
+ * invalid name. For the connection limits checked at the handshake. */
+uint32_t hub_tenant_conns(struct hub *h, const char *tenant);
+uint32_t hub_user_conns(struct hub *h, const char *tenant, const char *user);
+
 /* Counts one frame received from a client. */
 void hub_count_received(struct hub *h);
 

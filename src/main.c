@@ -153,6 +153,7 @@ static void reload(struct run *r)
 		log_error(
 		        "event=reload_partial msg=\"out of memory: presence settings unchanged\"");
 	ws_reload(r->ws, auth, &lim);
+	ws_reload_edge(r->ws, &nc);
 	size_t nkeys = keys ? keys->n : 0;
 	rpc_set_keys(r->rpc, keys);
 	if (!nkeys)

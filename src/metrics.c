@@ -19,13 +19,11 @@ static const int64_t bounds_us[METRICS_NBUCKETS] = {
 
 static const char *const close_names[MC_NCLOSE] = {
         "client", "shutdown",     "slow_consumer", "protocol_error",
-        "auth",   "server_error", "disconnected",
+        "auth",   "server_error", "rate_limited",  "disconnected",
 };
 static const char *const refusal_names[MR_NREFUSAL] = {
-        "not_websocket",
-        "not_found",
-        "shutting_down",
-        "auth",
+        "not_websocket", "not_found", "shutting_down", "auth",         "origin",
+        "limit_global",  "limit_ip",  "limit_user",    "limit_tenant",
 };
 static const char *const auth_names[MA_NAUTH] = {
         "no_token", "malformed", "algorithm", "signature", "expired", "not_yet_valid", "claims",
@@ -280,8 +278,11 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	one(sb, "livehub_sendq_bytes", "gauge", "Payload bytes queued over every connection",
 	    g->sendq_bytes);
 	one(sb, "livehub_rate_limited_total", "counter",
-	    "Client messages refused by rate limits (not built yet: 0)",
+	    "Client messages refused with RATE_LIMITED (per-connection token bucket)",
 	    metrics_get(&m->rate_limited));
+	one(sb, "livehub_messages_refused_shape_total", "counter",
+	    "Client messages refused for their JSON nesting depth or element count",
+	    metrics_get(&m->shape_refused));
 	one(sb, "livehub_config_reloads_total", "counter", "Successful SIGHUP reloads",
 	    metrics_get(&m->reloads));
 	one(sb, "livehub_config_reload_failures_total", "counter",

@@ -28,6 +28,7 @@ enum metrics_close {
 	MC_PROTOCOL_ERROR, /* binary frame, oversized message */
 	MC_AUTH,           /* token no longer valid at ESTABLISHED */
 	MC_SERVER_ERROR,   /* out of memory and the like (1011) */
+	MC_RATE_LIMITED,   /* sustained rate-limit abuse (1008) */
 	MC_DISCONNECTED,   /* a Disconnect call (4100, 4501) */
 	MC_NCLOSE
 };
@@ -38,6 +39,11 @@ enum metrics_refusal {
 	MR_NOT_FOUND,     /* 404: not /ws */
 	MR_SHUTTING_DOWN, /* 503 */
 	MR_AUTH,          /* 401: see the auth failure reasons */
+	MR_ORIGIN,        /* 403: Origin not on the allow-list */
+	MR_LIMIT_GLOBAL,  /* 503: max_connections reached */
+	MR_LIMIT_IP,      /* 429: max_connections_per_ip reached */
+	MR_LIMIT_USER,    /* 429: max_connections_per_user reached */
+	MR_LIMIT_TENANT,  /* 429: max_connections_per_tenant reached */
 	MR_NREFUSAL
 };
 
@@ -83,7 +89,8 @@ struct metrics {
 	 * can be written now. They read 0. */
 	_Atomic uint64_t dropped;
 	_Atomic uint64_t conflated;
-	_Atomic uint64_t rate_limited;
+	_Atomic uint64_t rate_limited;  /* client messages refused with RATE_LIMITED */
+	_Atomic uint64_t shape_refused; /* client messages over the JSON depth/element limits */
 	_Atomic uint64_t reloads;
 	_Atomic uint64_t reload_failures;
 	_Atomic bool ready;                  /* accepting clients and calls */

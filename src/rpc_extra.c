@@ -680,6 +680,13 @@ void rpc_extra_stats(Livehub__V1__GetStatsResponse *out, struct rpc_extra_stats 
 	out->messages_dropped = s->dropped;
 	out->messages_conflated = s->conflated;
 	out->rate_limited = metrics_get(&m->rate_limited);
+	out->origin_refusals = metrics_get(&m->refused[MR_ORIGIN]);
+	out->connection_limit_refusals =
+	        metrics_get(&m->refused[MR_LIMIT_GLOBAL]) + metrics_get(&m->refused[MR_LIMIT_IP]) +
+	        metrics_get(&m->refused[MR_LIMIT_USER]) + metrics_get(&m->refused[MR_LIMIT_TENANT]);
+	out->rate_limit_disconnects = metrics_get(&m->conn_closed[MC_RATE_LIMITED]);
+	out->messages_refused_shape = metrics_get(&m->shape_refused);
+	out->protocol_error_disconnects = metrics_get(&m->conn_closed[MC_PROTOCOL_ERROR]);
 	out->handoff_depth = handoff_depth;
 	sum = 0;
 	int n = atomic_load(&m->nmethods);

@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "command.h"
+#include "edge.h"
 #include "livehub.h"
 #include "log.h"
 #include "metrics.h"
@@ -40,7 +41,6 @@
 _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws frame header");
 
 #define WS_PROTOCOL_NAME       "livehub"
-#define WS_MSG_MAX             (64 * 1024)          /* largest client message */
 #define WS_HEADER_MAX          8192                 /* request headers, so a long JWT fits */
 #define WS_HEADER_POOL         64                   /* handshakes parsed at the same time */
 #define WS_FD_MAX              65536                /* cap on lws' fd table */
@@ -51,6 +51,10 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
 #define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
 #define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
+#define WS_FD_RESERVE          100           /* fds kept for gRPC, listeners, files */
+#define WS_RETRY_GLOBAL_S      5             /* Retry-After of a 503 (global limit) */
+#define WS_RETRY_LIMIT_S       10            /* Retry-After of a 429 (other limits) */
+#define WS_ORIGIN_MAX          512           /* longest Origin header looked at */
 /* Work drain() does per loop turn: after this many publications, or frames
  * queued on subscribers, it lets the loop write before it goes on. */
 #define WS_DRAIN_PUBS   1024
@@ -79,6 +83,8 @@ struct session {
 	struct session *prev, *next; /* ws->sessions */
 	const char *close_reason;    /* static text, with close_code */
 	int close_code;              /* nonzero: close at the next write */
+	struct ip_slot *ip;          /* its client address's count in ws->ips */
+	struct rate rate;            /* the message rate limit's bucket */
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
 	bool killing;                /* libuv: closing; the close frame goes at the next write */
 	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
@@ -86,6 +92,17 @@ struct session {
 	char *reason_buf;
 	/* The client-event rate limit (presence.h). */
 	struct presence_bucket events;
+};
+
+/* The edge limits of docs/SECURITY.md, resolved from the configuration;
+ * replaced whole on SIGHUP (ws_reload_edge). */
+struct edge_cfg {
+	struct origins *origins;               /* owned; NULL: any origin */
+	uint32_t max_conns;                    /* resolved: never 0 */
+	uint32_t per_ip, per_user, per_tenant; /* 0: no limit */
+	struct rate_cfg rate;
+	uint32_t max_message;
+	uint32_t json_depth, json_elems;
 };
 
 /* Settings a SIGHUP reload hands to the service thread (ws_reload). */
@@ -124,6 +141,13 @@ struct ws {
 	struct publication *backlog; /* taken from the hand-off, not published yet (FIFO) */
 	size_t batch_cap;            /* write_batch: payload bytes of batch, 0 = no batching */
 	unsigned char *batch;        /* owned; LWS_PRE + batch_cap bytes, service thread */
+
+	/* Edge limits (docs/SECURITY.md), service thread unless noted. */
+	size_t nconns;                          /* connections counted in ips */
+	struct edge_cfg *edge;                  /* owned */
+	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
+	struct ipcount *ips;                    /* open connections per client address */
+	unsigned int fd_cap;                    /* the fd limit, for the derived global limit */
 };
 
 /* ------------------------------------------------------------------------
@@ -207,10 +231,12 @@ static const char *status_text(unsigned int status)
 {
 	switch (status) {
 	case 200: return "OK";
+	case 304: return "Not Modified";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
-	case 304: return "Not Modified";
+	case 403: return "Forbidden";
 	case 404: return "Not Found";
+	case 429: return "Too Many Requests";
 	case 503: return "Service Unavailable";
 	default: return "Error";
 	}
@@ -219,20 +245,29 @@ static const char *status_text(unsigned int status)
 /* Writes a complete plain-text response, status line, headers and body in
  * one write, as lws does for its own status pages. The status line is
  * written here rather than by lws_add_http_header_status(), which answers
- * a refused upgrade as HTTP/1.0 (some clients reject that). Returns 0 or
- * -1. */
-static int http_reply(struct lws *wsi, unsigned int status, const char *body)
+ * a refused upgrade as HTTP/1.0 (some clients reject that). retry_after_s
+ * > 0 adds a Retry-After header. Returns 0 or -1. */
+static int http_reply_retry(struct lws *wsi, unsigned int status, int retry_after_s,
+                            const char *body)
 {
 	char buf[LWS_PRE + 512];
+	char retry[40] = "";
 	char *start = buf + LWS_PRE;
 	size_t room = sizeof(buf) - LWS_PRE;
+	if (retry_after_s > 0)
+		snprintf(retry, sizeof retry, "retry-after: %d\r\n", retry_after_s);
 	int n = snprintf(start, room,
 	                 "HTTP/1.1 %u %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-	                 "content-length: %zu\r\ncache-control: no-store\r\n\r\n%s",
-	                 status, status_text(status), strlen(body), body);
+	                 "content-length: %zu\r\ncache-control: no-store\r\n%s\r\n%s",
+	                 status, status_text(status), strlen(body), retry, body);
 	if (n < 0 || (size_t)n >= room)
 		return -1;
 	return lws_write(wsi, (unsigned char *)start, (size_t)n, LWS_WRITE_HTTP) == n ? 0 : -1;
+}
+
+static int http_reply(struct lws *wsi, unsigned int status, const char *body)
+{
+	return http_reply_retry(wsi, status, 0, body);
 }
 
 /* ------------------------------------------------------------------------
@@ -434,7 +469,91 @@ static int verify(struct ws *w, struct lws *wsi, struct auth_identity *id, const
 	return rc;
 }
 
-/* Before the upgrade: only /ws, only with a valid token. A non-zero return
+/* ------------------------------------------------------------------------
+ * Edge checks at the handshake (docs/SECURITY.md)
+ * ------------------------------------------------------------------------ */
+
+/* Refuses the upgrade with status (403, 429 or 503), counting reason. */
+static int refuse(struct lws *wsi, enum metrics_refusal reason, unsigned int status,
+                  const char *body)
+{
+	metrics_inc(&lh_metrics.refused[reason], 1);
+	http_reply_retry(wsi, status,
+	                 status == 503   ? WS_RETRY_GLOBAL_S
+	                 : status == 429 ? WS_RETRY_LIMIT_S
+	                                 : 0,
+	                 body);
+	/* Limit refusals come in floods: debug only (the counters have them). */
+	if (reason == MR_ORIGIN)
+		log_info("event=handshake_refused status=%u reason=origin", status);
+	else
+		log_debug("event=handshake_refused status=%u reason=connection_limit", status);
+	return 1;
+}
+
+/* The key the client's address is counted under (edge_ip_key: the IPv4
+ * address, or the IPv6 /64); "" when unknown. buf has EDGE_IP_KEY_MAX
+ * bytes. */
+static const char *peer_ip(struct lws *wsi, char *buf)
+{
+	char text[EDGE_IP_KEY_MAX];
+	text[0] = '\0';
+	const char *ip = lws_get_peer_simple(wsi, text, sizeof text);
+	edge_ip_key(ip ? ip : "", buf);
+	return buf;
+}
+
+/* The Origin header against the allow-list. A request without Origin is
+ * not from a browser (browsers always send it on a WebSocket upgrade) and
+ * is let through: the allow-list stops other sites' pages from using a
+ * visitor's browser, while a non-browser client can send any Origin it
+ * likes anyway, so refusing it would protect nothing. Returns 0 or 1
+ * (refused, response written). */
+static int check_origin(struct ws *w, struct lws *wsi)
+{
+	char origin[WS_ORIGIN_MAX];
+	int total = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
+	if (total <= 0 || !w->edge->origins)
+		return 0;
+	int n = lws_hdr_copy(wsi, origin, (int)sizeof origin, WSI_TOKEN_ORIGIN);
+	if (n > 0 && origins_allowed(w->edge->origins, origin, (size_t)n))
+		return 0;
+	return refuse(wsi, MR_ORIGIN, 403, "ORIGIN_NOT_ALLOWED: this Origin may not connect\n");
+}
+
+/* The limits that need no identity: global and per address. */
+static int check_conn_limits(struct ws *w, struct lws *wsi)
+{
+	char ip[EDGE_IP_KEY_MAX];
+	const struct edge_cfg *e = w->edge;
+	if (w->nconns >= e->max_conns)
+		return refuse(wsi, MR_LIMIT_GLOBAL, 503,
+		              "TOO_MANY_CONNECTIONS: the server is full, retry later\n");
+	if (e->per_ip && ipcount_get(w->ips, peer_ip(wsi, ip)) >= e->per_ip)
+		return refuse(wsi, MR_LIMIT_IP, 429,
+		              "TOO_MANY_CONNECTIONS: too many connections from this address\n");
+	return 0;
+}
+
+/* The limits that need the identity: per user and per tenant. Returns
+ * MR_LIMIT_USER or MR_LIMIT_TENANT when one is reached, -1 when the
+ * connection is admitted. Hook for first-message auth: a connection whose
+ * identity is known only when its `auth` message is accepted must be
+ * checked here at that point (the count then includes itself once it is
+ * open in the hub, so compare with > instead of >=). */
+static int identity_over_limit(struct ws *w, const char *tenant, const char *user)
+{
+	const struct edge_cfg *e = w->edge;
+	if (e->per_user && hub_user_conns(w->hub, tenant, user) >= e->per_user)
+		return MR_LIMIT_USER;
+	if (e->per_tenant && hub_tenant_conns(w->hub, tenant) >= e->per_tenant)
+		return MR_LIMIT_TENANT;
+	return -1;
+}
+
+/* Before the upgrade: only /ws, from an allowed origin, within the
+ * connection limits, only with a valid token. The cheap checks go before
+ * the signature check, so a flood costs no crypto. A non-zero return
  * after writing a response refuses the upgrade with that response. */
 static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 {
@@ -455,6 +574,8 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 		http_reply(wsi, 503, "shutting down\n");
 		return 1;
 	}
+	if (check_origin(w, wsi) || check_conn_limits(w, wsi))
+		return 1;
 	struct auth_identity id;
 	const char *why = "invalid token";
 	int rc = verify(w, wsi, &id, &why);
@@ -469,6 +590,13 @@ static int on_confirm_upgrade(struct ws *w, struct lws *wsi, const char *proto)
 		         rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED", why);
 		return 1;
 	}
+	int over = identity_over_limit(w, id.tenant, id.user);
+	if (over == MR_LIMIT_USER)
+		return refuse(wsi, MR_LIMIT_USER, 429,
+		              "TOO_MANY_CONNECTIONS: too many connections for this user\n");
+	if (over == MR_LIMIT_TENANT)
+		return refuse(wsi, MR_LIMIT_TENANT, 429,
+		              "TOO_MANY_CONNECTIONS: too many connections for this tenant\n");
 	return 0;
 }
 
@@ -495,6 +623,38 @@ static void session_unlink(struct ws *w, struct session *s)
 /* The connection is a WebSocket now. Its identity is derived again from
  * the token (still readable in the headers) because lws dropped whatever
  * CONFIRM_UPGRADE stored. */
+/* Counts s against the global and per-address limits, from ESTABLISHED
+ * to CLOSED, whether or not it has an identity yet (a connection waiting
+ * for a first-message `auth` counts too). Returns 0 or LH_ENOMEM. */
+static int conn_count(struct ws *w, struct session *s)
+{
+	char ip[EDGE_IP_KEY_MAX];
+	s->ip = ipcount_acquire(w->ips, peer_ip(s->wsi, ip));
+	if (!s->ip)
+		return LH_ENOMEM;
+	w->nconns++;
+	return 0;
+}
+
+/* Undoes conn_count(); a no-op the second time. ESTABLISHED calls it
+ * before it refuses a connection (lws may not raise CLOSED then), CLOSED
+ * always. */
+static void conn_uncount(struct ws *w, struct session *s)
+{
+	if (!s->ip)
+		return;
+	ipcount_release(w->ips, s->ip);
+	s->ip = NULL;
+	w->nconns--;
+}
+
+/* Refuses the connection from ESTABLISHED, uncounting it first. */
+static int refuse_established(struct ws *w, struct session *s, int code, const char *reason)
+{
+	conn_uncount(w, s);
+	return close_now(w, s, code, reason);
+}
+
 static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 {
 	struct auth_identity id;
@@ -502,14 +662,17 @@ static int on_established(struct ws *w, struct lws *wsi, struct session *s)
 	s->wsi = wsi;
 	if (w->closing)
 		return close_now(w, s, WS_CLOSE_SHUTDOWN, "server shutting down");
+	if (conn_count(w, s))
+		return close_now(w, s, 1011, "SERVER_ERROR");
 	int rc = verify(w, wsi, &id, &why);
 	if (rc) {
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		return close_now(w, s, 1008, rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
+		return refuse_established(w, s, 1008,
+		                          rc == LH_EEXPIRED ? "TOKEN_EXPIRED" : "AUTH_FAILED");
 	}
 	s->conn = hub_conn_open(w->hub, id.tenant, id.user, s);
 	if (!s->conn)
-		return close_now(w, s, 1011, "SERVER_ERROR");
+		return refuse_established(w, s, 1011, "SERVER_ERROR");
 	session_link(w, s);
 	presence_on_open(w->pres, w->hub, s->conn);
 	metrics_inc(&lh_metrics.conn_opened, 1);
@@ -592,14 +755,72 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 	return NULL;
 }
 
-/* Handles one complete client message: parse, act, queue the reply. */
+/* Milliseconds on a coarse monotonic clock, for the rate limit (wraps
+ * after 49 days; rate_take works modulo 2^32). */
+static uint32_t mono_ms32(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint32_t)((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+}
+
+/* The rate limit, before a message is acted on. Returns NULL when the
+ * message may go on; else the RATE_LIMITED error to send (the message is
+ * parsed only to echo its id), or sets *close for sustained abuse. */
+static struct frame *rate_check(struct ws *w, struct session *s, const char *buf, size_t len,
+                                bool *close)
+{
+	uint32_t retry_ms = 0;
+	enum rate_verdict v = rate_take(&s->rate, &w->edge->rate, mono_ms32(), &retry_ms);
+	if (v == RATE_OK)
+		return NULL;
+	metrics_inc(&lh_metrics.rate_limited, 1);
+	if (v == RATE_ABUSIVE) {
+		*close = true;
+		return NULL;
+	}
+	struct wsp_request req;
+	struct wsp_error err;
+	const char *why;
+	const struct wsp_request *echo = NULL;
+	if (edge_json_shape(buf, len, w->edge->json_depth, w->edge->json_elems, &why) == 0) {
+		(void)wsp_parse(buf, len, &req, &err); /* fills the id whenever it is valid */
+		if (req.id_len > 0)
+			echo = &req;
+	}
+	return wsp_error_retry(WSP_RATE_LIMITED, "too many messages: wait retryAfter ms", retry_ms,
+	                       echo);
+}
+
+/* Handles one complete client message: rate limit, shape, parse, act,
+ * queue the reply. */
 static void on_message(struct ws *w, struct session *s, const char *buf, size_t len)
 {
 	struct wsp_request req;
 	struct wsp_error err;
 	struct frame *f;
+	bool abusive = false;
+	const char *why;
 	hub_count_received(w->hub);
-	if (wsp_parse(buf, len, &req, &err)) {
+	if ((f = rate_check(w, s, buf, len, &abusive)) != NULL) {
+		metrics_inc(&lh_metrics.msg_out[MO_ERROR], 1);
+		hub_conn_send(w->hub, s->conn, f);
+		frame_unref(f);
+		return;
+	}
+	if (abusive) {
+		s->why = MC_RATE_LIMITED;
+		close_later(s, 1008, "RATE_LIMITED: too many messages");
+		return;
+	}
+	if (edge_json_shape(buf, len, w->edge->json_depth, w->edge->json_elems, &why)) {
+		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
+		metrics_inc(&lh_metrics.shape_refused, 1);
+		/* Not parsed: no id to echo; a type that counts as "other". */
+		req.id_len = 0;
+		req.type = WSP_AUTH;
+		f = wsp_error(WSP_BAD_REQUEST, why, true, NULL);
+	} else if (wsp_parse(buf, len, &req, &err)) {
 		metrics_inc(&lh_metrics.msg_in[MI_INVALID], 1);
 		f = wsp_error(err.code, err.message, true, &req);
 	} else if (req.type == WSP_SUBSCRIBE) {
@@ -628,20 +849,21 @@ static void on_message(struct ws *w, struct session *s, const char *buf, size_t 
 	frame_unref(f);
 }
 
-/* Appends a fragment to s->rx. Returns 0, LH_ELIMIT past WS_MSG_MAX or
+/* Appends a fragment to s->rx. Returns 0, LH_ELIMIT past max bytes or
  * LH_ENOMEM. */
-static int rx_append(struct session *s, const void *in, size_t len)
+static int rx_append(struct session *s, const void *in, size_t len, size_t max)
 {
 	struct rxbuf *rx = s->rx;
 	size_t have = rx ? rx->len : 0;
-	if (len > WS_MSG_MAX - have)
+	/* have > max: the limit was lowered (SIGHUP) while the message came. */
+	if (have > max || len > max - have)
 		return LH_ELIMIT;
 	if (!rx || rx->cap - rx->len < len) {
 		size_t cap = rx ? rx->cap * 2 : 1024;
 		while (cap < have + len)
 			cap *= 2;
-		if (cap > WS_MSG_MAX)
-			cap = WS_MSG_MAX;
+		if (cap > max)
+			cap = max;
 		rx = realloc(rx, sizeof(*rx) + cap);
 		if (!rx)
 			return LH_ENOMEM;
@@ -671,14 +893,16 @@ static int on_receive(struct ws *w, struct session *s, const void *in, size_t le
 	if (s->close_code)
 		return 0; /* closing: nothing more is answered */
 	bool final = lws_is_final_fragment(wsi);
-	if (final && !s->rx) {
+	size_t max = w->edge->max_message;
+	if (final && !s->rx && len <= max) {
 		on_message(w, s, in, len);
 		return 0;
 	}
-	int rc = rx_append(s, in, len);
+	int rc = rx_append(s, in, len, max);
 	if (rc == LH_ELIMIT) {
 		s->why = MC_PROTOCOL_ERROR;
-		return close_now(w, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "message over 64 KiB");
+		return close_now(w, s, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+		                 "message over the size limit");
 	}
 	if (rc)
 		return close_now(w, s, 1011, "SERVER_ERROR");
@@ -800,6 +1024,7 @@ static void on_closed(struct ws *w, struct session *s)
 {
 	free(s->rx);
 	s->rx = NULL;
+	conn_uncount(w, s);
 	if (!s->conn)
 		return;
 	/* At shutdown every connection goes: nobody is left to tell. */
@@ -884,6 +1109,56 @@ static void apply_presence_reload(struct ws *w)
 	w->pres = pr;
 }
 
+/* Builds the edge limits from cfg (already validated by config_load).
+ * Returns NULL when out of memory. */
+static struct edge_cfg *edge_new(const struct lh_config *cfg, unsigned int fd_cap)
+{
+	struct edge_cfg *e = calloc(1, sizeof *e);
+	if (!e)
+		return NULL;
+	const char *why;
+	e->origins = origins_new(cfg->allowed_origins, &why);
+	if (why) {
+		free(e);
+		return NULL;
+	}
+	uint32_t derived = fd_cap > 2 * WS_FD_RESERVE ? fd_cap - WS_FD_RESERVE : fd_cap / 2;
+	e->max_conns = cfg->max_connections > 0 ? (uint32_t)cfg->max_connections : derived;
+	e->per_ip = (uint32_t)cfg->max_conns_per_ip;
+	e->per_user = (uint32_t)cfg->max_conns_per_user;
+	e->per_tenant = (uint32_t)cfg->max_conns_per_tenant;
+	e->rate = (struct rate_cfg){(uint32_t)cfg->rate_limit, (uint32_t)cfg->rate_burst,
+	                            (uint32_t)cfg->rate_strikes};
+	e->max_message = (uint32_t)cfg->max_message_size;
+	e->json_depth = (uint32_t)cfg->max_json_depth;
+	e->json_elems = (uint32_t)cfg->max_json_elements;
+	return e;
+}
+
+static void edge_free(struct edge_cfg *e)
+{
+	if (!e)
+		return;
+	origins_free(e->origins);
+	free(e);
+}
+
+/* Applies pending edge limits (SIGHUP): new handshakes and the next
+ * message of every connection see them; open connections over a lowered
+ * connection limit stay. */
+static void apply_edge_reload(struct ws *w)
+{
+	struct edge_cfg *e = atomic_exchange(&w->edge_reload, NULL);
+	if (!e)
+		return;
+	edge_free(w->edge);
+	w->edge = e;
+	log_info("event=reload_edge origins=%zu max_connections=%u per_ip=%u per_user=%u "
+	         "per_tenant=%u rate_limit=%u rate_burst=%u",
+	         origins_count(e->origins), e->max_conns, e->per_ip, e->per_user, e->per_tenant,
+	         e->rate.per_min, e->rate.burst);
+}
+
 /* Hands metrics the tenants of every open connection, for GetStats' top
  * tenants. O(connections) every WS_SWEEP_US, off the delivery path. */
 static void tenants_snapshot(struct ws *w)
@@ -928,6 +1203,7 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
+		apply_edge_reload(ws_of(wsi));
 		drain(ws_of(wsi));
 		return 0;
 	default: return lws_callback_http_dummy(wsi, reason, user, in, len);
@@ -991,7 +1267,7 @@ static int start_lws(struct ws *w, const struct lh_config *cfg)
 	if (cfg->tls_cert[0])
 		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
 	info.user = w;
-	info.fd_limit_per_thread = fd_limit();
+	info.fd_limit_per_thread = w->fd_cap;
 	info.max_http_header_data = WS_HEADER_MAX;
 	info.max_http_header_pool = WS_HEADER_POOL;
 	if (w->uv) {
@@ -1081,6 +1357,13 @@ static void destroy_lws(struct ws *w)
 	w->uv = NULL;
 }
 
+/* Whether host only listens on the loopback interface. */
+static bool is_loopback(const char *host)
+{
+	return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+	       strcmp(host, "::1") == 0;
+}
+
 struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q)
 {
 	struct ws *w = calloc(1, sizeof(*w));
@@ -1109,6 +1392,13 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	w->hub = hub_new(&lim, &tr);
 	if (!w->hub)
 		goto fail;
+	w->fd_cap = fd_limit();
+	w->edge = edge_new(cfg, w->fd_cap);
+	w->ips = ipcount_new((uint64_t)(uintptr_t)w ^ (uint64_t)wall_ms());
+	if (!w->edge || !w->ips) {
+		log_error("msg=\"out of memory setting up the edge limits\"");
+		goto fail;
+	}
 	w->pres = ws_presence_new(cfg);
 	if (!w->pres)
 		goto fail;
@@ -1122,10 +1412,17 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	handoff_set_wake(q, ws_wake, w);
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 	log_info("msg=\"websocket listening\" host=%s port=%d", cfg->ws_host, w->port);
+	if (!w->edge->origins && !is_loopback(cfg->ws_host))
+		log_warn("msg=\"no allowed origins set: pages of any site may open WebSocket "
+		         "connections with their visitors' tokens; set LIVEHUB_ALLOWED_ORIGINS\" "
+		         "host=%s",
+		         cfg->ws_host);
 	return w;
 fail:
 	destroy_lws(w);
 	hub_free(w->hub);
+	edge_free(w->edge);
+	ipcount_free(w->ips);
 	presence_free(w->pres);
 	free(w->batch);
 	free(w);
@@ -1254,6 +1551,20 @@ void ws_free(struct ws *w)
 		free(rl);
 	}
 	auth_free(w->owned_auth);
+	edge_free(atomic_exchange(&w->edge_reload, NULL));
+	edge_free(w->edge);
+	ipcount_free(w->ips);
 	free(w->batch);
 	free(w);
+}
+
+void ws_reload_edge(struct ws *w, const struct lh_config *cfg)
+{
+	struct edge_cfg *e = edge_new(cfg, w->fd_cap);
+	if (!e) {
+		log_error("event=reload_failed msg=\"out of memory building the edge limits\"");
+		return;
+	}
+	edge_free(atomic_exchange(&w->edge_reload, e));
+	lws_cancel_service(w->ctx);
 }

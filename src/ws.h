@@ -41,6 +41,11 @@ struct presence *ws_presence_new(const struct lh_config *cfg);
 /* Any thread (SIGHUP): the service thread takes pr (ownership passes to w)
  * at its next wake-up; open connections keep their rate-limit state. */
 void ws_reload_presence(struct ws *w, struct presence *pr);
+/* Any thread (SIGHUP): the origin allow-list, connection limits, rate
+ * limit and message size and shape limits of cfg apply from the service
+ * thread's next wake-up: to new handshakes and to the next message of
+ * every connection (open connections over a lowered limit stay). */
+void ws_reload_edge(struct ws *w, const struct lh_config *cfg);
 /* Any thread: wakes the service thread (the hand-off queue's wake hook). */
 void ws_wake(void *w);
 void ws_free(struct ws *w);

@@ -421,6 +421,18 @@ struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverabl
 	return finish(&sb);
 }
 
+struct frame *wsp_error_retry(enum wsp_code code, const char *message, uint32_t retry_ms,
+                              const struct wsp_request *req)
+{
+	struct strbuf sb = STRBUF_INIT;
+	add_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
+	add_str(&sb, ",\"message\":", message);
+	sb_addf(&sb, ",\"retryAfter\":%" PRIu32 ",\"recoverable\":true", retry_ms);
+	add_id(&sb, req);
+	sb_addc(&sb, '}');
+	return finish(&sb);
+}
+
 struct frame *wsp_reply(const struct wsp_request *req)
 {
 	switch (req->type) {

@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "frame.h"
 #include "names.h"
@@ -110,6 +111,10 @@ struct frame *wsp_pong(const struct wsp_request *req);
  * be NULL (no id to echo). message must be valid UTF-8; it is escaped. */
 struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverable,
                         const struct wsp_request *req);
+/* {"type":"error","code":…,"message":…,"retryAfter":<ms>,"recoverable":true
+ * [,"id":…]}: a refusal the client may retry after retry_ms (RATE_LIMITED). */
+struct frame *wsp_error_retry(enum wsp_code code, const char *message, uint32_t retry_ms,
+                              const struct wsp_request *req);
 /* The success reply for a parsed request (subscribed, unsubscribed or
  * pong), or NULL for a type that has none here (auth, refresh; presence
  * and publish are answered by presence.c). */

@@ -301,6 +301,36 @@ static void test_implicit_channels(void **state)
 	hub_free(h);
 }
 
+/* The per-user and per-tenant counts the connection limits read. */
+static void test_conn_counts(void **state)
+{
+	struct hub *h = new_hub(8, 16);
+	struct fake fk = {0};
+	assert_int_equal(hub_tenant_conns(h, "acme"), 0);
+	assert_int_equal(hub_user_conns(h, "acme", "alice"), 0);
+	struct hub_conn *d1 = hub_conn_open(h, "acme", "alice", &fk);
+	struct hub_conn *d2 = hub_conn_open(h, "acme", "alice", &fk);
+	struct hub_conn *bob = hub_conn_open(h, "acme", "bob", &fk);
+	struct hub_conn *other = hub_conn_open(h, "globex", "alice", &fk);
+	assert_int_equal(hub_tenant_conns(h, "acme"), 3);
+	assert_int_equal(hub_tenant_conns(h, "globex"), 1);
+	assert_int_equal(hub_user_conns(h, "acme", "alice"), 2);
+	assert_int_equal(hub_user_conns(h, "acme", "bob"), 1);
+	assert_int_equal(hub_user_conns(h, "globex", "alice"), 1);
+	assert_int_equal(hub_user_conns(h, "globex", "bob"), 0);
+	/* Invalid names count nothing (and never reach another key). */
+	assert_int_equal(hub_tenant_conns(h, "acme\x1f$tenant"), 0);
+	assert_int_equal(hub_user_conns(h, "acme", "al ice"), 0);
+	hub_conn_close(h, d1);
+	assert_int_equal(hub_user_conns(h, "acme", "alice"), 1);
+	assert_int_equal(hub_tenant_conns(h, "acme"), 2);
+	hub_conn_close(h, d2);
+	hub_conn_close(h, bob);
+	hub_conn_close(h, other);
+	assert_int_equal(hub_tenant_conns(h, "acme"), 0);
+	hub_free(h);
+}
+
 static void test_tenant_isolation(void **state)
 {
 	struct hub *h = new_hub(8, 16);
@@ -883,6 +913,7 @@ int main(void)
 	        cmocka_unit_test(test_accessors_and_ids),
 	        cmocka_unit_test(test_close_cleanup),
 	        cmocka_unit_test(test_implicit_channels),
+	        cmocka_unit_test(test_conn_counts),
 	        cmocka_unit_test(test_tenant_isolation),
 	        cmocka_unit_test(test_publish_validation),
 	        cmocka_unit_test(test_offsets),
