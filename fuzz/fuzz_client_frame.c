@@ -34,13 +34,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void)origins_allowed(fuzz_origins(), (const char *)data, size);
 	if (wsp_parse(data, size, &req, &err) == 0) {
 		/* Every request that parses has a reply; auth and refresh get
-		 * theirs from the WebSocket front (connected, refreshed). */
+		 * theirs from the WebSocket front (connected, refreshed), presence
+		 * and publish from presence.c. */
 		if (req.type == WSP_AUTH)
 			f = wsp_connected_req("c1", "t", "u", 30, 90, &req);
 		else if (req.type == WSP_REFRESH)
 			f = wsp_refreshed(&req, 0);
 		else
 			f = wsp_reply(&req);
+		if (!f && (req.type == WSP_PRESENCE || req.type == WSP_PUBLISH))
+			f = wsp_pong(&req);
 	} else {
 		f = wsp_error(err.code, err.message, true, &req);
 	}

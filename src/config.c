@@ -26,6 +26,7 @@
 #include "edge.h"
 #include "hub.h"
 #include "log.h"
+#include "presence.h"
 #include "tls_files.h"
 
 enum kind { K_STR, K_INT };
@@ -121,6 +122,16 @@ static const struct setting settings[] = {
 	    "object members plus array elements in a client message"),
 	INT(demo, "demo", "LIVEHUB_DEMO", 0, 1, "serve the demo page at / and the browser client at /livehub.js (0: off)"),
 	STR(event_loop, "event-loop", "LIVEHUB_EVENT_LOOP", "WebSocket event loop: poll or libuv"),
+	STR(presence_channels, "presence-channels", "LIVEHUB_PRESENCE_CHANNELS",
+	    "channels that send presence:join/leave, e.g. \"board:*,project:*\" (empty: none)"),
+	STR(client_events, "client-events", "LIVEHUB_CLIENT_EVENTS",
+	    "channels where clients may publish client events, e.g. \"board:*\" (empty: none)"),
+	INT(client_event_rate, "client-event-rate", "LIVEHUB_CLIENT_EVENT_RATE", 1, 100000,
+	    "client events per second one connection may publish"),
+	INT(client_event_burst, "client-event-burst", "LIVEHUB_CLIENT_EVENT_BURST", 1, 100000,
+	    "client events one connection may publish at once"),
+	INT(tenant_presence, "tenant-presence", "LIVEHUB_TENANT_PRESENCE", 0, 1,
+	    "1: $tenant gets user:online/user:offline and answers presence"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
 	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
@@ -178,6 +189,8 @@ static void defaults(struct lh_config *cfg)
 	cfg->max_json_elements = 1000;
 	cfg->demo = 1;
 	strcpy(cfg->event_loop, "libuv");
+	cfg->client_event_rate = 10;
+	cfg->client_event_burst = 20;
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
 }
@@ -459,6 +472,15 @@ static int check(struct lh_config *cfg)
 	struct hub_limits lim;
 	if (config_hub_limits(cfg, &lim))
 		return -1;
+	const char *pwhy;
+	if (presence_config_check(cfg->presence_channels, &pwhy)) {
+		fprintf(stderr, "livehub: LIVEHUB_PRESENCE_CHANNELS: %s\n", pwhy);
+		return -1;
+	}
+	if (presence_config_check(cfg->client_events, &pwhy)) {
+		fprintf(stderr, "livehub: LIVEHUB_CLIENT_EVENTS: %s\n", pwhy);
+		return -1;
+	}
 	log_set_level((enum log_level)lvl);
 	log_set_format((enum log_format)fmt);
 	if (cfg->ping_timeout_s <= cfg->ping_interval_s) {

@@ -70,6 +70,13 @@ struct lh_config {
 	char grpc_tls_cert[256];      /* LIVEHUB_GRPC_TLS_CERT; default tls_cert */
 	char grpc_tls_key[256];       /* LIVEHUB_GRPC_TLS_KEY; default tls_key */
 	char grpc_tls_client_ca[256]; /* LIVEHUB_GRPC_TLS_CLIENT_CA; mTLS when set */
+
+	/* Presence and client events (presence.h); reloaded on SIGHUP. */
+	char presence_channels[512]; /* LIVEHUB_PRESENCE_CHANNELS; default "" */
+	char client_events[512];     /* LIVEHUB_CLIENT_EVENTS; default "" */
+	int client_event_rate;       /* LIVEHUB_CLIENT_EVENT_RATE; default 10 */
+	int client_event_burst;      /* LIVEHUB_CLIENT_EVENT_BURST; default 20 */
+	int tenant_presence;         /* LIVEHUB_TENANT_PRESENCE; 0 or 1; default 0 */
 	/* Actions asked for on the command line (not settings). */
 	bool show_version; /* --version */
 	bool check_only;   /* --check-config: validate, then exit 0 or 2 */

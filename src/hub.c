@@ -101,6 +101,10 @@ struct hub {
 	struct hist_pool pool;
 	struct idem *idem;
 	struct hub_stats st;
+	/* Runs control commands (publications with cmd set); see
+	 * hub_set_command_runner. */
+	void (*run_cmd)(void *arg, struct publication *p);
+	void *run_cmd_arg;
 };
 
 static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f);
@@ -991,8 +995,24 @@ static void remember(struct hub *h, const struct publication *p, int64_t now_ms)
 	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);
 }
 
+void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p), void *arg)
+{
+	h->run_cmd = run;
+	h->run_cmd_arg = arg;
+}
+
 void hub_publish(struct hub *h, struct publication *p)
 {
+	if (p->cmd) {
+		if (h->run_cmd) {
+			h->run_cmd(h->run_cmd_arg, p);
+		} else {
+			p->status = LH_EINVAL;
+			if (p->on_done)
+				p->on_done(p);
+		}
+		return;
+	}
 	if (p->kind == PUB_HISTORY) {
 		hub_history(h, p);
 		return;
@@ -1260,4 +1280,82 @@ void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out)
 	LOAD(deduplicated);
 	LOAD(idempotency_keys);
 #undef LOAD
+}
+
+/* ------------------------------------------------------------------------
+ * Walking channels and connections
+ * ------------------------------------------------------------------------ */
+
+/* The channel tenant's clients call name, or NULL. */
+static struct chan *chan_find(struct hub *h, const char *tenant, const char *name)
+{
+	size_t tlen = strnlen(tenant, LH_TENANT_MAX + 1);
+	size_t nlen = strnlen(name, LH_CHANNEL_MAX + 1);
+	if (!name_tenant_ok(tenant, tlen) || !name_channel_any_ok(name, nlen))
+		return NULL;
+	char key[KEY_MAX];
+	size_t klen = make_key(key, tenant, tlen, name, nlen);
+	return dict_get(h->chans, key, klen);
+}
+
+size_t hub_channel_each(struct hub *h, const char *tenant, const char *name,
+                        void (*fn)(struct hub_conn *c, void *arg), void *arg)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return 0;
+	uint32_t n = ch->nsubs;
+	for (uint32_t i = 0; i < n; i++)
+		fn(ch->subs[i].conn, arg);
+	return n;
+}
+
+void hub_channels_each(struct hub *h, const char *tenant, const char *prefix,
+                       void (*fn)(const char *name, uint32_t subscribers, void *arg), void *arg)
+{
+	size_t tlen = strlen(tenant), plen = strlen(prefix);
+	size_t pos = 0;
+	struct dict_entry e;
+	while (dict_next(h->chans, &pos, &e)) {
+		const struct chan *ch = e.val;
+		const char *name = chan_name(ch);
+		if (ch->nsubs == 0 || ch->kind != CHAN_PLAIN || ch->tlen != tlen ||
+		    memcmp(ch->key, tenant, tlen) != 0 || strncmp(name, prefix, plen) != 0)
+			continue;
+		fn(name, ch->nsubs, arg);
+	}
+}
+
+void hub_conn_each_channel(struct hub_conn *c, void (*fn)(const char *name, void *arg), void *arg)
+{
+	for (uint32_t k = SUB_FIRST; k < c->nsubs; k++)
+		fn(chan_name(c->subs[k].ch), arg);
+}
+
+bool hub_conn_subscribed(struct hub *h, struct hub_conn *c, const char *name)
+{
+	struct chan *ch;
+	if (conn_chan(h, c, name, false, &ch) || !ch)
+		return false;
+	return find_sub(c, ch) >= 0;
+}
+
+int hub_channel_top(struct hub *h, const char *tenant, const char *name, uint64_t *offset,
+                    char epoch[17])
+{
+	const struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return LH_ENOENT;
+	*offset = ch->next - 1;
+	put_hex(epoch, ch->epoch, 16);
+	epoch[16] = '\0';
+	return 0;
+}
+
+bool hub_conn_kill(struct hub *h, struct hub_conn *c, int close_code, const char *reason)
+{
+	if (c->dead)
+		return false;
+	conn_kill(h, c, close_code, reason);
+	return true;
 }

@@ -257,10 +257,50 @@ void hub_count_received(struct hub *h);
 size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pubs, bool yield,
                         bool *pressed);
 
+/* Sets who runs control commands: a publication with p->cmd set is passed
+ * to run(arg, p) by hub_publish (in its place in the line), which must set
+ * p->status and call p->on_done. Without a runner such a publication fails
+ * with LH_EINVAL. The runner may use every hub function. */
+void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p),
+                            void *arg);
+
 /* Event frames queued on connections since start (messages_delivered). */
 uint64_t hub_delivered(struct hub *h);
 
 /* Any thread: a consistent-enough copy of the counters. */
 void hub_stats_read(struct hub *h, struct hub_stats_snapshot *out);
+
+/* ------------------------------------------------------------------------
+ * Walking channels and connections (presence and the control RPCs). Service
+ * thread only. The callbacks may queue frames (hub_conn_send) and kill
+ * connections (hub_conn_kill) but must not subscribe, unsubscribe or close
+ * anything: the arrays being walked would move under them.
+ * ------------------------------------------------------------------------ */
+
+/* Calls fn(c, arg) for every connection on the channel that tenant's
+ * clients call name (explicit like "board:7", or "$tenant" / "$user:{u}"),
+ * and returns how many there were (0 when the channel does not exist). */
+size_t hub_channel_each(struct hub *h, const char *tenant, const char *name,
+                        void (*fn)(struct hub_conn *c, void *arg), void *arg);
+/* Calls fn(name, subscribers, arg) for every channel of tenant that has a
+ * subscriber and whose name starts with prefix (implicit channels, "$...",
+ * are left out). In no particular order. */
+void hub_channels_each(struct hub *h, const char *tenant, const char *prefix,
+                       void (*fn)(const char *name, uint32_t subscribers, void *arg), void *arg);
+/* Calls fn(name, arg) for every explicit channel c is on. */
+void hub_conn_each_channel(struct hub_conn *c, void (*fn)(const char *name, void *arg), void *arg);
+/* Whether c is subscribed to its channel name (explicit channels only). */
+bool hub_conn_subscribed(struct hub *h, struct hub_conn *c, const char *name);
+/* The channel's newest offset (0 when nothing was published yet) and its
+ * epoch (16 hex digits and a NUL). Returns 0 or LH_ENOENT (no such channel). */
+int hub_channel_top(struct hub *h, const char *tenant, const char *name, uint64_t *offset,
+                    char epoch[17]);
+/* Asks the transport to close c with close_code and reason (copied by the
+ * transport) and queues nothing more on it. Returns false when c was
+ * already being closed by the hub. */
+bool hub_conn_kill(struct hub *h, struct hub_conn *c, int close_code, const char *reason);
+/* Identity note: hub_conn_user() returns the same pointer for every
+ * connection of one tenant and user, so connections on one channel are of
+ * the same user exactly when their hub_conn_user() pointers are equal. */
 
 #endif

@@ -148,6 +148,14 @@ static void reload(struct run *r)
 	               strcmp(nc.grpc_tls_key, r->cfg.grpc_tls_key) ||
 	               strcmp(nc.grpc_tls_client_ca, r->cfg.grpc_tls_client_ca);
 	bool keys_changed = strcmp(nc.jwt_keys, r->cfg.jwt_keys) != 0;
+	/* Presence first: the service thread applies it in the same wake-up
+	 * as, or before, the reload that logs reload_applied. */
+	struct presence *pr = ws_presence_new(&nc);
+	if (pr)
+		ws_reload_presence(r->ws, pr);
+	else
+		log_error(
+		        "event=reload_partial msg=\"out of memory: presence settings unchanged\"");
 	ws_reload(r->ws, auth, &lim);
 	ws_reload_edge(r->ws, &nc);
 	size_t nkeys = keys ? keys->n : 0;

@@ -19,7 +19,7 @@ static const int64_t bounds_us[METRICS_NBUCKETS] = {
 
 static const char *const close_names[MC_NCLOSE] = {
         "client", "shutdown",     "slow_consumer", "protocol_error",
-        "auth",   "server_error", "rate_limited",
+        "auth",   "server_error", "rate_limited",  "disconnected",
 };
 static const char *const refusal_names[MR_NREFUSAL] = {
         "not_websocket", "not_found", "shutting_down", "auth",         "origin",
@@ -253,6 +253,14 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	    "Publications accepted by the hub (one per channel written)", g->publications);
 	one(sb, "livehub_slow_consumer_disconnects_total", "counter",
 	    "Connections closed because their send queue overflowed", g->slow_consumers);
+	one(sb, "livehub_client_events_total", "counter",
+	    "Client events (publish messages) forwarded to their channel", g->client_events);
+	one(sb, "livehub_client_events_rate_limited_total", "counter",
+	    "Client events refused with RATE_LIMITED", g->client_events_limited);
+	one(sb, "livehub_presence_events_total", "counter",
+	    "presence:join/leave and user:online/offline frames queued", g->presence_events);
+	one(sb, "livehub_disconnects_total", "counter", "Connections closed by Disconnect calls",
+	    g->disconnects);
 	one(sb, "livehub_messages_dropped_total", "counter",
 	    "Frames discarded with the send queue of a connection closed as a slow consumer",
 	    g->dropped);

@@ -29,6 +29,7 @@ enum metrics_close {
 	MC_AUTH,           /* token no longer valid at ESTABLISHED */
 	MC_SERVER_ERROR,   /* out of memory and the like (1011) */
 	MC_RATE_LIMITED,   /* sustained rate-limit abuse (1008) */
+	MC_DISCONNECTED,   /* a Disconnect call (4100, 4501) */
 	MC_NCLOSE
 };
 
@@ -127,6 +128,8 @@ struct metrics_gauges {
 	uint64_t recoveries, recovery_misses;    /* hub counters */
 	uint64_t deduplicated, idempotency_keys; /* hub counter, gauge */
 	uint64_t handoff_bytes;                  /* bytes waiting in the hand-off */
+	/* presence.c counters (presence_stats_read). */
+	uint64_t client_events, client_events_limited, presence_events, disconnects;
 };
 
 /* Zeroes everything and records the start time. Call once, before threads. */

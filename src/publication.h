@@ -34,6 +34,8 @@ struct pub_position {
 	uint32_t subscribers;
 };
 
+struct command;
+
 struct publication {
 	struct publication *next; /* hand-off queue link */
 
@@ -56,6 +58,9 @@ struct publication {
 	bool hist_has_since; /* only entries after hist_since_offset */
 	uint64_t hist_since_offset;
 	char hist_since_epoch[33];
+	/* Not NULL: a control command (command.h) rather than an event; the
+	 * service thread runs it instead of publishing. Publisher-owned. */
+	struct command *cmd;
 
 	/* Output, set by the service thread before on_done. */
 	int status;           /* 0 or LH_E* */

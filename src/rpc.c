@@ -38,6 +38,7 @@
 #include "livehub/v1/hub.pb-c.h"
 #include "log.h"
 #include "pbjson.h"
+#include "presence.h"
 #include "publication.h"
 #include "rpc_extra.h"
 #include "rpc_methods.h"
@@ -126,6 +127,7 @@ struct call {
 	grpc_slice status_details;
 	bool has_details;
 	struct publication pub; /* owns pub.data */
+	struct command cmd;     /* control methods: pub.cmd points here; owns its output */
 	struct stream *stream;  /* PublishStream only; owned */
 	struct call *park_next; /* r->park_mu: link of r->parked */
 	/* The API key the call was authorized with; NULL without keys. Points
@@ -242,6 +244,7 @@ static void call_free(struct call *c)
 	if (c->has_details)
 		grpc_slice_unref(c->status_details);
 	free(c->pub.data);
+	command_clear(&c->cmd);
 	stream_free(c->stream);
 	free(c);
 
@@ -559,6 +562,13 @@ static void handle_stats(struct call *c)
 	rpc_stats_reply_init(&resp, &snap, (uint64_t)(mono_ms() - c->r->started_ms) / 1000);
 	struct rpc_extra_stats st;
 	rpc_extra_stats(&resp, &st, &snap, handoff_depth(c->r->q));
+	struct presence_stats ps;
+	presence_stats_read(&ps);
+	resp.client_events = ps.client_events;
+	resp.client_events_rate_limited = ps.client_events_limited;
+	resp.presence_events = ps.presence_events;
+	resp.disconnects = ps.disconnects;
+	resp.control_commands = ps.commands;
 	reply_message(c, &resp.base);
 }
 
@@ -647,6 +657,48 @@ static void handle_history(struct call *c, const ProtobufCMessage *req)
 	                                         : "hub queue full; retry with backoff");
 }
 
+/* on_done of a control command: runs on the service thread once the hub
+ * has run it. */
+static void on_command_done(struct publication *p)
+{
+	struct call *c = p->owner;
+	if (atomic_load(&c->r->nparked) > 0)
+		unpark(c->r);
+	struct rpc_error err;
+	if (rpc_publication_status(p, &err) != RPC_OK) {
+		reply_error(c, err.code, err.msg);
+		return;
+	}
+	struct rpc_command_reply rep;
+	const ProtobufCMessage *msg = rpc_command_reply_init(&rep, c->m, &c->cmd);
+	if (msg)
+		reply_message(c, msg);
+	else
+		reply_error(c, RPC_INTERNAL, "out of memory");
+	rpc_command_reply_free(&rep);
+}
+
+/* Validates a control request and hands its command to the service thread,
+ * which alone may read the hub (same path and ownership as a publish). */
+static void handle_command(struct call *c, const ProtobufCMessage *req)
+{
+	struct rpc *r = c->r;
+	struct rpc_error err;
+	if (rpc_command_prepare(c->m, req, &c->pub, &c->cmd, &err)) {
+		reply_error(c, err.code, err.msg);
+		return;
+	}
+	c->pub.on_done = on_command_done;
+	c->pub.owner = c;
+	c->state = CALL_PUBLISHING;
+	if (push_lazy(r, &c->pub) == 0)
+		return;
+	if (atomic_load(&r->stopping))
+		reply_error(c, RPC_UNAVAILABLE, "livehub is shutting down");
+	else
+		reply_error(c, RPC_RESOURCE_EXHAUSTED, "hand-off queue full; retry with backoff");
+}
+
 static void handle_unknown(struct call *c)
 {
 	char msg[300];
@@ -701,6 +753,8 @@ static void on_arrived(struct call *c, bool ok)
 			handle_stats(c);
 		else if (c->m->kind == RPC_KIND_HISTORY)
 			handle_history(c, req);
+		else if (c->m->kind == RPC_KIND_COMMAND)
+			handle_command(c, req);
 		else
 			handle_publish(c, req);
 	}

@@ -17,6 +17,7 @@
 #include "names.h"
 #include "pbjson.h"
 #include "strbuf.h"
+#include "utf8.h"
 
 /* The charsets of names.h, as error messages spell them. */
 #define CHANNEL_CHARS "[A-Za-z0-9_.:@+=/-]"
@@ -25,8 +26,11 @@
 /* Event types the client protocol uses for its own messages: an event of
  * one of these types would be indistinguishable from a protocol reply. */
 static const char *const reserved_types[] = {
-        "connected", "subscribed", "unsubscribed", "pong", "error",
+        "connected", "subscribed",    "unsubscribed",   "pong",        "error",        "presence",
+        "published", "presence:join", "presence:leave", "user:online", "user:offline",
 };
+/* Client events are typed "client:{event}"; a service cannot pass for a client. */
+#define CLIENT_EVENT_PREFIX "client:"
 
 /* Fills err and returns -1, so a check can `return fail(...)`. */
 __attribute__((format(printf, 3, 4))) static int fail(struct rpc_error *err, enum rpc_code code,
@@ -76,6 +80,9 @@ static int set_custom_type(struct publication *p, const char *type, struct rpc_e
 		if (strcmp(type, reserved_types[i]) == 0)
 			return fail(err, RPC_INVALID_ARGUMENT,
 			            "type: \"%s\" is reserved for the client protocol", type);
+	if (strncmp(type, CLIENT_EVENT_PREFIX, sizeof(CLIENT_EVENT_PREFIX) - 1) == 0)
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "type: \"client:\" types are reserved for client events");
 	memcpy(p->type, type, n + 1);
 	return 0;
 }
@@ -312,13 +319,226 @@ static int prepare_publish(const ProtobufCMessage *req, struct publication *p,
 }
 
 /* ------------------------------------------------------------------------
+ * Control commands.
+ * ---------------------------------------------------------------------- */
+
+/* A required user id. */
+static int set_user(struct command *cmd, const char *user, struct rpc_error *err)
+{
+	size_t n = strlen(user);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "user_id: required");
+	if (!name_user_ok(user, n))
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "user_id: must be 1-%d characters of [A-Za-z0-9_.:@+-]", LH_USER_MAX);
+	memcpy(cmd->user, user, n + 1);
+	return 0;
+}
+
+/* A required explicit channel (not a $ name). */
+static int set_channel(struct command *cmd, const char *channel, struct rpc_error *err)
+{
+	size_t n = strlen(channel);
+	if (n == 0)
+		return fail(err, RPC_INVALID_ARGUMENT, "channel: required");
+	if (channel[0] == '$')
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "channel: names starting with $ are reserved");
+	if (!name_channel_ok(channel, n))
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "channel: must be 1-%d characters of " CHANNEL_CHARS, LH_CHANNEL_MAX);
+	memcpy(cmd->channel, channel, n + 1);
+	return 0;
+}
+
+static int command_presence(const ProtobufCMessage *req, struct publication *p, struct command *cmd,
+                            struct rpc_error *err)
+{
+	const Livehub__V1__PresenceRequest *r = (const void *)req;
+	cmd->kind = CMD_PRESENCE;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	if (r->channel[0] == '\0' || strcmp(r->channel, "$tenant") == 0)
+		return 0; /* the whole tenant */
+	return set_channel(cmd, r->channel, err);
+}
+
+static int command_disconnect(const ProtobufCMessage *req, struct publication *p,
+                              struct command *cmd, struct rpc_error *err)
+{
+	const Livehub__V1__DisconnectRequest *r = (const void *)req;
+	cmd->kind = CMD_DISCONNECT;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	if (r->client_id[0] && r->user_id[0])
+		return fail(err, RPC_INVALID_ARGUMENT, "client_id, user_id: give at most one");
+	if (r->client_id[0]) {
+		size_t n = strlen(r->client_id);
+		if (n > LH_CLIENT_ID_MAX)
+			return fail(err, RPC_INVALID_ARGUMENT,
+			            "client_id: longer than %d characters", LH_CLIENT_ID_MAX);
+		memcpy(cmd->client_id, r->client_id, n + 1);
+	}
+	if (r->user_id[0] && set_user(cmd, r->user_id, err))
+		return -1;
+	size_t n = strlen(r->reason);
+	if (n > LH_REASON_MAX)
+		return fail(err, RPC_INVALID_ARGUMENT, "reason: longer than %d bytes",
+		            LH_REASON_MAX);
+	if (!utf8_valid(r->reason, n))
+		return fail(err, RPC_INVALID_ARGUMENT, "reason: invalid UTF-8");
+	memcpy(cmd->reason, r->reason, n + 1);
+	cmd->close_code = r->reconnect ? LH_CLOSE_RECONNECT : LH_CLOSE_GOODBYE;
+	return 0;
+}
+
+static int command_subscribe(const ProtobufCMessage *req, struct publication *p,
+                             struct command *cmd, struct rpc_error *err)
+{
+	const Livehub__V1__SubscribeRequest *r = (const void *)req;
+	cmd->kind = CMD_SUBSCRIBE;
+	if (set_tenant(p, r->tenant_id, err) || set_user(cmd, r->user_id, err))
+		return -1;
+	return set_channel(cmd, r->channel, err);
+}
+
+static int command_unsubscribe(const ProtobufCMessage *req, struct publication *p,
+                               struct command *cmd, struct rpc_error *err)
+{
+	const Livehub__V1__UnsubscribeRequest *r = (const void *)req;
+	cmd->kind = CMD_UNSUBSCRIBE;
+	if (set_tenant(p, r->tenant_id, err) || set_user(cmd, r->user_id, err))
+		return -1;
+	return set_channel(cmd, r->channel, err);
+}
+
+static int command_list_channels(const ProtobufCMessage *req, struct publication *p,
+                                 struct command *cmd, struct rpc_error *err)
+{
+	const Livehub__V1__ListChannelsRequest *r = (const void *)req;
+	cmd->kind = CMD_LIST_CHANNELS;
+	if (set_tenant(p, r->tenant_id, err))
+		return -1;
+	size_t n = strlen(r->prefix);
+	if (n > 0 && (r->prefix[0] == '$' || !name_channel_ok(r->prefix, n)))
+		return fail(err, RPC_INVALID_ARGUMENT,
+		            "prefix: must be empty or up to %d characters of " CHANNEL_CHARS,
+		            LH_CHANNEL_MAX);
+	memcpy(cmd->channel, r->prefix, n + 1);
+	if (r->limit > LH_LIST_LIMIT_MAX)
+		return fail(err, RPC_INVALID_ARGUMENT, "limit: at most %d", LH_LIST_LIMIT_MAX);
+	cmd->limit = r->limit;
+	return 0;
+}
+
+int rpc_command_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
+                        struct publication *p, struct command *cmd, struct rpc_error *err)
+{
+	memset(p, 0, sizeof *p);
+	memset(cmd, 0, sizeof *cmd);
+	err->code = RPC_OK;
+	err->msg[0] = '\0';
+	if (m->kind != RPC_KIND_COMMAND || req->descriptor != m->input)
+		return fail(err, RPC_INTERNAL, "method is not a control method");
+	if (m->command(req, p, cmd, err))
+		return -1;
+	p->cmd = cmd;
+	p->ts_ms = now_ms();
+	return 0;
+}
+
+/* The repeated field of a Presence or ListChannels response. */
+static int reply_entries(struct rpc_command_reply *out, const struct command *cmd, bool users)
+{
+	size_t n = cmd->nentries,
+	       size = users ? sizeof(Livehub__V1__UserPresence) : sizeof(Livehub__V1__ChannelInfo);
+	if (n == 0)
+		return 0;
+	out->items = calloc(n, size);
+	out->ptrs = calloc(n, sizeof(void *));
+	if (!out->items || !out->ptrs)
+		return LH_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		if (users) {
+			Livehub__V1__UserPresence *u = (Livehub__V1__UserPresence *)out->items + i;
+			livehub__v1__user_presence__init(u);
+			u->user_id = cmd->entries[i].name;
+			u->connections = cmd->entries[i].count;
+			out->ptrs[i] = u;
+		} else {
+			Livehub__V1__ChannelInfo *c = (Livehub__V1__ChannelInfo *)out->items + i;
+			livehub__v1__channel_info__init(c);
+			c->channel = cmd->entries[i].name;
+			c->subscribers = cmd->entries[i].count;
+			out->ptrs[i] = c;
+		}
+	}
+	return 0;
+}
+
+const ProtobufCMessage *rpc_command_reply_init(struct rpc_command_reply *out,
+                                               const struct rpc_method *m,
+                                               const struct command *cmd)
+{
+	memset(out, 0, sizeof *out);
+	switch (cmd->kind) {
+	case CMD_PRESENCE:
+		livehub__v1__presence_response__init(&out->u.presence);
+		out->u.presence.connections = cmd->connections;
+		if (reply_entries(out, cmd, true))
+			return NULL;
+		out->u.presence.n_users = out->ptrs ? cmd->nentries : 0;
+		out->u.presence.users = (Livehub__V1__UserPresence **)out->ptrs;
+		break;
+	case CMD_DISCONNECT:
+		livehub__v1__disconnect_response__init(&out->u.disconnect);
+		out->u.disconnect.disconnected = cmd->connections;
+		break;
+	case CMD_SUBSCRIBE:
+		livehub__v1__subscribe_response__init(&out->u.subscribe);
+		out->u.subscribe.subscribed = cmd->connections;
+		out->u.subscribe.already_subscribed = cmd->already;
+		out->u.subscribe.refused = cmd->refused;
+		out->u.subscribe.offset = cmd->offset;
+		out->u.subscribe.epoch = (char *)cmd->epoch;
+		break;
+	case CMD_UNSUBSCRIBE:
+		livehub__v1__unsubscribe_response__init(&out->u.unsubscribe);
+		out->u.unsubscribe.unsubscribed = cmd->connections;
+		break;
+	case CMD_LIST_CHANNELS:
+		livehub__v1__list_channels_response__init(&out->u.list);
+		if (reply_entries(out, cmd, false))
+			return NULL;
+		out->u.list.n_channels = out->ptrs ? cmd->nentries : 0;
+		out->u.list.channels = (Livehub__V1__ChannelInfo **)out->ptrs;
+		out->u.list.truncated = cmd->truncated;
+		break;
+	}
+	return out->u.base.descriptor == m->output ? &out->u.base : NULL;
+}
+
+void rpc_command_reply_free(struct rpc_command_reply *out)
+{
+	free(out->items);
+	free(out->ptrs);
+	out->items = out->ptrs = NULL;
+}
+
+/* ------------------------------------------------------------------------
  * The method table.
  * ---------------------------------------------------------------------- */
 
 #define PUBLISH(name, lower, fn)                                                     \
 	{                                                                            \
 		name, RPC_KIND_PUBLISH, &livehub__v1__##lower##_request__descriptor, \
-		        &livehub__v1__##lower##_response__descriptor, fn             \
+		        &livehub__v1__##lower##_response__descriptor, fn, NULL       \
+	}
+
+#define COMMAND(name, lower, fn)                                                     \
+	{                                                                            \
+		name, RPC_KIND_COMMAND, &livehub__v1__##lower##_request__descriptor, \
+		        &livehub__v1__##lower##_response__descriptor, NULL, fn       \
 	}
 
 static const struct rpc_method methods[] = {
@@ -331,11 +551,16 @@ static const struct rpc_method methods[] = {
         PUBLISH("SendToUser", send_to_user, prepare_send_to_user),
         PUBLISH("Publish", publish, prepare_publish),
         {"GetStats", RPC_KIND_STATS, &livehub__v1__get_stats_request__descriptor,
-         &livehub__v1__get_stats_response__descriptor, NULL},
+         &livehub__v1__get_stats_response__descriptor, NULL, NULL},
         {"PublishStream", RPC_KIND_STREAM, &livehub__v1__publish_stream_request__descriptor,
-         &livehub__v1__publish_stream_response__descriptor, NULL},
+         &livehub__v1__publish_stream_response__descriptor, NULL, NULL},
         {"History", RPC_KIND_HISTORY, &livehub__v1__history_request__descriptor,
-         &livehub__v1__history_response__descriptor, NULL},
+         &livehub__v1__history_response__descriptor, NULL, NULL},
+        COMMAND("Presence", presence, command_presence),
+        COMMAND("Disconnect", disconnect, command_disconnect),
+        COMMAND("Subscribe", subscribe, command_subscribe),
+        COMMAND("Unsubscribe", unsubscribe, command_unsubscribe),
+        COMMAND("ListChannels", list_channels, command_list_channels),
 };
 
 #define NMETHODS (sizeof methods / sizeof methods[0])

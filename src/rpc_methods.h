@@ -20,6 +20,7 @@
 
 #include "hub.h"
 #include "livehub/v1/hub.pb-c.h"
+#include "command.h"
 #include "publication.h"
 
 /* gRPC status codes, with the numbers of the gRPC specification (rpc.c
@@ -49,6 +50,7 @@ enum rpc_kind {
 	RPC_KIND_STATS,   /* answered at once from hub_stats_read */
 	RPC_KIND_STREAM,  /* PublishStream: a client stream of publish requests */
 	RPC_KIND_HISTORY, /* History: a read of the hub, through the hand-off */
+	RPC_KIND_COMMAND, /* a control command (command.h) run on the service thread */
 };
 
 struct rpc_method {
@@ -58,6 +60,9 @@ struct rpc_method {
 	const ProtobufCMessageDescriptor *output;
 	/* RPC_KIND_PUBLISH only: validates req and fills p; see rpc_method_prepare. */
 	int (*prepare)(const ProtobufCMessage *req, struct publication *p, struct rpc_error *err);
+	/* RPC_KIND_COMMAND only: validates req and fills cmd; see rpc_command_prepare. */
+	int (*command)(const ProtobufCMessage *req, struct publication *p, struct command *cmd,
+	               struct rpc_error *err);
 };
 
 /* The method called name, or NULL when livehub does not implement it. */
@@ -154,6 +159,40 @@ int rpc_history_prepare(const ProtobufCMessage *req, struct publication *p, stru
  * NULL when out of memory. */
 const ProtobufCMessage *rpc_history_reply_init(Livehub__V1__HistoryResponse *out,
                                                const struct hub_history_result *r, void **mem);
+
+/* ------------------------------------------------------------------------
+ * Control commands (Presence, Disconnect, Subscribe, Unsubscribe,
+ * ListChannels): validated here, run on the service thread by
+ * presence_command, answered from the command's output.
+ * ---------------------------------------------------------------------- */
+
+/* Validates req (a message of m->input) and fills p (zeroed; tenant set,
+ * p->cmd = cmd) and cmd (zeroed; its input). Returns 0, or -1 with err
+ * filled. Nothing is allocated. */
+int rpc_command_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
+                        struct publication *p, struct command *cmd, struct rpc_error *err);
+
+/* A command's response, built in place; its strings point into the
+ * command, which must outlive it. Free with rpc_command_reply_free. */
+struct rpc_command_reply {
+	union {
+		ProtobufCMessage base;
+		Livehub__V1__PresenceResponse presence;
+		Livehub__V1__DisconnectResponse disconnect;
+		Livehub__V1__SubscribeResponse subscribe;
+		Livehub__V1__UnsubscribeResponse unsubscribe;
+		Livehub__V1__ListChannelsResponse list;
+	} u;
+	void *items; /* malloc'd: the repeated field's messages */
+	void **ptrs; /* malloc'd: pointers to them */
+};
+
+/* Fills out with m's response to the finished cmd; returns the message to
+ * serialize, or NULL when out of memory. */
+const ProtobufCMessage *rpc_command_reply_init(struct rpc_command_reply *out,
+                                               const struct rpc_method *m,
+                                               const struct command *cmd);
+void rpc_command_reply_free(struct rpc_command_reply *out);
 
 /* Fills out (a GetStatsResponse) from the hub's counters. out->version
  * points to a static string. */

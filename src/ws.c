@@ -32,10 +32,12 @@
 #include <time.h>
 #include <uv.h>
 
+#include "command.h"
 #include "edge.h"
 #include "livehub.h"
 #include "log.h"
 #include "metrics.h"
+#include "presence.h"
 #include "strbuf.h"
 #include "publication.h"
 #include "static_files.h"
@@ -99,7 +101,11 @@ struct session {
 	unsigned char why;           /* enum metrics_close, when close_code does not tell */
 	bool killing;                /* libuv: closing; the close frame goes at the next write */
 	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
-	bool awaiting_auth;          /* connected without a token: only `auth` may come */
+	/* An owned copy of a close reason the hub gave (tr_kill). */
+	char *reason_buf;
+	/* The client-event rate limit (presence.h). */
+	struct presence_bucket events;
+	bool awaiting_auth; /* connected without a token: only `auth` may come */
 };
 
 /* What CONFIRM_UPGRADE verified, for ESTABLISHED of the same wsi with the
@@ -137,6 +143,10 @@ struct ws {
 	struct auth *owned_auth;         /* the auth of the last reload; freed with w */
 	_Atomic(struct reload *) reload; /* any thread: pending reload */
 	struct handoff *q;               /* borrowed */
+	/* Owned: presence, client events and control commands. */
+	struct presence *pres;
+	/* Any thread: presence settings waiting for the service thread. */
+	_Atomic(struct presence *) pres_reload;
 	int port;
 	int ping_interval_s, ping_timeout_s;
 	int auth_timeout_s;                /* 0: a handshake without a token is refused */
@@ -175,6 +185,13 @@ static int64_t wall_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -298,6 +315,13 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
 	struct session *s = tctx;
 	if (s->killing)
 		return; /* close_now() asked for the write that closes it */
+	/* The reason may be a Disconnect call's, gone when this returns; a
+	 * close already pending keeps its own reason. */
+	if (!s->close_code) {
+		free(s->reason_buf);
+		s->reason_buf = strndup(reason, 123);
+		reason = s->reason_buf ? s->reason_buf : "DISCONNECTED";
+	}
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
 	 * drop it after a few seconds rather than at the ping timeout. */
@@ -334,6 +358,12 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.recovery_misses = hs.recovery_misses;
 	g.deduplicated = hs.deduplicated;
 	g.idempotency_keys = hs.idempotency_keys;
+	struct presence_stats ps;
+	presence_stats_read(&ps);
+	g.client_events = ps.client_events;
+	g.client_events_limited = ps.client_events_limited;
+	g.presence_events = ps.presence_events;
+	g.disconnects = ps.disconnects;
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
@@ -771,6 +801,7 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	id->rights = NULL;
 	session_link(&w->sessions, s);
 	schedule_expiry(w, s, id->exp);
+	presence_on_open(w->pres, w->hub, s->conn);
 	metrics_inc(&lh_metrics.conn_opened, 1);
 	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id->tenant,
 	         id->user);
@@ -912,6 +943,8 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 	hub_conn_send(w->hub, s->conn, f);
 	frame_unref(f);
 	hub_replay(w->hub, s->conn, &pos);
+	if (rc == 0)
+		presence_on_subscribed(w->pres, w->hub, s->conn, req->channel);
 	*replied = true;
 	return NULL;
 }
@@ -1070,13 +1103,24 @@ static int on_message(struct ws *w, struct session *s, const char *buf, size_t l
 			return 0;
 	} else if (req.type == WSP_UNSUBSCRIBE) {
 		/* LH_ENOENT is fine: unsubscribing is idempotent. */
-		hub_unsubscribe(w->hub, s->conn, req.channel);
+		if (hub_unsubscribe(w->hub, s->conn, req.channel) == 0)
+			presence_on_unsubscribed(w->pres, w->hub, s->conn, req.channel);
 		f = wsp_unsubscribed(&req);
 	} else if (req.type == WSP_REFRESH) {
 		f = do_refresh(w, s, &req);
 	} else if (req.type == WSP_AUTH) {
 		f = wsp_error(WSP_BAD_REQUEST, "already authenticated: use refresh for a new token",
 		              true, &req);
+	} else if (req.type == WSP_PRESENCE) {
+		f = presence_request(w->pres, w->hub, s->conn, &req);
+	} else if (req.type == WSP_PUBLISH) {
+		/* The token's rights decide where it may publish client events. */
+		if (!auth_rights_allow(s->rights, AUTH_PUBLISH, req.channel))
+			f = wsp_error(WSP_PERMISSION_DENIED,
+			              "the token does not allow client events on this channel",
+			              true, &req);
+		else
+			f = presence_publish(w->pres, w->hub, s->conn, &s->events, mono_ms(), &req);
 	} else {
 		f = wsp_reply(&req);
 	}
@@ -1261,6 +1305,8 @@ static enum metrics_close close_reason_of(const struct session *s)
 	case 0: return MC_CLIENT;
 	case WS_CLOSE_SHUTDOWN: return MC_SHUTDOWN;
 	case 4000: return MC_SLOW_CONSUMER;
+	case LH_CLOSE_RECONNECT:
+	case LH_CLOSE_GOODBYE: return MC_DISCONNECTED;
 	case 1011: return MC_SERVER_ERROR;
 	default: return MC_PROTOCOL_ERROR;
 	}
@@ -1280,6 +1326,9 @@ static void on_closed(struct ws *w, struct session *s)
 	conn_uncount(w, s);
 	if (!s->conn)
 		return;
+	/* At shutdown every connection goes: nobody is left to tell. */
+	if (!w->closing)
+		presence_on_close(w->pres, w->hub, s->conn);
 	enum metrics_close why = close_reason_of(s);
 	metrics_inc(&lh_metrics.conn_closed[why], 1);
 	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
@@ -1287,6 +1336,9 @@ static void on_closed(struct ws *w, struct session *s)
 	session_unlink(&w->sessions, s);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
+	/* Read by the close frame, which has gone out by now. */
+	free(s->reason_buf);
+	s->reason_buf = NULL;
 }
 
 /* Publishes what the gRPC threads handed over, oldest first, at most
@@ -1324,6 +1376,14 @@ static void drain(struct ws *w)
 	drain_some(w, false);
 }
 
+/* The hub's command runner: control calls are presence.c's, with the
+ * presence settings in force now. */
+static void run_command(void *arg, struct publication *p)
+{
+	struct ws *w = arg;
+	presence_command(w->pres, w->hub, p);
+}
+
 /* Applies a pending SIGHUP reload: new handshakes verify with the new
  * auth, the hub takes the new limits; open connections stay. */
 static void apply_reload(struct ws *w)
@@ -1337,6 +1397,16 @@ static void apply_reload(struct ws *w)
 	hub_set_limits(w->hub, &rl->lim);
 	free(rl);
 	log_info("event=reload_applied");
+}
+
+/* Applies pending presence settings (ws_reload_presence). */
+static void apply_presence_reload(struct ws *w)
+{
+	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
+	if (!pr)
+		return;
+	presence_free(w->pres);
+	w->pres = pr;
 }
 
 /* Builds the edge limits from cfg (already validated by config_load).
@@ -1433,6 +1503,7 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		apply_reload(ws_of(wsi));
+		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
 		drain(ws_of(wsi));
 		return 0;
@@ -1630,6 +1701,10 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		log_error("msg=\"out of memory setting up the edge limits\"");
 		goto fail;
 	}
+	w->pres = ws_presence_new(cfg);
+	if (!w->pres)
+		goto fail;
+	hub_set_command_runner(w->hub, run_command, w);
 	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
 	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
 		goto fail;
@@ -1650,6 +1725,7 @@ fail:
 	hub_free(w->hub);
 	edge_free(w->edge);
 	ipcount_free(w->ips);
+	presence_free(w->pres);
 	free(w->batch);
 	free(w);
 	return NULL;
@@ -1739,6 +1815,20 @@ void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim)
 	lws_cancel_service(w->ctx);
 }
 
+struct presence *ws_presence_new(const struct lh_config *cfg)
+{
+	struct presence_config pc = {cfg->presence_channels, cfg->client_events,
+	                             cfg->client_event_rate, cfg->client_event_burst,
+	                             cfg->tenant_presence != 0};
+	return presence_new(&pc);
+}
+
+void ws_reload_presence(struct ws *w, struct presence *pr)
+{
+	presence_free(atomic_exchange(&w->pres_reload, pr));
+	lws_cancel_service(w->ctx);
+}
+
 void ws_wake(void *arg)
 {
 	struct ws *w = arg;
@@ -1757,6 +1847,8 @@ void ws_free(struct ws *w)
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
 	hub_free(w->hub);
+	presence_free(w->pres);
+	presence_free(atomic_exchange(&w->pres_reload, NULL));
 	struct reload *rl = atomic_exchange(&w->reload, NULL);
 	if (rl) {
 		auth_free(rl->auth);

@@ -14,6 +14,8 @@
 #include "handoff.h"
 #include "hub.h"
 
+struct presence;
+
 struct ws;
 
 /* Creates the lws context and binds the port. The hub is created inside,
@@ -34,6 +36,11 @@ void ws_stop(struct ws *w, int grace_ms);
  * to w) and the hub takes lim, applied on the service thread at its next
  * wake-up; open connections stay. */
 void ws_reload(struct ws *w, struct auth *auth, const struct hub_limits *lim);
+/* Presence settings from cfg (presence.h), or NULL when out of memory. */
+struct presence *ws_presence_new(const struct lh_config *cfg);
+/* Any thread (SIGHUP): the service thread takes pr (ownership passes to w)
+ * at its next wake-up; open connections keep their rate-limit state. */
+void ws_reload_presence(struct ws *w, struct presence *pr);
 /* Any thread (SIGHUP): the origin allow-list, connection limits, rate
  * limit and message size and shape limits of cfg apply from the service
  * thread's next wake-up: to new handshakes and to the next message of

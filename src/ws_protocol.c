@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "livehub.h"
@@ -38,8 +39,10 @@ static bool type_from_name(const char *s, size_t n, enum wsp_type *type)
 		const char *name;
 		enum wsp_type type;
 	} types[] = {
-	        {"subscribe", WSP_SUBSCRIBE}, {"unsubscribe", WSP_UNSUBSCRIBE}, {"ping", WSP_PING},
-	        {"auth", WSP_AUTH},           {"refresh", WSP_REFRESH},
+	        {"subscribe", WSP_SUBSCRIBE}, {"unsubscribe", WSP_UNSUBSCRIBE},
+	        {"ping", WSP_PING},           {"auth", WSP_AUTH},
+	        {"refresh", WSP_REFRESH},     {"presence", WSP_PRESENCE},
+	        {"publish", WSP_PUBLISH},
 	};
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		if (strlen(types[i].name) == n && memcmp(types[i].name, s, n) == 0) {
@@ -117,6 +120,16 @@ static int take_token(const json_t *root, struct wsp_request *req, struct wsp_er
 	return 0;
 }
 
+static const char *needs_channel(enum wsp_type type)
+{
+	switch (type) {
+	case WSP_SUBSCRIBE: return "subscribe needs a string \"channel\"";
+	case WSP_UNSUBSCRIBE: return "unsubscribe needs a string \"channel\"";
+	case WSP_PRESENCE: return "presence needs a string \"channel\"";
+	default: return "publish needs a string \"channel\"";
+	}
+}
+
 /* Fills req's since from "since": {"offset": N, "epoch": "..."}. */
 static int take_since(const json_t *since, struct wsp_request *req, struct wsp_error *err)
 {
@@ -147,17 +160,17 @@ static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_
 	if (pid)
 		return take_project(pid, req, err);
 	if (!json_is_string(ch))
-		return fail(err, WSP_BAD_REQUEST,
-		            sub ? "subscribe needs a string \"channel\""
-		                : "unsubscribe needs a string \"channel\"");
+		return fail(err, WSP_BAD_REQUEST, needs_channel(req->type));
 	const char *s = json_string_value(ch);
 	size_t n = json_string_length(ch);
 	/* An implicit channel is named only to recover it (subscribe with
-	 * since); the hub checks that a "$user:" channel is the caller's. */
-	bool implicit = sub && req->has_since && n > 0 && s[0] == '$' &&
-	                name_channel_any_ok(s, n) &&
-	                (strcmp(s, "$tenant") == 0 || strcmp(s, "$user") == 0 ||
-	                 strncmp(s, "$user:", 6) == 0);
+	 * since), or to ask for tenant presence ("$tenant"; presence.c
+	 * decides); the hub checks that a "$user:" channel is the caller's. */
+	bool implicit =
+	        (sub && req->has_since && n > 0 && s[0] == '$' && name_channel_any_ok(s, n) &&
+	         (strcmp(s, "$tenant") == 0 || strcmp(s, "$user") == 0 ||
+	          strncmp(s, "$user:", 6) == 0)) ||
+	        (req->type == WSP_PRESENCE && n == 7 && memcmp(s, "$tenant", 7) == 0);
 	if (implicit) {
 		memcpy(req->channel, s, n + 1);
 		req->channel_len = n;
@@ -178,8 +191,61 @@ static int take_channel(const json_t *root, struct wsp_request *req, struct wsp_
 	return 0;
 }
 
+/* Where a publish's data goes as compact JSON: one buffer per thread,
+ * reused by every parse, so a request owns no memory and no caller has
+ * anything to free (the buffer stays reachable, so leak checkers are
+ * quiet). */
+static _Thread_local char *data_buf;
+static _Thread_local size_t data_cap;
+
+static int dump_data(const json_t *data, struct wsp_request *req, struct wsp_error *err)
+{
+	size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
+	size_t n = json_dumpb(data, NULL, 0, flags);
+	if (n == 0)
+		return fail(err, WSP_SERVER_ERROR, "out of memory");
+	if (n + 1 > data_cap) {
+		char *b = realloc(data_buf, n + 1);
+		if (!b)
+			return fail(err, WSP_SERVER_ERROR, "out of memory");
+		data_buf = b;
+		data_cap = n + 1;
+	}
+	if (json_dumpb(data, data_buf, data_cap, flags) != n)
+		return fail(err, WSP_SERVER_ERROR, "out of memory");
+	data_buf[n] = '\0';
+	req->data = data_buf;
+	req->data_len = n;
+	return 0;
+}
+
+/* publish: "event" (a name that makes "client:" + name an event type) and
+ * "data" (an object, optional), kept as compact JSON: one line, so it can
+ * go out in a multi-message frame as it is. */
+static int take_event(const json_t *root, struct wsp_request *req, struct wsp_error *err)
+{
+	const json_t *ev = json_object_get(root, "event");
+	const json_t *data = json_object_get(root, "data");
+	if (!json_is_string(ev))
+		return fail(err, WSP_BAD_REQUEST, "publish needs a string \"event\"");
+	size_t n = json_string_length(ev);
+	if (n > WSP_EVENT_MAX || !name_type_ok(json_string_value(ev), n))
+		return fail(err, WSP_BAD_REQUEST,
+		            "\"event\" must be 1-57 characters of A-Z a-z 0-9 _ . : -");
+	memcpy(req->event, json_string_value(ev), n);
+	req->event[n] = '\0';
+	if (!data)
+		return 0;
+	if (!json_is_object(data))
+		return fail(err, WSP_BAD_REQUEST, "\"data\" must be a JSON object");
+	return dump_data(data, req, err);
+}
+
 int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_error *err)
 {
+	req->event[0] = '\0';
+	req->data = NULL;
+	req->data_len = 0;
 	req->type = WSP_PING;
 	req->channel[0] = '\0';
 	req->channel_len = 0;
@@ -220,7 +286,17 @@ int wsp_parse(const void *buf, size_t len, struct wsp_request *req, struct wsp_e
 		if (rc == 0)
 			rc = take_channel(root, req, err);
 		break;
-	case WSP_UNSUBSCRIBE: rc = take_channel(root, req, err); break;
+	case WSP_UNSUBSCRIBE:
+	case WSP_PRESENCE: rc = take_channel(root, req, err); break;
+	case WSP_PUBLISH:
+		rc = take_channel(root, req, err);
+		if (rc == 0)
+			rc = take_event(root, req, err);
+		if (rc) {
+			req->data = NULL;
+			req->data_len = 0;
+		}
+		break;
 	case WSP_PING: rc = 0; break;
 	case WSP_AUTH:
 	case WSP_REFRESH: rc = take_token(root, req, err); break;
@@ -394,7 +470,9 @@ struct frame *wsp_reply(const struct wsp_request *req)
 	case WSP_UNSUBSCRIBE: return wsp_unsubscribed(req);
 	case WSP_PING: return wsp_pong(req);
 	case WSP_AUTH:
-	case WSP_REFRESH: return NULL;
+	case WSP_REFRESH:
+	case WSP_PRESENCE:
+	case WSP_PUBLISH: return NULL;
 	}
 	return NULL;
 }

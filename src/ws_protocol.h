@@ -23,6 +23,9 @@
 #define WSP_ID_STR_MAX 128
 /* Room for an id's JSON text: a string id escaped as \u00XX at worst. */
 #define WSP_ID_JSON_MAX (WSP_ID_STR_MAX * 6 + 2)
+/* A client event name: "client:" + name must be an event type. */
+#define WSP_EVENT_PREFIX "client:"
+#define WSP_EVENT_MAX    (LH_TYPE_MAX - 7)
 /* "project:" in front of a seed-004 projectId. */
 #define WSP_PROJECT_PREFIX     "project:"
 #define WSP_PROJECT_PREFIX_LEN 8
@@ -33,8 +36,10 @@ enum wsp_type {
 	WSP_SUBSCRIBE,
 	WSP_UNSUBSCRIBE,
 	WSP_PING,
-	WSP_AUTH,    /* first-message authentication: token */
-	WSP_REFRESH, /* a new token for an open connection: token */
+	WSP_AUTH,     /* first-message authentication: token */
+	WSP_REFRESH,  /* a new token for an open connection: token */
+	WSP_PRESENCE, /* who is on a channel (presence.c answers) */
+	WSP_PUBLISH,  /* a client event (presence.c answers) */
 };
 
 /* The error codes of docs/PROTOCOL.md. */
@@ -67,6 +72,14 @@ struct wsp_request {
 	char id[WSP_ID_JSON_MAX + 1]; /* the id as JSON text, "" when absent */
 	size_t id_len;
 	char token[WSP_TOKEN_MAX + 1]; /* auth/refresh: the token, NUL-terminated */
+	/* publish only: the event name (the frame's type is "client:" + event)
+	 * and its data as compact JSON object text (NUL-terminated), NULL when
+	 * absent. data
+	 * points into a buffer of the parser (one per thread): valid until the
+	 * thread's next wsp_parse, never freed by the caller. */
+	char event[WSP_EVENT_MAX + 1];
+	const char *data;
+	size_t data_len;
 };
 
 /* Why a message was refused: a code and a static, client-safe message. */
@@ -112,7 +125,8 @@ struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverabl
 struct frame *wsp_error_retry(enum wsp_code code, const char *message, uint32_t retry_ms,
                               const struct wsp_request *req);
 /* The success reply for a parsed request (subscribed, unsubscribed or
- * pong), or NULL for a type that has none (auth, refresh). */
+ * pong), or NULL for a type that has none here (auth, refresh; presence
+ * and publish are answered by presence.c). */
 struct frame *wsp_reply(const struct wsp_request *req);
 
 #endif

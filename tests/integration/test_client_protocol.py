@@ -47,7 +47,7 @@ async def test_malformed_json_is_protocol_error_and_connection_survives(hub):
 async def test_unknown_type_is_protocol_error(hub):
     c = await hub.connect(uniq(), "alice")
     assert is_error(await c.request({"type": "subscribe_all"}), "PROTOCOL_ERROR")
-    assert is_error(await c.request({"type": "publish", "channel": "job:1", "id": 9}), "PROTOCOL_ERROR", 9)
+    assert is_error(await c.request({"type": "emit", "channel": "job:1", "id": 9}), "PROTOCOL_ERROR", 9)
     await c.expect_nothing()
 
 

@@ -134,6 +134,30 @@ async def test_sighup_reloads_secret_and_limits_keeping_connections(tmp_path):
         h.stop_and_check()
 
 
+@aio
+async def test_sighup_reloads_presence_and_client_event_settings(tmp_path):
+    cfg, base, h = start_with_file(tmp_path, {"jwt_secret": SECRET_A})
+    try:
+        t = uniq()
+        a = await h.connect(t, "alice")
+        b = await h.connect(t, "bob")
+        await a.subscribe("board:1")
+        await b.subscribe("board:1")
+        msg = {"type": "publish", "channel": "board:1", "event": "typing", "id": 1}
+        assert (await a.request(msg))["code"] == "PERMISSION_DENIED"
+        base.update(client_events="board:*", presence_channels="board:*")
+        write(cfg, base)
+        h.proc.send_signal(signal.SIGHUP)
+        wait_log(h, '"event":"reload_applied"')
+        assert await a.request(msg) == {"type": "published", "channel": "board:1", "id": 1}
+        assert (await b.next())["type"] == "client:typing"
+        c = await h.connect(t, "carol")
+        await c.subscribe("board:1")
+        assert (await b.next())["type"] == "presence:join"
+    finally:
+        h.stop_and_check()
+
+
 def log_lines(hub):
     with open(hub.stderr_path) as f:
         return f.read()

@@ -249,7 +249,9 @@ async def test_request_size_limit_is_1mib(hub):
     await c.expect_nothing()
 
 
-@pytest.mark.parametrize("etype", ["connected", "subscribed", "unsubscribed", "pong", "error"])
+@pytest.mark.parametrize("etype", ["connected", "subscribed", "unsubscribed", "pong", "error",
+                                   "presence", "published", "presence:join", "presence:leave",
+                                   "user:online", "user:offline", "client:typing"])
 def test_client_protocol_types_are_reserved(hub, etype):
     """A publisher must not be able to forge the hub's own replies."""
     expect_invalid(hub, "BroadcastTenant", hub_pb2.BroadcastTenantRequest(tenant_id="t", type=etype), "type")

@@ -220,6 +220,12 @@ static void test_custom_types(void **state)
 	br.type = "subscribed";
 	expect_invalid("BroadcastTenant", &br,
 	               "type: \"subscribed\" is reserved for the client protocol");
+	br.type = "presence:join";
+	expect_invalid("BroadcastTenant", &br,
+	               "type: \"presence:join\" is reserved for the client protocol");
+	br.type = "client:typing";
+	expect_invalid("BroadcastTenant", &br,
+	               "type: \"client:\" types are reserved for client events");
 	br.type = "announcement";
 	assert_int_equal(prepare("BroadcastTenant", &br, &p, &err), 0);
 	assert_string_equal(p.type, "announcement");

@@ -239,7 +239,7 @@ static void test_protocol_errors(void **state)
 	parse_err("{\"type\":1}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":null}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":\"PING\"}", WSP_PROTOCOL_ERROR, &req);
-	parse_err("{\"type\":\"publish\",\"channel\":\"x\"}", WSP_PROTOCOL_ERROR, &req);
+	parse_err("{\"type\":\"emit\",\"channel\":\"x\"}", WSP_PROTOCOL_ERROR, &req);
 	parse_err("{\"type\":\"ping\",\"type\":\"ping\"}", WSP_PROTOCOL_ERROR, &req);
 	/* Invalid UTF-8 and an embedded NUL byte. */
 	parse_err("{\"type\":\"ping\",\"x\":\"\xff\"}", WSP_PROTOCOL_ERROR, &req);
@@ -405,6 +405,54 @@ static void test_auth_refresh(void **state)
 	parse_err(big, WSP_BAD_REQUEST, &req);
 }
 
+static void test_presence_and_publish(void **state)
+{
+	struct wsp_request req;
+	struct wsp_error err;
+	assert_int_equal(
+	        parse("{\"type\":\"presence\",\"channel\":\"board:1\",\"id\":2}", &req, &err), 0);
+	assert_int_equal(req.type, WSP_PRESENCE);
+	assert_string_equal(req.channel, "board:1");
+	assert_null(wsp_reply(&req));
+	/* "$tenant" is the one reserved name presence may ask about. */
+	assert_int_equal(parse("{\"type\":\"presence\",\"channel\":\"$tenant\"}", &req, &err), 0);
+	assert_string_equal(req.channel, "$tenant");
+	parse_err("{\"type\":\"presence\",\"channel\":\"$user:bob\"}", WSP_CHANNEL_ACCESS_DENIED,
+	          &req);
+	parse_err("{\"type\":\"presence\"}", WSP_BAD_REQUEST, &req);
+
+	/* publish: data is kept as compact JSON, in its order. */
+	assert_int_equal(parse("{\"type\":\"publish\",\"channel\":\"board:1\",\"event\":\"typing\","
+	                       "\"data\":{ \"b\" : 1,\n \"a\": \"x\\ny\" },\"id\":3}",
+	                       &req, &err),
+	                 0);
+	assert_int_equal(req.type, WSP_PUBLISH);
+	assert_string_equal(req.event, "typing");
+	assert_string_equal(req.data, "{\"b\":1,\"a\":\"x\\ny\"}");
+	assert_int_equal(req.data_len, strlen(req.data));
+	assert_string_equal(req.id, "3");
+	assert_int_equal(
+	        parse("{\"type\":\"publish\",\"channel\":\"board:1\",\"event\":\"a.b:c-d\"}", &req,
+	              &err),
+	        0);
+	assert_null(req.data);
+	parse_err("{\"type\":\"publish\",\"channel\":\"board:1\"}", WSP_BAD_REQUEST, &req);
+	parse_err("{\"type\":\"publish\",\"channel\":\"board:1\",\"event\":\"a b\"}",
+	          WSP_BAD_REQUEST, &req);
+	parse_err("{\"type\":\"publish\",\"channel\":\"board:1\",\"event\":\"x\",\"data\":\"s\"}",
+	          WSP_BAD_REQUEST, &req);
+	assert_null(req.data);
+	parse_err("{\"type\":\"publish\",\"channel\":\"$tenant\",\"event\":\"x\"}",
+	          WSP_CHANNEL_ACCESS_DENIED, &req);
+	char long_event[128];
+	snprintf(long_event, sizeof(long_event),
+	         "{\"type\":\"publish\",\"channel\":\"b\",\"event\":\"%058d\"}", 0);
+	parse_err(long_event, WSP_BAD_REQUEST, &req);
+	snprintf(long_event, sizeof(long_event),
+	         "{\"type\":\"publish\",\"channel\":\"b\",\"event\":\"%057d\"}", 0);
+	assert_int_equal(parse(long_event, &req, &err), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -425,6 +473,7 @@ int main(void)
 	        cmocka_unit_test(test_channel_length),
 	        cmocka_unit_test(test_auth_refresh),
 	        cmocka_unit_test(test_subscribe_since),
+	        cmocka_unit_test(test_presence_and_publish),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
