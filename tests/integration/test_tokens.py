@@ -617,3 +617,30 @@ async def test_a_browser_hands_over_its_token_without_the_url(khub, keys):
     # Offering only the bearer entry cannot work: the browser sees a failure.
     bad = await browser_eval(BROWSER_CONNECT % (url, json.dumps(["bearer." + tok]), "false", '""'))
     assert bad["got"] == [] and bad["code"] == 1006
+
+
+@aio
+async def test_publish_claim_restricts_client_events(tmp_path, keys):
+    h = start(tmp_path, keys, extra=["--client-events", "board:*"])
+    try:
+        t = uniq()
+        ev = {"type": "publish", "channel": "board:1", "event": "typing", "data": {}, "id": 2}
+        for claims, want in (({"publish": False}, "PERMISSION_DENIED"),
+                             ({"publish": ["board:2"]}, "PERMISSION_DENIED"),
+                             ({"role": "guest", "channels": ["board:*"]}, "PERMISSION_DENIED"),
+                             ({"publish": ["board:*"]}, "published"),
+                             ({}, "published")):
+            c = await connect_via(h, "query", mint(keys, h, "ES256", t, "a", **claims))
+            if claims.get("role") == "guest":
+                # Guests may subscribe only to the configured guest patterns.
+                assert (await c.request({"type": "subscribe", "channel": "board:1"}))["code"] \
+                    == "CHANNEL_ACCESS_DENIED"
+            else:
+                await c.subscribe("board:1")
+            reply = await c.request(ev)
+            got = reply.get("code") or reply["type"]
+            assert got == want, (claims, reply)
+            await c.close()
+    finally:
+        await hubtest.close_all_clients()
+        h.stop_and_check()
