@@ -1054,6 +1054,13 @@ static int on_first_message(struct ws *w, struct session *s, const char *buf, si
 		                 rc == LH_EEXPIRED ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
 		                 why);
 	}
+	int over = identity_over_limit(w, id.tenant, id.user);
+	if (over >= 0) {
+		/* The per-user and per-tenant limits, now that the identity is known. */
+		auth_rights_free(id.rights);
+		metrics_inc(&lh_metrics.refused[over], 1);
+		return close_now(w, s, 1013, "TOO_MANY_CONNECTIONS");
+	}
 	s->awaiting_auth = false;
 	session_unlink(&w->unauthed, s);
 	atomic_fetch_sub_explicit(&lh_metrics.awaiting_auth, 1, memory_order_relaxed);
