@@ -45,6 +45,8 @@ static int without_bearer(const char *src, char *dst, int len)
 {
 	int o = 0;
 	const char *p = src;
+	if (len <= 0)
+		return -1;
 	while (*p) {
 		while (*p == ' ' || *p == ',')
 			p++;
