@@ -2,7 +2,7 @@
 // publish moves a progress bar, a hub restart mid-stream is survived (the
 // page reconnects, re-subscribes and reports recovered:false: the new hub
 // has no history), and a network drop without a restart is recovered from
-// history (skipped while the hub keeps no history: issue 4).
+// history.
 //   node --test tests/browser/
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -105,13 +105,7 @@ test('demo page: a dropped connection recovers the publications it missed', asyn
     proxy.refusing = false;
     await waitInPage(page, () => window.livehubDemo.state.recoveries.length > 0, null, 'a recovery report');
     const rec = await page.evaluate(() => window.livehubDemo.state.recoveries[0]);
-    if (!('epoch' in sub)) {
-      // This hub keeps no history (`subscribed` has no offset/epoch): the
-      // page must say so rather than pretend.
-      assert.deepEqual(rec, { channel: 'project:demo', recovered: false });
-      t.skip('the hub has no channel history yet (issue 4): recovery not testable');
-      return;
-    }
+    assert.ok('epoch' in sub, '`subscribed` carries offset and epoch (channel history)');
     assert.deepEqual(rec, { channel: 'project:demo', recovered: true });
     await waitInPage(page, () => document.querySelector('.job[data-job-id="j2"]').dataset.progress === '40', null, 'bar j2 at 40 from history');
     const offset = await page.$eval('.job[data-job-id="j2"]', (r) => Number(r.dataset.offset));
@@ -166,8 +160,8 @@ test('demo page: the token as a Sec-WebSocket-Protocol entry, kept out of the UR
       ws.onopen = () => { resolve(true); ws.close(); };
       ws.onerror = () => resolve(false);
     });
-    if (supported === null) return t.skip('needs a global WebSocket (node --experimental-websocket) to probe the hub');
-    if (!supported) return t.skip('this hub refuses a token offered as a subprotocol (comes with issue 3)');
+    assert.notEqual(supported, null, 'needs a global WebSocket (node --experimental-websocket) to probe the hub');
+    assert.ok(supported, 'the hub accepts a token offered as a subprotocol');
     const page = await browser.newPage();
     const urls = [];
     page.on('websocket', (ws) => urls.push(ws.url()));
