@@ -1,6 +1,8 @@
 /* frame: a shared, reference-counted WebSocket message. See frame.h. */
 #include "frame.h"
 
+#include "strbuf.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,4 +36,11 @@ void frame_unref(struct frame *f)
 {
 	if (f && --f->refs == 0)
 		free(f);
+}
+
+struct frame *frame_from_sb(struct strbuf *sb)
+{
+	struct frame *f = sb->oom ? NULL : frame_from(sb->buf, sb->len);
+	sb_free(sb);
+	return f;
 }

@@ -36,6 +36,10 @@ struct frame *frame_new(size_t cap);
 
 /* Returns a new frame holding a copy of the len bytes at p (one reference). */
 struct frame *frame_from(const void *p, size_t len);
+struct strbuf;
+/* A frame holding the text built in sb (NULL when sb ran out of memory or
+ * the frame cannot be allocated); frees sb's buffer either way. */
+struct frame *frame_from_sb(struct strbuf *sb);
 
 static inline unsigned char *frame_payload(struct frame *f)
 {

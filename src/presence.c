@@ -241,29 +241,16 @@ static uint32_t fan_out(struct hub *h, const char *tenant, const char *name,
 	return fo.n;
 }
 
-static struct frame *finish(struct strbuf *sb)
-{
-	struct frame *f = sb->oom ? NULL : frame_from(sb->buf, sb->len);
-	sb_free(sb);
-	return f;
-}
-
-static void add_str(struct strbuf *sb, const char *key, const char *s)
-{
-	sb_adds(sb, key);
-	sb_add_json_str(sb, s, strlen(s));
-}
-
 /* {"type":TYPE,"channel":NAME,"user":…,"clientId":…} */
 static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":", type);
-	add_str(&sb, ",\"channel\":", name);
-	add_str(&sb, ",\"user\":", hub_conn_user(c));
-	add_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, "{\"type\":", type);
+	sb_add_key_str(&sb, ",\"channel\":", name);
+	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 /* Tells tenant's channel name that c's user joined or left. */
@@ -406,12 +393,12 @@ static int count_users(struct hub *h, const char *tenant, const char *name, stru
 static struct frame *presence_frame(const struct wsp_request *req, const struct command *cmd)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":\"presence\",\"channel\":", req->channel);
+	sb_add_key_str(&sb, "{\"type\":\"presence\",\"channel\":", req->channel);
 	sb_adds(&sb, ",\"connections\":");
 	sb_add_u64(&sb, cmd->connections);
 	sb_adds(&sb, ",\"users\":[");
 	for (size_t i = 0; i < cmd->nentries; i++) {
-		add_str(&sb, i ? ",{\"user\":" : "{\"user\":", cmd->entries[i].name);
+		sb_add_key_str(&sb, i ? ",{\"user\":" : "{\"user\":", cmd->entries[i].name);
 		sb_adds(&sb, ",\"connections\":");
 		sb_add_u64(&sb, cmd->entries[i].count);
 		sb_addc(&sb, '}');
@@ -422,7 +409,7 @@ static struct frame *presence_frame(const struct wsp_request *req, const struct 
 		sb_add(&sb, req->id, req->id_len);
 	}
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *presence_request(struct presence *pr, struct hub *h, struct hub_conn *c,
@@ -486,29 +473,29 @@ static struct frame *client_event_frame(const struct hub_conn *c, const struct w
 	struct strbuf sb = STRBUF_INIT;
 	sb_adds(&sb, "{\"type\":\"" CLIENT_EVENT_PREFIX);
 	sb_adds(&sb, req->event); /* name_type_ok: nothing to escape */
-	add_str(&sb, "\",\"channel\":", req->channel);
-	add_str(&sb, ",\"user\":", hub_conn_user(c));
-	add_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, "\",\"channel\":", req->channel);
+	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
 	sb_adds(&sb, ",\"data\":");
 	if (req->data)
 		sb_add(&sb, req->data, req->data_len);
 	else
 		sb_adds(&sb, "{}");
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 /* {"type":"published","channel":…[,"id":…]} */
 static struct frame *published_frame(const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":\"published\",\"channel\":", req->channel);
+	sb_add_key_str(&sb, "{\"type\":\"published\",\"channel\":", req->channel);
 	if (req->id_len > 0) {
 		sb_adds(&sb, ",\"id\":");
 		sb_add(&sb, req->id, req->id_len);
 	}
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *presence_publish(struct presence *pr, struct hub *h, struct hub_conn *c,
@@ -601,14 +588,14 @@ static struct frame *server_frame(const char *type, const struct command *cmd, b
 	struct strbuf sb = STRBUF_INIT;
 	sb_adds(&sb, "{\"type\":\"");
 	sb_adds(&sb, type);
-	add_str(&sb, "\",\"channel\":", cmd->channel);
+	sb_add_key_str(&sb, "\",\"channel\":", cmd->channel);
 	if (position) {
 		sb_adds(&sb, ",\"offset\":");
 		sb_add_u64(&sb, cmd->offset);
-		add_str(&sb, ",\"epoch\":", cmd->epoch);
+		sb_add_key_str(&sb, ",\"epoch\":", cmd->epoch);
 	}
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 static void send_to(struct hub *h, struct hub_conn *c, struct frame *f)

@@ -170,3 +170,9 @@ const char *sb_cstr(struct strbuf *sb)
 	sb->buf[sb->len] = '\0';
 	return sb->buf;
 }
+
+void sb_add_key_str(struct strbuf *sb, const char *key, const char *s)
+{
+	sb_adds(sb, key);
+	sb_add_json_str(sb, s, strlen(s));
+}

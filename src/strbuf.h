@@ -35,6 +35,8 @@ void sb_add_i64(struct strbuf *sb, int64_t v);
 void sb_add_u64(struct strbuf *sb, uint64_t v);
 /* Appends s (n bytes, assumed valid UTF-8) as a quoted JSON string. */
 void sb_add_json_str(struct strbuf *sb, const char *s, size_t n);
+/* Appends key (raw text, e.g. ",\"user\":") and then s as a JSON string. */
+void sb_add_key_str(struct strbuf *sb, const char *key, const char *s);
 /* Returns the NUL-terminated text (never NULL unless oom). */
 const char *sb_cstr(struct strbuf *sb);
 

@@ -328,20 +328,6 @@ const char *wsp_code_name(enum wsp_code code)
 	return "SERVER_ERROR";
 }
 
-/* Turns the built text into a frame and frees the buffer. */
-static struct frame *finish(struct strbuf *sb)
-{
-	struct frame *f = sb->oom ? NULL : frame_from(sb->buf, sb->len);
-	sb_free(sb);
-	return f;
-}
-
-static void add_str(struct strbuf *sb, const char *key, const char *s)
-{
-	sb_adds(sb, key);
-	sb_add_json_str(sb, s, strlen(s));
-}
-
 static void add_id(struct strbuf *sb, const struct wsp_request *req)
 {
 	if (req && req->id_len > 0) {
@@ -361,15 +347,15 @@ struct frame *wsp_connected_req(const char *client_id, const char *tenant, const
                                 const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":\"connected\",\"clientId\":", client_id);
+	sb_add_key_str(&sb, "{\"type\":\"connected\",\"clientId\":", client_id);
 	sb_addf(&sb, ",\"version\":%d,\"server\":\"livehub/" LH_VERSION "\"", LH_PROTOCOL_VERSION);
-	add_str(&sb, ",\"tenant\":", tenant);
-	add_str(&sb, ",\"user\":", user);
+	sb_add_key_str(&sb, ",\"tenant\":", tenant);
+	sb_add_key_str(&sb, ",\"user\":", user);
 	sb_addf(&sb, ",\"heartbeat\":{\"pingInterval\":%d,\"pingTimeout\":%d}", ping_interval_s,
 	        ping_timeout_s);
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_refreshed(const struct wsp_request *req, long long exp)
@@ -378,7 +364,7 @@ struct frame *wsp_refreshed(const struct wsp_request *req, long long exp)
 	sb_addf(&sb, "{\"type\":\"refreshed\",\"exp\":%lld", exp);
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 /* subscribed/unsubscribed: the channel, the projectId when the client used
@@ -397,7 +383,7 @@ static struct frame *channel_reply(const char *type, const struct wsp_request *r
 	}
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_subscribed(const struct wsp_request *req)
@@ -417,12 +403,12 @@ struct frame *wsp_subscribed_at(const struct wsp_request *req, uint64_t offset, 
 		                req->channel_len - WSP_PROJECT_PREFIX_LEN);
 	}
 	sb_addf(&sb, ",\"offset\":%" PRIu64, offset);
-	add_str(&sb, ",\"epoch\":", epoch);
+	sb_add_key_str(&sb, ",\"epoch\":", epoch);
 	if (req->has_since)
 		sb_adds(&sb, recovered ? ",\"recovered\":true" : ",\"recovered\":false");
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_unsubscribed(const struct wsp_request *req)
@@ -436,31 +422,31 @@ struct frame *wsp_pong(const struct wsp_request *req)
 	sb_adds(&sb, "{\"type\":\"pong\"");
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_error(enum wsp_code code, const char *message, bool recoverable,
                         const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
-	add_str(&sb, ",\"message\":", message);
+	sb_add_key_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
+	sb_add_key_str(&sb, ",\"message\":", message);
 	sb_adds(&sb, recoverable ? ",\"recoverable\":true" : ",\"recoverable\":false");
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_error_retry(enum wsp_code code, const char *message, uint32_t retry_ms,
                               const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
-	add_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
-	add_str(&sb, ",\"message\":", message);
+	sb_add_key_str(&sb, "{\"type\":\"error\",\"code\":", wsp_code_name(code));
+	sb_add_key_str(&sb, ",\"message\":", message);
 	sb_addf(&sb, ",\"retryAfter\":%" PRIu32 ",\"recoverable\":true", retry_ms);
 	add_id(&sb, req);
 	sb_addc(&sb, '}');
-	return finish(&sb);
+	return frame_from_sb(&sb);
 }
 
 struct frame *wsp_reply(const struct wsp_request *req)
