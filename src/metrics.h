@@ -87,10 +87,6 @@ struct metrics {
 	_Atomic uint64_t msg_in[MI_NIN];
 	_Atomic uint64_t msg_out[MO_NOUT];
 	_Atomic uint64_t bytes_out;
-	/* Belong to features not built yet; exported so dashboards and alerts
-	 * can be written now. They read 0. */
-	_Atomic uint64_t dropped;
-	_Atomic uint64_t conflated;
 	_Atomic uint64_t rate_limited;  /* client messages refused with RATE_LIMITED */
 	_Atomic uint64_t shape_refused; /* client messages over the JSON depth/element limits */
 	_Atomic uint64_t reloads;
