@@ -1110,7 +1110,8 @@ static struct hub_history_result *history_copy(const struct hub_history_result *
 	*r = *hdr;
 	r->n = 0;
 	char *o = (char *)r + head;
-	for (e = first; r->n < n; e = e->next) {
+	e = first;
+	for (uint32_t i = 0; i < n; i++, e = e->next) {
 		const char *t, *d;
 		size_t tl, dl;
 		if (!frame_parts(e->f, &t, &tl, &d, &dl))

@@ -183,7 +183,9 @@ void presence_free(struct presence *pr)
 
 bool presence_events_on(const struct presence *pr, const char *name)
 {
-	return patterns_match(&pr->events, name);
+	/* Never on the implicit channels, whatever the patterns ("*"): who is
+	 * in a tenant is LIVEHUB_TENANT_PRESENCE's business alone. */
+	return name[0] != '$' && patterns_match(&pr->events, name);
 }
 
 /* ------------------------------------------------------------------------

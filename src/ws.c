@@ -943,7 +943,9 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 	hub_conn_send(w->hub, s->conn, f);
 	frame_unref(f);
 	hub_replay(w->hub, s->conn, &pos);
-	if (rc == 0)
+	/* Implicit channels ($tenant, $user:) are only named here to recover
+	 * them: nothing was joined, so nothing is announced. */
+	if (rc == 0 && req->channel[0] != '$')
 		presence_on_subscribed(w->pres, w->hub, s->conn, req->channel);
 	*replied = true;
 	return NULL;
@@ -978,7 +980,8 @@ static struct frame *rate_check(struct ws *w, struct session *s, const char *buf
 	const char *why;
 	const struct wsp_request *echo = NULL;
 	if (edge_json_shape(buf, len, w->edge->json_depth, w->edge->json_elems, &why) == 0) {
-		(void)wsp_parse(buf, len, &req, &err); /* fills the id whenever it is valid */
+		(void)wsp_parse(buf, len, &req, &err);       /* fills the id whenever it is valid */
+		explicit_bzero(req.token, sizeof req.token); /* an auth/refresh refused unread */
 		if (req.id_len > 0)
 			echo = &req;
 	}

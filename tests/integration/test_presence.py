@@ -280,3 +280,29 @@ async def test_control_calls_announce_like_clients(phub):
     left = await bob.next()
     assert (left["type"], left["user"]) == ("presence:leave", "alice"), left
     await bob.expect_nothing()  # one leave for the user, not one per device
+
+
+@aio
+async def test_recovering_an_implicit_channel_announces_nobody(tmp_path):
+    """Naming $tenant with `since` (what clients/js does on every reconnect)
+    only recovers it: even with presence events on every channel ("*"), no
+    one in the tenant hears a presence:join for it."""
+    h = Hub.start(tmp_path, env={"LIVEHUB_PRESENCE_CHANNELS": "*", "LIVEHUB_TENANT_PRESENCE": "0"})
+    try:
+        t = uniq()
+        watcher = await h.connect(t, "bob")
+        await watcher.subscribe("board:1")
+        c = await h.connect(t, "alice")
+        r = h.rpc("BroadcastTenant", hub_pb2.BroadcastTenantRequest(tenant_id=t, type="news"))
+        pos = r.result.channels[0]
+        await watcher.barrier()  # the news
+        await c.barrier()
+        for chan in ("$tenant", "$user:alice"):
+            m = await c.request({"type": "subscribe", "channel": chan,
+                                 "since": {"offset": pos.offset, "epoch": pos.epoch}})
+            assert m["type"] == "subscribed", m
+        await c.subscribe("board:1")  # a named channel still announces
+        got = await watcher.barrier()
+        assert [(m["type"], m["channel"]) for m in got] == [("presence:join", "board:1")], got
+    finally:
+        h.stop_and_check()
