@@ -207,12 +207,13 @@ static void render_grpc(struct strbuf *sb)
 
 static void render_gauges(struct strbuf *sb, const struct metrics_gauges *g)
 {
-	one(sb, "livehub_connections", "gauge", "Open WebSocket connections", g->connections);
-	one(sb, "livehub_users", "gauge", "Distinct users with an open connection", g->users);
-	one(sb, "livehub_tenants", "gauge", "Distinct tenants with an open connection", g->tenants);
-	one(sb, "livehub_channels", "gauge", "Channels that exist", g->channels);
+	one(sb, "livehub_connections", "gauge", "Open WebSocket connections", g->hub.connections);
+	one(sb, "livehub_users", "gauge", "Distinct users with an open connection", g->hub.users);
+	one(sb, "livehub_tenants", "gauge", "Distinct tenants with an open connection",
+	    g->hub.tenants);
+	one(sb, "livehub_channels", "gauge", "Channels that exist", g->hub.channels);
 	one(sb, "livehub_subscriptions", "gauge", "Explicit channel subscriptions",
-	    g->subscriptions);
+	    g->hub.subscriptions);
 	one(sb, "livehub_handoff_queue_depth", "gauge",
 	    "Publications waiting to be handed from gRPC to the service thread", g->handoff_depth);
 	one(sb, "livehub_send_queue_frames", "gauge",
@@ -245,14 +246,15 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	head(sb, "livehub_messages_out_total", "counter", "Frames queued for clients, by type");
 	for (int i = 0; i < MO_NOUT; i++)
 		sb_addf(sb, "livehub_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
-		        (unsigned long long)(i == MO_EVENT ? g->events_out
+		        (unsigned long long)(i == MO_EVENT ? g->hub.messages_delivered
 		                                           : metrics_get(&m->msg_out[i])));
 	one(sb, "livehub_bytes_out_total", "counter", "WebSocket payload bytes written",
 	    metrics_get(&m->bytes_out));
 	one(sb, "livehub_publications_total", "counter",
-	    "Publications accepted by the hub (one per channel written)", g->publications);
+	    "Publications accepted by the hub (one per channel written)",
+	    g->hub.messages_published);
 	one(sb, "livehub_slow_consumer_disconnects_total", "counter",
-	    "Connections closed because their send queue overflowed", g->slow_consumers);
+	    "Connections closed because their send queue overflowed", g->hub.slow_consumers);
 	one(sb, "livehub_client_events_total", "counter",
 	    "Client events (publish messages) forwarded to their channel", g->client_events);
 	one(sb, "livehub_client_events_rate_limited_total", "counter",
@@ -263,21 +265,22 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	    g->disconnects);
 	one(sb, "livehub_messages_dropped_total", "counter",
 	    "Frames discarded with the send queue of a connection closed as a slow consumer",
-	    g->dropped);
+	    g->hub.dropped);
 	one(sb, "livehub_messages_conflated_total", "counter",
-	    "Queued frames replaced by a newer one with the same key (job:progress)", g->conflated);
+	    "Queued frames replaced by a newer one with the same key (job:progress)",
+	    g->hub.conflated);
 	one(sb, "livehub_history_bytes", "gauge",
-	    "Memory held by channel histories (entries and their frames)", g->history_bytes);
+	    "Memory held by channel histories (entries and their frames)", g->hub.history_bytes);
 	one(sb, "livehub_history_publications", "gauge", "Publications held in channel histories",
-	    g->history_entries);
+	    g->hub.history_entries);
 	one(sb, "livehub_recoveries_total", "counter",
-	    "Subscriptions with since answered recovered:true", g->recoveries);
+	    "Subscriptions with since answered recovered:true", g->hub.recoveries);
 	one(sb, "livehub_recovery_misses_total", "counter",
-	    "Subscriptions with since answered recovered:false", g->recovery_misses);
+	    "Subscriptions with since answered recovered:false", g->hub.recovery_misses);
 	one(sb, "livehub_publishes_deduplicated_total", "counter",
-	    "Publish calls answered from the idempotency table", g->deduplicated);
+	    "Publish calls answered from the idempotency table", g->hub.deduplicated);
 	one(sb, "livehub_idempotency_keys", "gauge", "Idempotency keys remembered",
-	    g->idempotency_keys);
+	    g->hub.idempotency_keys);
 	one(sb, "livehub_handoff_bytes", "gauge",
 	    "Bytes of publications waiting to be handed to the service thread", g->handoff_bytes);
 	one(sb, "livehub_sendq_bytes", "gauge", "Payload bytes queued over every connection",

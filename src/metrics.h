@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hub.h"
 #include "strbuf.h"
 
 /* Why a WebSocket connection ended. */
@@ -65,7 +66,7 @@ enum metrics_auth {
 enum metrics_in { MI_SUBSCRIBE, MI_UNSUBSCRIBE, MI_PING, MI_OTHER, MI_INVALID, MI_NIN };
 
 /* Frames queued for clients, by type. Events are the hub's own counter
- * (struct metrics_gauges.events_out): counted once per publication there. */
+ * (struct metrics_gauges.hub.messages_delivered): counted once per publication there. */
 enum metrics_out { MO_EVENT, MO_CONNECTED, MO_REPLY, MO_ERROR, MO_NOUT };
 
 /* A latency histogram with fixed buckets (seconds, from 50 µs to 10 s). */
@@ -110,20 +111,12 @@ extern struct metrics lh_metrics;
 
 /* Values only their owners can read at the moment of a scrape. */
 struct metrics_gauges {
-	uint64_t connections, users, tenants, channels, subscriptions;
-	uint64_t slow_consumers;     /* hub counter */
-	uint64_t messages_in;        /* hub counter: client frames received */
-	uint64_t publications;       /* hub counter: one per publication and channel */
-	uint64_t events_out;         /* hub counter: event frames queued, one per subscriber */
-	uint64_t handoff_depth;      /* publications waiting for the service thread */
-	uint64_t sendq_frames;       /* frames queued over every connection */
-	uint64_t sendq_max;          /* the longest single send queue */
-	uint64_t sendq_bytes;        /* payload bytes queued over every connection */
-	uint64_t conflated, dropped; /* hub counters */
-	uint64_t history_bytes, history_entries; /* hub gauges */
-	uint64_t recoveries, recovery_misses;    /* hub counters */
-	uint64_t deduplicated, idempotency_keys; /* hub counter, gauge */
-	uint64_t handoff_bytes;                  /* bytes waiting in the hand-off */
+	struct hub_stats_snapshot hub; /* hub_stats_read */
+	uint64_t handoff_depth;        /* publications waiting for the service thread */
+	uint64_t handoff_bytes;        /* bytes waiting in the hand-off */
+	uint64_t sendq_frames;         /* frames queued over every connection */
+	uint64_t sendq_max;            /* the longest single send queue */
+	uint64_t sendq_bytes;          /* payload bytes queued over every connection */
 	/* presence.c counters (presence_stats_read). */
 	uint64_t client_events, client_events_limited, presence_events, disconnects;
 };

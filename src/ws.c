@@ -336,28 +336,10 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
  * read (send queue lengths, walked here once per scrape). */
 static int metrics_reply(struct ws *w, struct lws *wsi)
 {
-	struct hub_stats_snapshot hs;
 	struct metrics_gauges g = {0};
-	hub_stats_read(w->hub, &hs);
-	g.connections = hs.connections;
-	g.users = hs.users;
-	g.tenants = hs.tenants;
-	g.channels = hs.channels;
-	g.subscriptions = hs.subscriptions;
-	g.slow_consumers = hs.slow_consumers;
-	g.messages_in = hs.messages_received;
-	g.publications = hs.messages_published;
-	g.events_out = hs.messages_delivered;
+	hub_stats_read(w->hub, &g.hub);
 	g.handoff_depth = handoff_depth(w->q);
 	g.handoff_bytes = handoff_bytes(w->q);
-	g.conflated = hs.conflated;
-	g.dropped = hs.dropped;
-	g.history_bytes = hs.history_bytes;
-	g.history_entries = hs.history_entries;
-	g.recoveries = hs.recoveries;
-	g.recovery_misses = hs.recovery_misses;
-	g.deduplicated = hs.deduplicated;
-	g.idempotency_keys = hs.idempotency_keys;
 	struct presence_stats ps;
 	presence_stats_read(&ps);
 	g.client_events = ps.client_events;

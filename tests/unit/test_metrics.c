@@ -16,7 +16,7 @@
 static char *render(void)
 {
 	struct strbuf sb = STRBUF_INIT;
-	struct metrics_gauges g = {.connections = 7, .events_out = 11};
+	struct metrics_gauges g = {.hub = {.connections = 7, .messages_delivered = 11}};
 	metrics_render(&sb, &g);
 	assert_false(sb.oom);
 	char *s = strdup(sb_cstr(&sb));
