@@ -29,7 +29,7 @@ fuzz: deps
 
 # Rewrites the C sources with .clang-format.
 format:
-	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c fuzz/*.c
+	clang-format -i src/*.c src/*.h include/*.h tests/unit/*.c tests/support/*.h fuzz/*.c
 
 bench: build
 	bash bench/run.sh --short

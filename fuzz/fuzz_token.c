@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "../tests/support/b64url.h"
 
 #define SECRET "fuzz-secret-0123456789abcdef0123456789"
 
@@ -58,28 +59,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (!ctx)
 		abort();
 	return 0;
-}
-
-static size_t b64url(const unsigned char *in, size_t n, char *out)
-{
-	static const char tbl[] =
-	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < n)
-			v |= in[i + 2];
-		out[o++] = tbl[(v >> 18) & 63];
-		out[o++] = tbl[(v >> 12) & 63];
-		if (i + 1 < n)
-			out[o++] = tbl[(v >> 6) & 63];
-		if (i + 2 < n)
-			out[o++] = tbl[v & 63];
-	}
-	out[o] = '\0';
-	return o;
 }
 
 /* header.claims.HS256(header.claims) into out (room for 4/3 of the input

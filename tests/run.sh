@@ -40,7 +40,7 @@ build() { # build DIR CMAKE_ARGS...
 }
 
 format_check() {
-	clang-format --dry-run --Werror src/*.c src/*.h include/*.h tests/unit/*.c fuzz/*.c
+	clang-format --dry-run --Werror src/*.c src/*.h include/*.h tests/unit/*.c tests/support/*.h fuzz/*.c
 }
 
 integration() { # integration BINARY

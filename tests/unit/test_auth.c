@@ -21,6 +21,7 @@
 
 #include "auth.h"
 #include "livehub.h"
+#include "../support/b64url.h"
 
 #define SECRET  "0123456789abcdef0123456789abcdef"
 #define SECRET2 "fedcba9876543210fedcba9876543210"
@@ -34,27 +35,6 @@ static char rsa_pem[128], rsa_other_pem[128], ec256_pem[128], ec384_pem[128], rs
 /* ------------------------------------------------------------------------
  * Building tokens
  * ------------------------------------------------------------------------ */
-
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-	static const char tbl[] =
-	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	size_t o = 0;
-	for (size_t i = 0; i < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16;
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		if (i + 2 < n)
-			v |= in[i + 2];
-		out[o++] = tbl[(v >> 18) & 63];
-		out[o++] = tbl[(v >> 12) & 63];
-		if (i + 1 < n)
-			out[o++] = tbl[(v >> 6) & 63];
-		if (i + 2 < n)
-			out[o++] = tbl[v & 63];
-	}
-	out[o] = '\0';
-}
 
 static const EVP_MD *md_of(const char *alg)
 {
