@@ -30,6 +30,27 @@ void grpcc_auth_set(grpc_op *op)
 	op->data.send_initial_metadata.metadata = auth_md_n ? auth_md : NULL;
 }
 
+grpc_call_error grpcc_start_unary(grpc_call *call, grpc_byte_buffer *send, struct grpcc_unary *u,
+                                  void *tag)
+{
+	grpc_op ops[6];
+	memset(ops, 0, sizeof ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	grpcc_auth_set(&ops[0]);
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = send;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &u->md_init;
+	ops[4].op = GRPC_OP_RECV_MESSAGE;
+	ops[4].data.recv_message.recv_message = &u->recv;
+	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[5].data.recv_status_on_client.trailing_metadata = &u->md_trail;
+	ops[5].data.recv_status_on_client.status = &u->status;
+	ops[5].data.recv_status_on_client.status_details = &u->details;
+	return grpc_call_start_batch(call, ops, 6, tag, NULL);
+}
+
 uint64_t grpcc_now_ns(void)
 {
 	struct timespec ts;

@@ -18,6 +18,20 @@ void grpcc_auth_init(void);
 /* Sets op, a GRPC_OP_SEND_INITIAL_METADATA, to carry the key if there is one. */
 void grpcc_auth_set(grpc_op *op);
 
+/* The results of a unary call, filled when its batch completes. */
+struct grpcc_unary {
+	grpc_metadata_array md_init, md_trail;
+	grpc_byte_buffer *recv;
+	grpc_status_code status;
+	grpc_slice details;
+};
+
+/* Starts a unary call's one batch on call: the API key, send (not taken),
+ * half-close, and receiving everything into u. tag comes back on the
+ * call's completion queue. */
+grpc_call_error grpcc_start_unary(grpc_call *call, grpc_byte_buffer *send, struct grpcc_unary *u,
+                                  void *tag);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t grpcc_now_ns(void);
 /* A gRPC deadline ns nanoseconds from now. */

@@ -131,10 +131,8 @@ struct worker;
 struct ucall {
 	struct worker *w;
 	grpc_call *call;
-	grpc_metadata_array md_init, md_trail;
-	grpc_byte_buffer *send, *recv;
-	grpc_status_code status;
-	grpc_slice details;
+	struct grpcc_unary u; /* md_init, md_trail, recv, status, details */
+	grpc_byte_buffer *send;
 	uint64_t t0;
 	/* stream mode */
 	int op; /* 0 writing, 1 finishing */
@@ -162,16 +160,16 @@ static _Atomic uint64_t done_total; /* unary calls answered, warm-up included */
 
 static void uc_reset(struct ucall *c)
 {
-	grpc_metadata_array_destroy(&c->md_init);
-	grpc_metadata_array_destroy(&c->md_trail);
+	grpc_metadata_array_destroy(&c->u.md_init);
+	grpc_metadata_array_destroy(&c->u.md_trail);
 	if (c->send)
 		grpc_byte_buffer_destroy(c->send);
-	if (c->recv)
-		grpc_byte_buffer_destroy(c->recv);
-	grpc_slice_unref(c->details);
+	if (c->u.recv)
+		grpc_byte_buffer_destroy(c->u.recv);
+	grpc_slice_unref(c->u.details);
 	if (c->call)
 		grpc_call_unref(c->call);
-	c->send = c->recv = NULL;
+	c->send = c->u.recv = NULL;
 	c->call = NULL;
 }
 
@@ -180,28 +178,13 @@ static void unary_issue(struct worker *w, struct ucall *c, int k)
 	grpc_channel *ch = w->ch[k];
 	grpc_slice s = reqs[w->seq++ % NREQ];
 	c->send = grpc_raw_byte_buffer_create(&s, 1);
-	c->details = grpc_empty_slice();
-	grpc_metadata_array_init(&c->md_init);
-	grpc_metadata_array_init(&c->md_trail);
+	c->u.details = grpc_empty_slice();
+	grpc_metadata_array_init(&c->u.md_init);
+	grpc_metadata_array_init(&c->u.md_trail);
 	c->t0 = grpcc_now_ns();
 	c->call = grpc_channel_create_registered_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
 	                                              w->method[k], after_s(30), NULL);
-	grpc_op ops[6];
-	memset(ops, 0, sizeof ops);
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	grpcc_auth_set(&ops[0]);
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = c->send;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
-	ops[4].op = GRPC_OP_RECV_MESSAGE;
-	ops[4].data.recv_message.recv_message = &c->recv;
-	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trail;
-	ops[5].data.recv_status_on_client.status = &c->status;
-	ops[5].data.recv_status_on_client.status_details = &c->details;
-	if (grpc_call_start_batch(c->call, ops, 6, c, NULL) != GRPC_CALL_OK) {
+	if (grpcc_start_unary(c->call, c->send, &c->u, c) != GRPC_CALL_OK) {
 		fprintf(stderr, "ingress: start_batch failed\n");
 		exit(1);
 	}
@@ -211,8 +194,8 @@ static void note_error(struct worker *w, struct ucall *c)
 {
 	if (w->first_err[0])
 		return;
-	char *d = grpc_slice_to_c_string(c->details);
-	snprintf(w->first_err, sizeof w->first_err, "status %d: %s", (int)c->status, d);
+	char *d = grpc_slice_to_c_string(c->u.details);
+	snprintf(w->first_err, sizeof w->first_err, "status %d: %s", (int)c->u.status, d);
 	gpr_free(d);
 }
 
@@ -237,7 +220,7 @@ static void *unary_main(void *arg)
 		if (m == 1) {
 			uint64_t us10 = (grpcc_now_ns() - c->t0) / 10000;
 			w->hist[us10 < HIST_N ? us10 : HIST_N - 1]++;
-			if (ev.success && c->status == GRPC_STATUS_OK) {
+			if (ev.success && c->u.status == GRPC_STATUS_OK) {
 				w->ok++;
 			} else {
 				w->failed++;
@@ -279,9 +262,9 @@ static void stream_write(struct worker *w, struct ucall *c)
 static void stream_start(struct worker *w, struct ucall *c, int k)
 {
 	grpc_channel *ch = w->ch[k];
-	c->details = grpc_empty_slice();
-	grpc_metadata_array_init(&c->md_init);
-	grpc_metadata_array_init(&c->md_trail);
+	c->u.details = grpc_empty_slice();
+	grpc_metadata_array_init(&c->u.md_init);
+	grpc_metadata_array_init(&c->u.md_trail);
 	c->call = grpc_channel_create_registered_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
 	                                              w->method[k], after_s(3600), NULL);
 	grpc_op ops[4];
@@ -289,13 +272,13 @@ static void stream_start(struct worker *w, struct ucall *c, int k)
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
 	grpcc_auth_set(&ops[0]);
 	ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
+	ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->u.md_init;
 	ops[2].op = GRPC_OP_RECV_MESSAGE;
-	ops[2].data.recv_message.recv_message = &c->recv;
+	ops[2].data.recv_message.recv_message = &c->u.recv;
 	ops[3].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[3].data.recv_status_on_client.trailing_metadata = &c->md_trail;
-	ops[3].data.recv_status_on_client.status = &c->status;
-	ops[3].data.recv_status_on_client.status_details = &c->details;
+	ops[3].data.recv_status_on_client.trailing_metadata = &c->u.md_trail;
+	ops[3].data.recv_status_on_client.status = &c->u.status;
+	ops[3].data.recv_status_on_client.status_details = &c->u.details;
 	/* Tag c+1 (odd address inside c): the end of the call. */
 	if (grpc_call_start_batch(c->call, ops, 4, (char *)c + 1, NULL) != GRPC_CALL_OK) {
 		fprintf(stderr, "ingress: stream start refused\n");
@@ -306,13 +289,13 @@ static void stream_start(struct worker *w, struct ucall *c, int k)
 
 static void stream_result(struct worker *w, struct ucall *c)
 {
-	if (c->status != GRPC_STATUS_OK || !c->recv) {
+	if (c->u.status != GRPC_STATUS_OK || !c->u.recv) {
 		w->failed++;
 		note_error(w, c);
 		return;
 	}
 	grpc_byte_buffer_reader rd;
-	grpc_byte_buffer_reader_init(&rd, c->recv);
+	grpc_byte_buffer_reader_init(&rd, c->u.recv);
 	grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
 	grpc_byte_buffer_reader_destroy(&rd);
 	Livehub__V1__PublishStreamResponse *r = livehub__v1__publish_stream_response__unpack(

@@ -29,10 +29,8 @@
 
 struct pcall {
 	grpc_call *call;
-	grpc_metadata_array md_init, md_trail;
-	grpc_byte_buffer *send, *recv;
-	grpc_status_code status;
-	grpc_slice details;
+	struct grpcc_unary u; /* md_init, md_trail, recv, status, details */
+	grpc_byte_buffer *send;
 	uint64_t t0;
 	struct pcall *next_free;
 };
@@ -140,13 +138,13 @@ static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t
 
 static void call_release(struct pub *p, struct pcall *c)
 {
-	grpc_metadata_array_destroy(&c->md_init);
-	grpc_metadata_array_destroy(&c->md_trail);
+	grpc_metadata_array_destroy(&c->u.md_init);
+	grpc_metadata_array_destroy(&c->u.md_trail);
 	if (c->send)
 		grpc_byte_buffer_destroy(c->send);
-	if (c->recv)
-		grpc_byte_buffer_destroy(c->recv);
-	grpc_slice_unref(c->details);
+	if (c->u.recv)
+		grpc_byte_buffer_destroy(c->u.recv);
+	grpc_slice_unref(c->u.details);
 	if (c->call)
 		grpc_call_unref(c->call);
 	memset(c, 0, sizeof(*c));
@@ -162,31 +160,16 @@ static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
 	uint8_t buf[8192];
 	size_t n = encode(p, i, due, buf, sizeof(buf));
 
-	c->details = grpc_empty_slice();
+	c->u.details = grpc_empty_slice();
 	grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, n);
 	c->send = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
-	grpc_metadata_array_init(&c->md_init);
-	grpc_metadata_array_init(&c->md_trail);
+	grpc_metadata_array_init(&c->u.md_init);
+	grpc_metadata_array_init(&c->u.md_trail);
 	c->t0 = now_ns();
 	c->call = grpc_channel_create_registered_call(p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
 	                                              p->method, grpcc_after_ns(30000000000ull), NULL);
-	grpc_op ops[6];
-	memset(ops, 0, sizeof(ops));
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	grpcc_auth_set(&ops[0]);
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = c->send;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->md_init;
-	ops[4].op = GRPC_OP_RECV_MESSAGE;
-	ops[4].data.recv_message.recv_message = &c->recv;
-	ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	ops[5].data.recv_status_on_client.trailing_metadata = &c->md_trail;
-	ops[5].data.recv_status_on_client.status = &c->status;
-	ops[5].data.recv_status_on_client.status_details = &c->details;
-	if (!n || grpc_call_start_batch(c->call, ops, 6, c, NULL) != GRPC_CALL_OK) {
+	if (!n || grpcc_start_unary(c->call, c->send, &c->u, c) != GRPC_CALL_OK) {
 		pthread_mutex_lock(&p->mu);
 		p->st.failed++;
 		call_release(p, c);
@@ -200,13 +183,13 @@ static void complete(struct pub *p, grpc_event ev)
 {
 	struct pcall *c = ev.tag;
 	hist_add(&p->st.rpc, now_ns() - c->t0);
-	if (ev.success && c->status == GRPC_STATUS_OK) {
+	if (ev.success && c->u.status == GRPC_STATUS_OK) {
 		p->st.ok++;
 	} else {
 		p->st.failed++;
 		if (!p->told_error) {
-			char *d = grpc_slice_to_c_string(c->details);
-			fprintf(stderr, "lg: publish failed: status %d %s\n", (int)c->status, d);
+			char *d = grpc_slice_to_c_string(c->u.details);
+			fprintf(stderr, "lg: publish failed: status %d %s\n", (int)c->u.status, d);
 			gpr_free(d);
 			p->told_error = true;
 		}
