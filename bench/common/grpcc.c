@@ -1,5 +1,7 @@
 #include "grpcc.h"
 
+#include <grpc/byte_buffer.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,24 @@ void grpcc_auth_set(grpc_op *op)
 {
 	op->data.send_initial_metadata.count = auth_md_n;
 	op->data.send_initial_metadata.metadata = auth_md_n ? auth_md : NULL;
+}
+
+void grpcc_unary_init(struct grpcc_unary *u)
+{
+	memset(u, 0, sizeof *u);
+	u->details = grpc_empty_slice();
+	grpc_metadata_array_init(&u->md_init);
+	grpc_metadata_array_init(&u->md_trail);
+}
+
+void grpcc_unary_destroy(struct grpcc_unary *u)
+{
+	grpc_metadata_array_destroy(&u->md_init);
+	grpc_metadata_array_destroy(&u->md_trail);
+	if (u->recv)
+		grpc_byte_buffer_destroy(u->recv);
+	grpc_slice_unref(u->details);
+	u->recv = NULL;
 }
 
 grpc_call_error grpcc_start_unary(grpc_call *call, grpc_byte_buffer *send, struct grpcc_unary *u,

@@ -26,6 +26,11 @@ struct grpcc_unary {
 	grpc_slice details;
 };
 
+/* Readies u for a call. */
+void grpcc_unary_init(struct grpcc_unary *u);
+/* Frees what a finished call left in u (after grpcc_unary_init). */
+void grpcc_unary_destroy(struct grpcc_unary *u);
+
 /* Starts a unary call's one batch on call: the API key, send (not taken),
  * half-close, and receiving everything into u. tag comes back on the
  * call's completion queue. */

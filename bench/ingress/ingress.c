@@ -160,16 +160,12 @@ static _Atomic uint64_t done_total; /* unary calls answered, warm-up included */
 
 static void uc_reset(struct ucall *c)
 {
-	grpc_metadata_array_destroy(&c->u.md_init);
-	grpc_metadata_array_destroy(&c->u.md_trail);
+	grpcc_unary_destroy(&c->u);
 	if (c->send)
 		grpc_byte_buffer_destroy(c->send);
-	if (c->u.recv)
-		grpc_byte_buffer_destroy(c->u.recv);
-	grpc_slice_unref(c->u.details);
 	if (c->call)
 		grpc_call_unref(c->call);
-	c->send = c->u.recv = NULL;
+	c->send = NULL;
 	c->call = NULL;
 }
 
@@ -178,9 +174,7 @@ static void unary_issue(struct worker *w, struct ucall *c, int k)
 	grpc_channel *ch = w->ch[k];
 	grpc_slice s = reqs[w->seq++ % NREQ];
 	c->send = grpc_raw_byte_buffer_create(&s, 1);
-	c->u.details = grpc_empty_slice();
-	grpc_metadata_array_init(&c->u.md_init);
-	grpc_metadata_array_init(&c->u.md_trail);
+	grpcc_unary_init(&c->u);
 	c->t0 = grpcc_now_ns();
 	c->call = grpc_channel_create_registered_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
 	                                              w->method[k], after_s(30), NULL);
@@ -262,9 +256,7 @@ static void stream_write(struct worker *w, struct ucall *c)
 static void stream_start(struct worker *w, struct ucall *c, int k)
 {
 	grpc_channel *ch = w->ch[k];
-	c->u.details = grpc_empty_slice();
-	grpc_metadata_array_init(&c->u.md_init);
-	grpc_metadata_array_init(&c->u.md_trail);
+	grpcc_unary_init(&c->u);
 	c->call = grpc_channel_create_registered_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, w->cq,
 	                                              w->method[k], after_s(3600), NULL);
 	grpc_op ops[4];

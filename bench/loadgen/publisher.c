@@ -138,13 +138,9 @@ static size_t encode(struct pub *p, uint64_t i, uint64_t t, uint8_t *buf, size_t
 
 static void call_release(struct pub *p, struct pcall *c)
 {
-	grpc_metadata_array_destroy(&c->u.md_init);
-	grpc_metadata_array_destroy(&c->u.md_trail);
+	grpcc_unary_destroy(&c->u);
 	if (c->send)
 		grpc_byte_buffer_destroy(c->send);
-	if (c->u.recv)
-		grpc_byte_buffer_destroy(c->u.recv);
-	grpc_slice_unref(c->u.details);
 	if (c->call)
 		grpc_call_unref(c->call);
 	memset(c, 0, sizeof(*c));
@@ -160,12 +156,10 @@ static bool issue(struct pub *p, struct pcall *c, uint64_t i, uint64_t due)
 	uint8_t buf[8192];
 	size_t n = encode(p, i, due, buf, sizeof(buf));
 
-	c->u.details = grpc_empty_slice();
+	grpcc_unary_init(&c->u);
 	grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, n);
 	c->send = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
-	grpc_metadata_array_init(&c->u.md_init);
-	grpc_metadata_array_init(&c->u.md_trail);
 	c->t0 = now_ns();
 	c->call = grpc_channel_create_registered_call(p->ch, NULL, GRPC_PROPAGATE_DEFAULTS, p->cq,
 	                                              p->method, grpcc_after_ns(30000000000ull), NULL);
