@@ -94,7 +94,10 @@ def test_readyz_is_503_while_shutting_down(tmp_path):
     h = Hub.start(tmp_path, args=["--ws-host", "127.0.0.1", "--ws-port", "0",
                                   "--grpc-host", "127.0.0.1", "--grpc-port", "0",
                                   "--shutdown-timeout", "6"], secret=secret,
-                  env={"LIVEHUB_JWT_SECRET": secret})
+                  # Room for all ~9 MB in the send queue: over the default
+                  # 4 MiB bound the client is closed as a slow consumer at
+                  # once, and the hub then exits before /readyz is asked.
+                  env={"LIVEHUB_JWT_SECRET": secret, "LIVEHUB_SENDQ_MAX_BYTES": str(64 << 20)})
     try:
         t = uniq()
         s = socket.socket()
