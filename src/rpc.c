@@ -560,9 +560,12 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 	grpc_byte_buffer_reader_destroy(&rd);
 	/* protobuf-c recurses once per nesting level with no limit of its own:
 	 * a 40 KB request of nested Structs would overflow the stack. Check the
-	 * nesting on the wire bytes first, without recursion. */
+	 * nesting on the wire bytes first, without recursion (not needed for
+	 * a request too short to nest that deep; most are). */
 	ProtobufCMessage *req = NULL;
-	if (pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s)) == 0)
+	size_t len = GRPC_SLICE_LENGTH(s);
+	if (len <= PBJSON_WIRE_SHALLOW_BYTES ||
+	    pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), len) == 0)
 		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, GRPC_SLICE_LENGTH(s),
 		                                GRPC_SLICE_START_PTR(s));
 	grpc_slice_unref(s);
