@@ -104,6 +104,9 @@ struct arena {
 /* Publications one PublishStream may have in the hub at once: the next
  * message is read only when one of these is free. */
 #define STREAM_WINDOW 64
+/* A slot keeps its JSON buffer for the next message up to this size (a
+ * malloc, realloc and free less per message); a bigger one is freed. */
+#define SLOT_KEEP_BYTES 4096
 /* Publications the queue thread hands over at most before it wakes the
  * service thread while it still has completions ready (see next_event). */
 #ifndef WAKE_BATCH
@@ -194,7 +197,8 @@ struct rpc {
 
 /* One message of a PublishStream on its way through the hub. */
 struct slot {
-	struct publication pub; /* owner: the stream's struct call; owns pub.data */
+	struct publication pub; /* owner: the stream's struct call; owns pub.data, kept
+	                         * between messages (SLOT_KEEP_BYTES) */
 	uint64_t sequence;      /* the client's number for the message */
 	uint64_t index;         /* position in the stream, from 0 */
 	struct slot *next_free;
@@ -843,8 +847,11 @@ static void stream_slot_done(struct call *c, struct slot *sl, const struct rpc_e
                              bool reader)
 {
 	struct stream *s = c->stream;
-	free(sl->pub.data);
-	sl->pub.data = NULL;
+	if (sl->pub.data_cap > SLOT_KEEP_BYTES) {
+		free(sl->pub.data);
+		sl->pub.data = NULL;
+		sl->pub.data_cap = 0;
+	}
 	pthread_mutex_lock(&s->mu);
 	if (err)
 		rpc_stream_reject(&s->res, sl->sequence, sl->index, err);
@@ -951,7 +958,7 @@ static void unpark(struct rpc *r)
 
 /* Whether the stream's key may publish for sl's tenant; else fills err
  * (the message's rejection, naming the field as "broadcast_tenant.tenant_id"
- * like the other rejections) and frees sl's data. req is the decoded
+ * like the other rejections). req is the decoded
  * PublishStreamRequest. */
 static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct slot *sl,
                              struct rpc_error *err)
@@ -970,8 +977,6 @@ static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct
 	/* Per message, so at debug: the stream's response reports it. */
 	log_debug("event=grpc_auth_refused method=%s reason=tenant key=%s", c->m->name,
 	          c->key->name);
-	free(sl->pub.data);
-	sl->pub.data = NULL;
 	return false;
 }
 
