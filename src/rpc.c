@@ -107,8 +107,8 @@ struct arena {
 /* A slot keeps its JSON buffer for the next message up to this size (a
  * malloc, realloc and free less per message); a bigger one is freed. */
 #define SLOT_KEEP_BYTES 4096
-/* Publications the queue thread hands over at most before it wakes the
- * service thread while it still has completions ready (see next_event). */
+/* Completions the queue thread handles at most, once it owes the service
+ * thread a wake-up, before it pays it even with more ready (next_event). */
 #ifndef WAKE_BATCH
 #define WAKE_BATCH 64
 #endif
@@ -189,7 +189,7 @@ struct rpc {
 	/* Queue thread only: a push found the hand-off queue empty and the
 	 * service thread has not been woken for it yet. */
 	bool wake_owed;
-	unsigned unwoken; /* queue thread only: pushes since the owed wake began */
+	unsigned unwoken; /* queue thread only: completions taken since the wake was owed */
 	/* Queue thread only: where requests are decoded (see decode). */
 	ProtobufCAllocator alloc;
 	struct arena arena;
@@ -608,8 +608,6 @@ static int push_lazy(struct rpc *r, struct publication *p)
 	int rc = handoff_push_lazy(r->q, p);
 	if (rc == 1)
 		r->wake_owed = true;
-	if (rc >= 0 && r->wake_owed)
-		r->unwoken++;
 	return rc < 0 ? rc : 0;
 }
 
@@ -1063,7 +1061,8 @@ static void on_shutdown_done(struct rpc *r)
 /* The next completion, paying the service thread's wake-up when it is owed
  * and due. After a push that found the hand-off queue empty the wake is
  * owed; it is paid only once this thread has nothing ready (a non-blocking
- * look at the queue comes back empty) or WAKE_BATCH pushes have gathered.
+ * look at the queue comes back empty) or has taken WAKE_BATCH more
+ * completions (so a publication never waits behind more than that).
  * With both threads on one core, waking at once meant a switch to the
  * service thread for each few publications (it preempts this thread, takes
  * the one or two queued, sleeps again): 28 % of the core in context switches
@@ -1071,7 +1070,7 @@ static void on_shutdown_done(struct rpc *r)
  * the queue is empty, and then the thread was about to block anyway. */
 static grpc_event next_event(struct rpc *r)
 {
-	if (r->wake_owed && r->unwoken < WAKE_BATCH) {
+	if (r->wake_owed && r->unwoken++ < WAKE_BATCH) {
 		grpc_event ev =
 		        grpc_completion_queue_next(r->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
 		if (ev.type != GRPC_QUEUE_TIMEOUT)
