@@ -556,12 +556,23 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 		snprintf(err->msg, sizeof err->msg, "request: no message sent");
 		return NULL;
 	}
-	if (!grpc_byte_buffer_reader_init(&rd, c->payload)) {
-		snprintf(err->msg, sizeof err->msg, "request: cannot be read (compression?)");
-		return NULL;
+	/* A plain buffer of one slice (the usual small request) is read in
+	 * place; anything else is decompressed and/or joined into a copy. */
+	const grpc_slice_buffer *sb = &c->payload->data.raw.slice_buffer;
+	bool in_place = c->payload->type == GRPC_BB_RAW &&
+	                c->payload->data.raw.compression == GRPC_COMPRESS_NONE && sb->count == 1;
+	grpc_slice s;
+	if (in_place) {
+		s = sb->slices[0];
+	} else {
+		if (!grpc_byte_buffer_reader_init(&rd, c->payload)) {
+			snprintf(err->msg, sizeof err->msg,
+			         "request: cannot be read (compression?)");
+			return NULL;
+		}
+		s = grpc_byte_buffer_reader_readall(&rd);
+		grpc_byte_buffer_reader_destroy(&rd);
 	}
-	grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
-	grpc_byte_buffer_reader_destroy(&rd);
 	/* protobuf-c recurses once per nesting level with no limit of its own:
 	 * a 40 KB request of nested Structs would overflow the stack. Check the
 	 * nesting on the wire bytes first, without recursion (not needed for
@@ -570,9 +581,10 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 	size_t len = GRPC_SLICE_LENGTH(s);
 	if (len <= PBJSON_WIRE_SHALLOW_BYTES ||
 	    pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), len) == 0)
-		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, GRPC_SLICE_LENGTH(s),
+		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, len,
 		                                GRPC_SLICE_START_PTR(s));
-	grpc_slice_unref(s);
+	if (!in_place)
+		grpc_slice_unref(s);
 	grpc_byte_buffer_destroy(c->payload);
 	c->payload = NULL;
 	if (!req)

@@ -358,3 +358,23 @@ async def test_cancelled_unary_calls(hub):
     assert offs == list(range(offs[0], offs[0] + len(offs)))
     assert last.result.offset == offs[-1]
     await a.expect_nothing()
+
+
+@aio
+async def test_compressed_and_large_requests(hub):
+    """Requests sent gzip-compressed, and ones large enough to arrive in
+    several pieces, are read like small plain ones (livehub reads a small
+    uncompressed request in place and copies the others)."""
+    t, ch = uniq(), uniq("board:")
+    a = await hub.connect(t, "alice")
+    await a.subscribe(ch)
+    sent = []
+    for i, (n, gz) in enumerate([(10, True), (100000, False), (100000, True), (5, False)]):
+        r = hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="tick")
+        r.data.update({"i": i, "s": "x" * n})
+        hub.stub.Publish(r, timeout=10,
+                         compression=grpc.Compression.Gzip if gz else grpc.Compression.NoCompression)
+        sent.append({"i": i, "s": "x" * n})
+    got = [(await a.next())["data"] for _ in sent]
+    assert got == sent
+    await a.expect_nothing()
