@@ -24,6 +24,7 @@ struct handoff {
 	size_t max;
 	size_t max_bytes;
 	_Atomic bool closed;
+	_Atomic bool draining; /* the consumer is between drain_begin and drain_end */
 	pthread_mutex_t lock;
 	void (*wake)(void *); /* lock */
 	void *wake_arg;       /* lock */
@@ -43,6 +44,7 @@ struct handoff *handoff_new(size_t max, size_t max_bytes)
 	atomic_init(&q->bytes, 0);
 	q->max_bytes = max_bytes;
 	atomic_init(&q->closed, false);
+	atomic_init(&q->draining, false);
 	q->max = max;
 	return q;
 }
@@ -94,11 +96,14 @@ int handoff_push_lazy(struct handoff *q, struct publication *p)
 	struct publication *old = atomic_load_explicit(&q->head, memory_order_relaxed);
 	do
 		p->next = old;
-	while (!atomic_compare_exchange_weak_explicit(&q->head, &old, p, memory_order_release,
+	while (!atomic_compare_exchange_weak_explicit(&q->head, &old, p, memory_order_seq_cst,
 	                                              memory_order_relaxed));
 	/* A non-empty stack already has a wake-up on its way, because the
-	 * consumer always takes the whole stack. */
-	return old == NULL;
+	 * consumer always takes the whole stack; a draining consumer takes it
+	 * or learns of it from handoff_drain_end. The CAS above and this load
+	 * against drain_end's store and load (all seq_cst): one side always
+	 * sees the other. */
+	return old == NULL && !atomic_load(&q->draining);
 }
 
 int handoff_push(struct handoff *q, struct publication *p)
@@ -129,6 +134,17 @@ struct publication *handoff_take(struct handoff *q)
 		atomic_fetch_sub_explicit(&q->bytes, bytes, memory_order_relaxed);
 	}
 	return fifo;
+}
+
+void handoff_drain_begin(struct handoff *q)
+{
+	atomic_store(&q->draining, true);
+}
+
+bool handoff_drain_end(struct handoff *q)
+{
+	atomic_store(&q->draining, false);
+	return atomic_load(&q->head) != NULL;
 }
 
 size_t handoff_depth(struct handoff *q)
