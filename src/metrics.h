@@ -97,6 +97,7 @@ struct metrics {
 	_Atomic uint64_t awaiting_auth;      /* gauge: sockets without a token, before auth */
 	_Atomic uint64_t channel_denied;     /* subscribes refused by token rights */
 	_Atomic bool ready;                  /* accepting clients and calls */
+	_Atomic bool redis_down;             /* Redis mode: Redis unreachable (not ready) */
 	int64_t started_ms;                  /* CLOCK_MONOTONIC, set by metrics_init */
 	struct metrics_hist publish_latency; /* gRPC arrival -> queued on every subscriber */
 	struct metrics_hist write_latency;   /* gRPC arrival -> written to a client socket */

@@ -32,6 +32,8 @@
 #include <time.h>
 #include <uv.h>
 
+#include "broker.h"
+#include "cluster.h"
 #include "command.h"
 #include "edge.h"
 #include "livehub.h"
@@ -175,6 +177,10 @@ struct ws {
 	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
 	struct ipcount *ips;                    /* open connections per client address */
 	unsigned int fd_cap;                    /* the fd limit, for the derived global limit */
+
+	/* Redis mode (LIVEHUB_REDIS_URL); both NULL in memory mode. */
+	struct broker *broker;   /* owned */
+	struct cluster *cluster; /* owned */
 };
 
 /* ------------------------------------------------------------------------
@@ -431,7 +437,8 @@ static int static_reply(struct lws *wsi, const struct static_file *f)
 static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 {
 	int rc;
-	bool ready = atomic_load(&lh_metrics.ready) && !w->closing;
+	bool ready = atomic_load(&lh_metrics.ready) && !w->closing &&
+	             !atomic_load(&lh_metrics.redis_down);
 	const struct static_file *f = w->demo ? static_file_find(uri) : NULL;
 	if (strcmp(uri, "/healthz") == 0)
 		rc = http_reply(wsi, 200, "ok\n");
@@ -781,6 +788,8 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	}
 	s->rights = id->rights;
 	id->rights = NULL;
+	if (w->cluster)
+		cluster_conn_open(w->cluster, s->conn);
 	session_link(&w->sessions, s);
 	schedule_expiry(w, s, id->exp);
 	presence_on_open(w->pres, w->hub, s->conn);
@@ -900,6 +909,8 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 		return wsp_error(WSP_CHANNEL_ACCESS_DENIED, "the token does not allow this channel",
 		                 true, req);
 	}
+	if (w->cluster)
+		return cluster_subscribe(w->cluster, s->conn, req, replied);
 	struct hub_since since = {.given = req->has_since, .offset = req->since_offset};
 	memcpy(since.epoch, req->since_epoch, sizeof(since.epoch));
 	struct hub_position pos;
@@ -1326,6 +1337,8 @@ static void on_closed(struct ws *w, struct session *s)
 	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
 	         metrics_close_name(why), s->close_code);
 	session_unlink(&w->sessions, s);
+	if (w->cluster)
+		cluster_conn_close(w->cluster, s->conn);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
 	/* Read by the close frame, which has gone out by now. */
@@ -1392,6 +1405,14 @@ static void apply_reload(struct ws *w)
 }
 
 /* Applies pending presence settings (ws_reload_presence). */
+/* Redis mode: a client event delivered here goes to the other nodes. */
+static void relay_client_event(void *arg, const char *tenant, const char *name,
+                               const struct frame *f)
+{
+	struct ws *w = arg;
+	cluster_publish_raw(w->cluster, tenant, name, f);
+}
+
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
@@ -1399,6 +1420,10 @@ static void apply_presence_reload(struct ws *w)
 		return;
 	presence_free(w->pres);
 	w->pres = pr;
+	if (w->cluster) {
+		cluster_set_presence(w->cluster, pr);
+		presence_set_relay(pr, relay_client_event, w);
+	}
 }
 
 /* Builds the edge limits from cfg (already validated by config_load).
@@ -1494,6 +1519,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		if (ws_of(wsi)->broker)
+			broker_service(ws_of(wsi)->broker);
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
@@ -1657,6 +1684,42 @@ static bool is_loopback(const char *host)
 	       strcmp(host, "::1") == 0;
 }
 
+/* Redis readiness: /readyz and gRPC health follow Redis. */
+static void on_redis_state(void *arg, bool up)
+{
+	atomic_store(&lh_metrics.redis_down, !up);
+}
+
+/* Redis mode: the broker thread and the cluster glue. Returns 0 or -1. */
+static int start_broker(struct ws *w, const struct lh_config *cfg, const struct hub_limits *lim)
+{
+	struct broker_config bc = {
+	        .url = cfg->redis_url,
+	        .prefix = cfg->redis_prefix,
+	        .node_id = cfg->node_id,
+	        .hist = &lim->hist,
+	        .idem_window_s = lim->idem_window_s,
+	        .max_publishes = (uint32_t)cfg->handoff_max,
+	        .backoff_min_ms = 100,
+	        .backoff_max_ms = 2000,
+	};
+	atomic_store(&lh_metrics.redis_down, true);
+	w->broker = broker_new(&bc);
+	if (!w->broker)
+		return -1;
+	w->cluster = cluster_new(w->hub, w->broker, &lim->hist);
+	if (!w->cluster || broker_on_state(w->broker, on_redis_state, w))
+		return -1;
+	cluster_set_presence(w->cluster, w->pres);
+	presence_set_relay(w->pres, relay_client_event, w);
+	if (broker_start(w->broker, ws_wake, w)) {
+		log_error("msg=\"cannot start the Redis broker thread\"");
+		return -1;
+	}
+	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker), cfg->redis_prefix);
+	return 0;
+}
+
 struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q)
 {
 	struct ws *w = calloc(1, sizeof(*w));
@@ -1704,6 +1767,8 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	if (open_loop(w, cfg->event_loop) || start_lws(w, cfg))
 		goto fail;
 	handoff_set_wake(q, ws_wake, w);
+	if (cfg->redis_url[0] && start_broker(w, cfg, &lim))
+		goto fail;
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 	log_info("msg=\"websocket listening\" host=%s port=%d", cfg->ws_host, w->port);
 	if (!w->edge->origins && !is_loopback(cfg->ws_host))
@@ -1713,7 +1778,10 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		         cfg->ws_host);
 	return w;
 fail:
+	broker_stop(w->broker);
 	destroy_lws(w);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	edge_free(w->edge);
 	ipcount_free(w->ips);
@@ -1721,6 +1789,11 @@ fail:
 	free(w->batch);
 	free(w);
 	return NULL;
+}
+
+struct broker *ws_broker(struct ws *w)
+{
+	return w->broker;
 }
 
 int ws_port(const struct ws *w)
@@ -1835,9 +1908,14 @@ void ws_free(struct ws *w)
 	handoff_set_wake(w->q, NULL, NULL);
 	lws_sul_cancel(&w->sul_sweep);
 	lws_sul_cancel(&w->sul_deadline);
+	/* The broker's last callbacks (failed replies) may still queue frames
+	 * on open connections: before they close. */
+	broker_stop(w->broker);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	presence_free(w->pres);
 	presence_free(atomic_exchange(&w->pres_reload, NULL));
