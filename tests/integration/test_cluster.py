@@ -459,3 +459,32 @@ async def test_node_started_without_redis_is_not_ready_until_redis_comes(redis):
     await cl.subscribe(ch)
     r = publish(c[0], t, ch, seq=0)
     check_event(await cl.next(), "n", ch, r.channels[0], {"seq": 0})
+
+
+# -- client events ---------------------------------------------------------
+
+@aio
+async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
+    c = redistest.cluster(3, redis, LIVEHUB_CLIENT_EVENTS="board:*")
+    t, ch = uniq(), "board:" + uniq("b")
+    alice = await c[0].connect(t, "alice")
+    bob = await c[1].connect(t, "bob")
+    a2 = await c[2].connect(t, "alice")  # the sender's other device
+    stranger = await c[1].connect(uniq(), "bob")  # another tenant, same channel name
+    for cl in (alice, bob, a2, stranger):
+        await cl.subscribe(ch)
+    data = {"card": "c9", "user": "mallory"}
+    for ev, d in (("typing", data), ("fence", {})):
+        reply = await alice.request({"type": "publish", "channel": ch, "event": ev, "data": d,
+                                     "id": ev})
+        assert reply == {"type": "published", "channel": ch, "id": ev}, reply
+    want = [{"type": "client:" + ev, "channel": ch, "user": "alice",
+             "clientId": alice.connected["clientId"], "data": d}
+            for ev, d in (("typing", data), ("fence", {}))]
+    for cl in (bob, a2):
+        got = [await cl.next(), await cl.next()]
+        assert got == want
+        assert await cl.barrier() == []
+    # Every node had both frames: none for the sender, none for the other tenant.
+    assert await alice.barrier() == []
+    assert await stranger.barrier() == []
