@@ -470,8 +470,9 @@ async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
     alice = await c[0].connect(t, "alice")
     bob = await c[1].connect(t, "bob")
     a2 = await c[2].connect(t, "alice")  # the sender's other device
+    carol = await c[0].connect(t, "carol")  # on the sender's node
     stranger = await c[1].connect(uniq(), "bob")  # another tenant, same channel name
-    for cl in (alice, bob, a2, stranger):
+    for cl in (alice, bob, a2, carol, stranger):
         await cl.subscribe(ch)
     data = {"card": "c9", "user": "mallory"}
     for ev, d in (("typing", data), ("fence", {})):
@@ -481,7 +482,7 @@ async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
     want = [{"type": "client:" + ev, "channel": ch, "user": "alice",
              "clientId": alice.connected["clientId"], "data": d}
             for ev, d in (("typing", data), ("fence", {}))]
-    for cl in (bob, a2):
+    for cl in (bob, a2, carol):
         got = [await cl.next(), await cl.next()]
         assert got == want
         assert await cl.barrier() == []
