@@ -46,9 +46,9 @@
 #include "mpsc.h"
 #include "publication.h"
 
-#define READ_CHUNK     16384
-#define CONNECT_MS     3000 /* a connection not made (or handshaken) by then is dropped */
-#define MAX_PUB_ARGS   16
+#define READ_CHUNK   16384
+#define CONNECT_MS   3000 /* a connection not made (or handshaken) by then is dropped */
+#define MAX_PUB_ARGS 16
 
 /* The publish script: one channel, atomically. KEYS: meta, stream, idem
  * ("" when no key). ARGV: frame prefix, frame suffix, history size, ttl s,
@@ -153,9 +153,9 @@ struct pubjob {
 
 /* A followed channel (broker thread). */
 struct follow {
-	uint32_t count;  /* broker_follow calls not unfollowed */
-	bool confirmed;  /* the subscription is confirmed on this connection */
-	bool sent;       /* SSUBSCRIBE sent on this connection */
+	uint32_t count; /* broker_follow calls not unfollowed */
+	bool confirmed; /* the subscription is confirmed on this connection */
+	bool sent;      /* SSUBSCRIBE sent on this connection */
 	struct waiter *waiters;
 	size_t len;
 	char name[];
@@ -191,7 +191,7 @@ struct broker {
 	_Atomic bool up;
 	_Atomic bool stop;
 	_Atomic uint32_t idem_window_s;
-	_Atomic uint32_t pubs;  /* publications taken, on_done not run yet */
+	_Atomic uint32_t pubs; /* publications taken, on_done not run yet */
 	uint32_t max_pubs;
 	struct mpsc jobs;
 	struct mpsc events;
@@ -215,17 +215,17 @@ struct broker {
 
 	/* Broker thread. */
 	struct rconn cmd, sub;
-	bool sharded;           /* SSUBSCRIBE/SPUBLISH exist */
-	bool was_up;            /* up was reported */
-	bool ever_up;           /* for the reconnect counter */
-	int confirming;         /* subscriptions of the current connection not confirmed */
-	bool resubscribed;      /* subscribe_all ran on the current connection */
-	int64_t retry_at_ms;    /* when to connect again (C_DOWN) */
-	int64_t deadline_ms;    /* connect + handshake deadline */
-	int attempt;            /* failed attempts in a row */
+	bool sharded;        /* SSUBSCRIBE/SPUBLISH exist */
+	bool was_up;         /* up was reported */
+	bool ever_up;        /* for the reconnect counter */
+	int confirming;      /* subscriptions of the current connection not confirmed */
+	bool resubscribed;   /* subscribe_all ran on the current connection */
+	int64_t retry_at_ms; /* when to connect again (C_DOWN) */
+	int64_t deadline_ms; /* connect + handshake deadline */
+	int attempt;         /* failed attempts in a row */
 	uint64_t rng;
-	struct dict *follows;   /* name -> struct follow */
-	char **listen_names;    /* copies of the listeners' names, by index */
+	struct dict *follows; /* name -> struct follow */
+	char **listen_names;  /* copies of the listeners' names, by index */
 	size_t nlisten_names;
 };
 
@@ -682,7 +682,8 @@ static void on_probe(struct broker *b, struct pending *pd, redisReply *r)
 		return;
 	b->sharded = r->type != REDIS_REPLY_ERROR;
 	if (!b->sharded)
-		log_info("event=redis_no_sharded_pubsub detail=\"falling back to PUBLISH/SUBSCRIBE\"");
+		log_info(
+		        "event=redis_no_sharded_pubsub detail=\"falling back to PUBLISH/SUBSCRIBE\"");
 	handshake_step(b, &b->cmd);
 }
 
@@ -774,8 +775,11 @@ static void do_follow(struct broker *b, struct job *j)
 	struct follow *f = dict_get(b->follows, j->name, len);
 	if (!f) {
 		f = calloc(1, sizeof(*f) + len + 1);
+		if (f) {
+			memcpy(f->name, j->name, len + 1);
+			f->len = len;
+		}
 		if (!f || dict_put(b->follows, f->name, len, f) != 0) {
-			/* name must be in place before dict_put reads it */
 			free(f);
 			post_follow(b, j->done, j->arg, false);
 			return;
@@ -902,8 +906,8 @@ static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
 	size_t dlen = p->data && p->data_len ? p->data_len : 2;
 	const char *data = p->data && p->data_len ? p->data : "{}";
 	char pre[LH_TYPE_MAX + LH_CHANNEL_MAX + 64];
-	int prelen = snprintf(pre, sizeof(pre), "{\"type\":\"%s\",\"channel\":\"%s\",\"offset\":",
-	                      p->type, name);
+	int prelen = snprintf(pre, sizeof(pre),
+	                      "{\"type\":\"%s\",\"channel\":\"%s\",\"offset\":", p->type, name);
 	char head[48];
 	int headlen = snprintf(head, sizeof(head), ",\"ts\":%lld,\"data\":", (long long)p->ts_ms);
 	char *suffix = malloc((size_t)headlen + dlen + 2);
@@ -1124,7 +1128,8 @@ static void run_jobs(struct broker *b)
 static void on_sub_reply(struct broker *b, redisReply *r)
 {
 	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 3 &&
-	    r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+	    r->element[0]->type == REDIS_REPLY_STRING &&
+	    r->element[1]->type == REDIS_REPLY_STRING) {
 		const char *kind = r->element[0]->str;
 		const char *name = r->element[1]->str;
 		size_t len = r->element[1]->len;
@@ -1570,7 +1575,8 @@ struct broker *broker_new(const struct broker_config *cfg)
 	if (cfg->node_id && cfg->node_id[0])
 		snprintf(b->node, sizeof(b->node), "%s", cfg->node_id);
 	else
-		snprintf(b->node, sizeof(b->node), "%016llx", (unsigned long long)rng_next(&b->rng));
+		snprintf(b->node, sizeof(b->node), "%016llx",
+		         (unsigned long long)rng_next(&b->rng));
 	if (cfg->hist)
 		b->hist = *cfg->hist;
 	atomic_init(&b->idem_window_s, cfg->idem_window_s);

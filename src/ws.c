@@ -1716,7 +1716,8 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		log_error("msg=\"cannot start the Redis broker thread\"");
 		return -1;
 	}
-	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker), cfg->redis_prefix);
+	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker),
+	         cfg->redis_prefix);
 	return 0;
 }
 
