@@ -845,6 +845,11 @@ static bool is_listen_name(const struct broker *b, const char *name)
 /* A subscription confirmation on the sub connection. */
 static void on_subscribed(struct broker *b, const char *name, size_t len, bool sharded_kind)
 {
+	/* Up first: a follower told it is subscribed may send commands at
+	 * once, and broker_cmd refuses them while the broker is down. */
+	if (!b->was_up && b->confirming > 0 && --b->confirming == 0 && b->cmd.st == C_READY &&
+	    b->sub.st == C_READY)
+		set_up(b, true);
 	bool listen = !sharded_kind && (b->sharded || is_listen_name(b, name));
 	struct follow *f = listen ? NULL : dict_get(b->follows, name, len);
 	if (f && f->count == 0) {
@@ -854,9 +859,6 @@ static void on_subscribed(struct broker *b, const char *name, size_t len, bool s
 	} else if (f) {
 		follow_confirmed(b, f);
 	}
-	if (!b->was_up && b->confirming > 0 && --b->confirming == 0 && b->cmd.st == C_READY &&
-	    b->sub.st == C_READY)
-		set_up(b, true);
 }
 
 /* ------------------------------------------------------------------------
