@@ -531,6 +531,8 @@ static void fail_pending(struct broker *b, struct rconn *c)
 	atomic_store_explicit(&b->st_inflight, 0, memory_order_relaxed);
 }
 
+static void follow_confirmed(struct broker *b, struct follow *f);
+
 static void set_up(struct broker *b, bool up)
 {
 	atomic_store(&b->up, up);
@@ -547,6 +549,13 @@ static void set_up(struct broker *b, bool up)
 			atomic_fetch_add(&b->st_reconnects, 1);
 		b->ever_up = true;
 		b->attempt = 0;
+		size_t pos = 0;
+		struct dict_entry de;
+		while (dict_next(b->follows, &pos, &de)) {
+			struct follow *f = de.val;
+			if (f->confirmed && f->waiters)
+				follow_confirmed(b, f);
+		}
 		log_info("event=redis_up node=%s sharded=%d", b->node, b->sharded);
 	}
 }
@@ -760,6 +769,10 @@ static void subscribe_all(struct broker *b)
 static void follow_confirmed(struct broker *b, struct follow *f)
 {
 	f->confirmed = true;
+	/* Before up, waiters are told when it comes (set_up): a follower told
+	 * it is subscribed may send commands at once. */
+	if (!b->was_up)
+		return;
 	for (struct waiter *w = f->waiters, *next; w; w = next) {
 		next = w->next;
 		post_follow(b, w->done, w->arg, true);
@@ -950,10 +963,9 @@ static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
 	size_t lens[MAX_PUB_ARGS + 1];
 	for (int k = 0; k < MAX_PUB_ARGS; k++) {
 		args[k] = argv[k];
-		lens[k] = strlen(argv[k]);
+		/* The frame's prefix and suffix are counted, not terminated. */
+		lens[k] = k == 6 ? (size_t)prelen : k == 7 ? suflen : strlen(argv[k]);
 	}
-	lens[6] = (size_t)prelen;
-	lens[7] = suflen;
 	args[MAX_PUB_ARGS] = verb;
 	lens[MAX_PUB_ARGS] = strlen(verb);
 	struct pending pd = {.on_reply = on_publish, .pj = pj, .chan = i};
