@@ -46,9 +46,11 @@
 #include "mpsc.h"
 #include "publication.h"
 
-#define READ_CHUNK   16384
-#define CONNECT_MS   3000 /* a connection not made (or handshaken) by then is dropped */
-#define MAX_PUB_ARGS 16
+#define READ_CHUNK    16384
+#define CONNECT_MS    3000 /* a connection not made (or handshaken) by then is dropped */
+#define PING_EVERY_MS 1000 /* while up, each connection is PINGed this often */
+#define PING_DEAD_MS  5000 /* ... and dropped when a PING is unanswered this long */
+#define MAX_PUB_ARGS  16
 
 /* The publish script: one channel, atomically. KEYS: meta, stream, idem
  * ("" when no key). ARGV: frame prefix, frame suffix, history size, ttl s,
@@ -140,7 +142,9 @@ struct rconn {
 	size_t outlen, outcap, outoff;
 	struct pending *fifo; /* ring */
 	size_t head, n, cap;
-	int handshake; /* replies still awaited before C_READY */
+	int handshake;        /* replies still awaited before C_READY */
+	int64_t ping_sent_ms; /* the PING awaiting its reply was sent then; 0: none */
+	int64_t ping_next_ms; /* when to send the next one */
 };
 
 /* A publication on its way: one script call per channel. */
@@ -215,14 +219,14 @@ struct broker {
 
 	/* Broker thread. */
 	struct rconn cmd, sub;
-	bool sharded;        /* SSUBSCRIBE/SPUBLISH exist */
-	bool was_up;         /* up was reported */
-	bool ever_up;        /* for the reconnect counter */
-	int confirming;      /* subscriptions of the current connection not confirmed */
-	bool resubscribed;   /* subscribe_all ran on the current connection */
-	int64_t retry_at_ms; /* when to connect again (C_DOWN) */
-	int64_t deadline_ms; /* connect + handshake deadline */
-	int attempt;         /* failed attempts in a row */
+	_Atomic bool sharded; /* SSUBSCRIBE/SPUBLISH exist (broker_publish_raw reads it) */
+	bool was_up;          /* up was reported */
+	bool ever_up;         /* for the reconnect counter */
+	int confirming;       /* subscriptions of the current connection not confirmed */
+	bool resubscribed;    /* subscribe_all ran on the current connection */
+	int64_t retry_at_ms;  /* when to connect again (C_DOWN) */
+	int64_t deadline_ms;  /* connect + handshake deadline */
+	int attempt;          /* failed attempts in a row */
 	uint64_t rng;
 	struct dict *follows; /* name -> struct follow */
 	char **listen_names;  /* copies of the listeners' names, by index */
@@ -517,6 +521,7 @@ static void conn_reset(struct rconn *c)
 	c->rd = NULL;
 	c->outlen = c->outoff = 0;
 	c->handshake = 0;
+	c->ping_sent_ms = c->ping_next_ms = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -707,6 +712,36 @@ static void on_script(struct broker *b, struct pending *pd, redisReply *r)
 	memcpy(b->sha, r->str, 40);
 	b->sha[40] = '\0';
 	handshake_step(b, &b->cmd);
+}
+
+static void on_pong(struct broker *b, struct pending *pd, redisReply *r)
+{
+	if (r)
+		(pd->chan ? &b->sub : &b->cmd)->ping_sent_ms = 0;
+}
+
+/* While up, PINGs each connection every PING_EVERY_MS, so that a Redis that
+ * stopped answering (a hung host, a partition that keeps TCP open) is
+ * noticed within PING_DEAD_MS instead of TCP's hours. */
+static void keepalive(struct broker *b, int64_t now)
+{
+	if (!b->was_up)
+		return;
+	struct rconn *cs[2] = {&b->cmd, &b->sub};
+	for (int i = 0; i < 2; i++) {
+		struct rconn *c = cs[i];
+		if (c->ping_sent_ms && now - c->ping_sent_ms > PING_DEAD_MS) {
+			drop(b, "Redis did not answer PING within 5 s");
+			return;
+		}
+		if (!c->ping_sent_ms && now >= c->ping_next_ms) {
+			struct pending pd = {.on_reply = on_pong, .chan = i};
+			if (send_words(b, c, &pd, 1, "PING") == 0) {
+				c->ping_sent_ms = now;
+				c->ping_next_ms = now + PING_EVERY_MS;
+			}
+		}
+	}
 }
 
 static void on_internal(struct broker *b, struct pending *pd, redisReply *r)
@@ -1302,6 +1337,7 @@ static void *broker_main(void *arg)
 			try_connect(b);
 		if (!b->was_up && b->cmd.st != C_DOWN && now_ms() > b->deadline_ms)
 			drop(b, "connect or handshake timed out");
+		keepalive(b, now);
 		/* Replies first: a command queued now may go out in the same write. */
 		struct pollfd fds[3] = {{.fd = b->efd, .events = POLLIN}};
 		struct rconn *cs[2] = {&b->cmd, &b->sub};
@@ -1312,7 +1348,7 @@ static void *broker_main(void *arg)
 			                ? POLLOUT
 			                : POLLIN | (cs[i]->outlen > cs[i]->outoff ? POLLOUT : 0);
 		}
-		int timeout = -1;
+		int timeout = b->was_up ? PING_EVERY_MS / 4 : -1;
 		if (b->cmd.st == C_DOWN)
 			timeout = (int)(b->retry_at_ms - now_ms());
 		else if (!b->was_up)
