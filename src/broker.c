@@ -86,7 +86,7 @@ static const char publish_lua[] =
  * Messages between the threads
  * ------------------------------------------------------------------------ */
 
-enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW };
+enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW, J_LIMITS };
 
 /* Work for the broker thread. */
 struct job {
@@ -98,6 +98,7 @@ struct job {
 	void *arg;
 	void (*done)(void *arg, bool ok); /* J_FOLLOW */
 	struct publication *pub;          /* J_PUBLISH */
+	struct hist_limits *hist;         /* J_LIMITS: owned */
 	int idx;                          /* J_LISTEN: index in b->listeners */
 	char name[];                      /* J_LISTEN, J_FOLLOW, J_UNFOLLOW */
 };
@@ -187,7 +188,7 @@ struct broker {
 	struct broker_url url;
 	char prefix[BROKER_PREFIX_MAX];
 	char node[BROKER_NODE_MAX];
-	struct hist_limits hist;
+	struct hist_limits hist; /* broker thread after start (J_LIMITS) */
 	int backoff_min_ms, backoff_max_ms;
 	char sha[41];
 
@@ -367,6 +368,7 @@ static struct job *job_new(enum job_kind kind, const char *name)
 
 static void job_free(struct job *j)
 {
+	free(j->hist);
 	if (j->cmd)
 		redisFreeCommand(j->cmd);
 	free(j);
@@ -1156,6 +1158,7 @@ static void run_job(struct broker *b, struct job *j)
 	case J_FOLLOW: do_follow(b, j); break;
 	case J_UNFOLLOW: do_unfollow(b, j->name); break;
 	case J_PUBLISH: do_publish(b, j->pub); break;
+	case J_LIMITS: b->hist = *j->hist; break;
 	}
 	job_free(j);
 }
@@ -1539,6 +1542,22 @@ void broker_unfollow(struct broker *b, const char *tenant, const char *name)
 		log_error("event=redis_unfollow_lost reason=\"out of memory\"");
 		return;
 	}
+	queue_job(b, j);
+}
+
+void broker_set_limits(struct broker *b, const struct hist_limits *hist, uint32_t idem_window_s)
+{
+	atomic_store(&b->idem_window_s, idem_window_s);
+	struct job *j = job_new(J_LIMITS, NULL);
+	struct hist_limits *copy = malloc(sizeof(*copy));
+	if (!j || !copy) {
+		free(j);
+		free(copy);
+		log_error("event=redis_reload_failed reason=\"out of memory\"");
+		return;
+	}
+	*copy = *hist;
+	j->hist = copy;
 	queue_job(b, j);
 }
 

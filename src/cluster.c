@@ -736,6 +736,11 @@ void cluster_publish_raw(struct cluster *cl, const char *tenant, const char *nam
 		                   f->len);
 }
 
+void cluster_set_limits(struct cluster *cl, const struct hist_limits *hist)
+{
+	cl->hist = *hist;
+}
+
 void cluster_set_presence(struct cluster *cl, struct presence *pr)
 {
 	cl->pres = pr;
