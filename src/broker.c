@@ -46,9 +46,11 @@
 #include "mpsc.h"
 #include "publication.h"
 
-#define READ_CHUNK     16384
-#define CONNECT_MS     3000 /* a connection not made (or handshaken) by then is dropped */
-#define MAX_PUB_ARGS   16
+#define READ_CHUNK    16384
+#define CONNECT_MS    3000 /* a connection not made (or handshaken) by then is dropped */
+#define PING_EVERY_MS 1000 /* while up, each connection is PINGed this often */
+#define PING_DEAD_MS  5000 /* ... and dropped when a PING is unanswered this long */
+#define MAX_PUB_ARGS  16
 
 /* The publish script: one channel, atomically. KEYS: meta, stream, idem
  * ("" when no key). ARGV: frame prefix, frame suffix, history size, ttl s,
@@ -140,7 +142,9 @@ struct rconn {
 	size_t outlen, outcap, outoff;
 	struct pending *fifo; /* ring */
 	size_t head, n, cap;
-	int handshake; /* replies still awaited before C_READY */
+	int handshake;        /* replies still awaited before C_READY */
+	int64_t ping_sent_ms; /* the PING awaiting its reply was sent then; 0: none */
+	int64_t ping_next_ms; /* when to send the next one */
 };
 
 /* A publication on its way: one script call per channel. */
@@ -153,9 +157,9 @@ struct pubjob {
 
 /* A followed channel (broker thread). */
 struct follow {
-	uint32_t count;  /* broker_follow calls not unfollowed */
-	bool confirmed;  /* the subscription is confirmed on this connection */
-	bool sent;       /* SSUBSCRIBE sent on this connection */
+	uint32_t count; /* broker_follow calls not unfollowed */
+	bool confirmed; /* the subscription is confirmed on this connection */
+	bool sent;      /* SSUBSCRIBE sent on this connection */
 	struct waiter *waiters;
 	size_t len;
 	char name[];
@@ -191,7 +195,7 @@ struct broker {
 	_Atomic bool up;
 	_Atomic bool stop;
 	_Atomic uint32_t idem_window_s;
-	_Atomic uint32_t pubs;  /* publications taken, on_done not run yet */
+	_Atomic uint32_t pubs; /* publications taken, on_done not run yet */
 	uint32_t max_pubs;
 	struct mpsc jobs;
 	struct mpsc events;
@@ -215,17 +219,17 @@ struct broker {
 
 	/* Broker thread. */
 	struct rconn cmd, sub;
-	bool sharded;           /* SSUBSCRIBE/SPUBLISH exist */
-	bool was_up;            /* up was reported */
-	bool ever_up;           /* for the reconnect counter */
-	int confirming;         /* subscriptions of the current connection not confirmed */
-	bool resubscribed;      /* subscribe_all ran on the current connection */
-	int64_t retry_at_ms;    /* when to connect again (C_DOWN) */
-	int64_t deadline_ms;    /* connect + handshake deadline */
-	int attempt;            /* failed attempts in a row */
+	_Atomic bool sharded; /* SSUBSCRIBE/SPUBLISH exist (broker_publish_raw reads it) */
+	bool was_up;          /* up was reported */
+	bool ever_up;         /* for the reconnect counter */
+	int confirming;       /* subscriptions of the current connection not confirmed */
+	bool resubscribed;    /* subscribe_all ran on the current connection */
+	int64_t retry_at_ms;  /* when to connect again (C_DOWN) */
+	int64_t deadline_ms;  /* connect + handshake deadline */
+	int attempt;          /* failed attempts in a row */
 	uint64_t rng;
-	struct dict *follows;   /* name -> struct follow */
-	char **listen_names;    /* copies of the listeners' names, by index */
+	struct dict *follows; /* name -> struct follow */
+	char **listen_names;  /* copies of the listeners' names, by index */
 	size_t nlisten_names;
 };
 
@@ -517,6 +521,7 @@ static void conn_reset(struct rconn *c)
 	c->rd = NULL;
 	c->outlen = c->outoff = 0;
 	c->handshake = 0;
+	c->ping_sent_ms = c->ping_next_ms = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -530,6 +535,8 @@ static void fail_pending(struct broker *b, struct rconn *c)
 		pd.on_reply(b, &pd, NULL);
 	atomic_store_explicit(&b->st_inflight, 0, memory_order_relaxed);
 }
+
+static void follow_confirmed(struct broker *b, struct follow *f);
 
 static void set_up(struct broker *b, bool up)
 {
@@ -547,6 +554,13 @@ static void set_up(struct broker *b, bool up)
 			atomic_fetch_add(&b->st_reconnects, 1);
 		b->ever_up = true;
 		b->attempt = 0;
+		size_t pos = 0;
+		struct dict_entry de;
+		while (dict_next(b->follows, &pos, &de)) {
+			struct follow *f = de.val;
+			if (f->confirmed && f->waiters)
+				follow_confirmed(b, f);
+		}
 		log_info("event=redis_up node=%s sharded=%d", b->node, b->sharded);
 	}
 }
@@ -682,7 +696,8 @@ static void on_probe(struct broker *b, struct pending *pd, redisReply *r)
 		return;
 	b->sharded = r->type != REDIS_REPLY_ERROR;
 	if (!b->sharded)
-		log_info("event=redis_no_sharded_pubsub detail=\"falling back to PUBLISH/SUBSCRIBE\"");
+		log_info(
+		        "event=redis_no_sharded_pubsub detail=\"falling back to PUBLISH/SUBSCRIBE\"");
 	handshake_step(b, &b->cmd);
 }
 
@@ -697,6 +712,36 @@ static void on_script(struct broker *b, struct pending *pd, redisReply *r)
 	memcpy(b->sha, r->str, 40);
 	b->sha[40] = '\0';
 	handshake_step(b, &b->cmd);
+}
+
+static void on_pong(struct broker *b, struct pending *pd, redisReply *r)
+{
+	if (r)
+		(pd->chan ? &b->sub : &b->cmd)->ping_sent_ms = 0;
+}
+
+/* While up, PINGs each connection every PING_EVERY_MS, so that a Redis that
+ * stopped answering (a hung host, a partition that keeps TCP open) is
+ * noticed within PING_DEAD_MS instead of TCP's hours. */
+static void keepalive(struct broker *b, int64_t now)
+{
+	if (!b->was_up)
+		return;
+	struct rconn *cs[2] = {&b->cmd, &b->sub};
+	for (int i = 0; i < 2; i++) {
+		struct rconn *c = cs[i];
+		if (c->ping_sent_ms && now - c->ping_sent_ms > PING_DEAD_MS) {
+			drop(b, "Redis did not answer PING within 5 s");
+			return;
+		}
+		if (!c->ping_sent_ms && now >= c->ping_next_ms) {
+			struct pending pd = {.on_reply = on_pong, .chan = i};
+			if (send_words(b, c, &pd, 1, "PING") == 0) {
+				c->ping_sent_ms = now;
+				c->ping_next_ms = now + PING_EVERY_MS;
+			}
+		}
+	}
 }
 
 static void on_internal(struct broker *b, struct pending *pd, redisReply *r)
@@ -759,6 +804,10 @@ static void subscribe_all(struct broker *b)
 static void follow_confirmed(struct broker *b, struct follow *f)
 {
 	f->confirmed = true;
+	/* Before up, waiters are told when it comes (set_up): a follower told
+	 * it is subscribed may send commands at once. */
+	if (!b->was_up)
+		return;
 	for (struct waiter *w = f->waiters, *next; w; w = next) {
 		next = w->next;
 		post_follow(b, w->done, w->arg, true);
@@ -774,8 +823,11 @@ static void do_follow(struct broker *b, struct job *j)
 	struct follow *f = dict_get(b->follows, j->name, len);
 	if (!f) {
 		f = calloc(1, sizeof(*f) + len + 1);
+		if (f) {
+			memcpy(f->name, j->name, len + 1);
+			f->len = len;
+		}
 		if (!f || dict_put(b->follows, f->name, len, f) != 0) {
-			/* name must be in place before dict_put reads it */
 			free(f);
 			post_follow(b, j->done, j->arg, false);
 			return;
@@ -841,6 +893,11 @@ static bool is_listen_name(const struct broker *b, const char *name)
 /* A subscription confirmation on the sub connection. */
 static void on_subscribed(struct broker *b, const char *name, size_t len, bool sharded_kind)
 {
+	/* Up first: a follower told it is subscribed may send commands at
+	 * once, and broker_cmd refuses them while the broker is down. */
+	if (!b->was_up && b->confirming > 0 && --b->confirming == 0 && b->cmd.st == C_READY &&
+	    b->sub.st == C_READY)
+		set_up(b, true);
 	bool listen = !sharded_kind && (b->sharded || is_listen_name(b, name));
 	struct follow *f = listen ? NULL : dict_get(b->follows, name, len);
 	if (f && f->count == 0) {
@@ -850,9 +907,6 @@ static void on_subscribed(struct broker *b, const char *name, size_t len, bool s
 	} else if (f) {
 		follow_confirmed(b, f);
 	}
-	if (!b->was_up && b->confirming > 0 && --b->confirming == 0 && b->cmd.st == C_READY &&
-	    b->sub.st == C_READY)
-		set_up(b, true);
 }
 
 /* ------------------------------------------------------------------------
@@ -902,8 +956,8 @@ static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
 	size_t dlen = p->data && p->data_len ? p->data_len : 2;
 	const char *data = p->data && p->data_len ? p->data : "{}";
 	char pre[LH_TYPE_MAX + LH_CHANNEL_MAX + 64];
-	int prelen = snprintf(pre, sizeof(pre), "{\"type\":\"%s\",\"channel\":\"%s\",\"offset\":",
-	                      p->type, name);
+	int prelen = snprintf(pre, sizeof(pre),
+	                      "{\"type\":\"%s\",\"channel\":\"%s\",\"offset\":", p->type, name);
 	char head[48];
 	int headlen = snprintf(head, sizeof(head), ",\"ts\":%lld,\"data\":", (long long)p->ts_ms);
 	char *suffix = malloc((size_t)headlen + dlen + 2);
@@ -944,10 +998,9 @@ static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
 	size_t lens[MAX_PUB_ARGS + 1];
 	for (int k = 0; k < MAX_PUB_ARGS; k++) {
 		args[k] = argv[k];
-		lens[k] = strlen(argv[k]);
+		/* The frame's prefix and suffix are counted, not terminated. */
+		lens[k] = k == 6 ? (size_t)prelen : k == 7 ? suflen : strlen(argv[k]);
 	}
-	lens[6] = (size_t)prelen;
-	lens[7] = suflen;
 	args[MAX_PUB_ARGS] = verb;
 	lens[MAX_PUB_ARGS] = strlen(verb);
 	struct pending pd = {.on_reply = on_publish, .pj = pj, .chan = i};
@@ -1124,7 +1177,8 @@ static void run_jobs(struct broker *b)
 static void on_sub_reply(struct broker *b, redisReply *r)
 {
 	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 3 &&
-	    r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_STRING) {
+	    r->element[0]->type == REDIS_REPLY_STRING &&
+	    r->element[1]->type == REDIS_REPLY_STRING) {
 		const char *kind = r->element[0]->str;
 		const char *name = r->element[1]->str;
 		size_t len = r->element[1]->len;
@@ -1283,6 +1337,7 @@ static void *broker_main(void *arg)
 			try_connect(b);
 		if (!b->was_up && b->cmd.st != C_DOWN && now_ms() > b->deadline_ms)
 			drop(b, "connect or handshake timed out");
+		keepalive(b, now);
 		/* Replies first: a command queued now may go out in the same write. */
 		struct pollfd fds[3] = {{.fd = b->efd, .events = POLLIN}};
 		struct rconn *cs[2] = {&b->cmd, &b->sub};
@@ -1293,7 +1348,7 @@ static void *broker_main(void *arg)
 			                ? POLLOUT
 			                : POLLIN | (cs[i]->outlen > cs[i]->outoff ? POLLOUT : 0);
 		}
-		int timeout = -1;
+		int timeout = b->was_up ? PING_EVERY_MS / 4 : -1;
 		if (b->cmd.st == C_DOWN)
 			timeout = (int)(b->retry_at_ms - now_ms());
 		else if (!b->was_up)
@@ -1570,7 +1625,8 @@ struct broker *broker_new(const struct broker_config *cfg)
 	if (cfg->node_id && cfg->node_id[0])
 		snprintf(b->node, sizeof(b->node), "%s", cfg->node_id);
 	else
-		snprintf(b->node, sizeof(b->node), "%016llx", (unsigned long long)rng_next(&b->rng));
+		snprintf(b->node, sizeof(b->node), "%016llx",
+		         (unsigned long long)rng_next(&b->rng));
 	if (cfg->hist)
 		b->hist = *cfg->hist;
 	atomic_init(&b->idem_window_s, cfg->idem_window_s);

@@ -90,9 +90,9 @@ struct broker_url {
 int broker_url_parse(const char *url, struct broker_url *out, const char **why);
 
 struct broker_config {
-	const char *url;     /* LIVEHUB_REDIS_URL; must parse */
-	const char *prefix;  /* LIVEHUB_REDIS_PREFIX */
-	const char *node_id; /* LIVEHUB_NODE_ID; "" = random 16 hex */
+	const char *url;                /* LIVEHUB_REDIS_URL; must parse */
+	const char *prefix;             /* LIVEHUB_REDIS_PREFIX */
+	const char *node_id;            /* LIVEHUB_NODE_ID; "" = random 16 hex */
 	const struct hist_limits *hist; /* history size and TTL per kind (copied) */
 	uint32_t idem_window_s;         /* idempotency window of publishes; 0: keys ignored */
 	uint32_t max_publishes;         /* publications waiting for Redis at most (LH_EFULL) */

@@ -249,8 +249,8 @@ int broker_msg_parse(const char *msg, size_t len, struct broker_msg *out)
 
 int broker_frame_parts(const char *f, size_t len, struct broker_frame *out)
 {
-	static const char tkey[] = "{\"type\":\"", okey[] = ",\"offset\":", skey[] = ",\"ts\":",
-	                  dkey[] = ",\"data\":";
+	static const char tkey[] = "{\"type\":\"",
+	                  okey[] = ",\"offset\":", skey[] = ",\"ts\":", dkey[] = ",\"data\":";
 	memset(out, 0, sizeof(*out));
 	if (len < sizeof(tkey) || memcmp(f, tkey, sizeof(tkey) - 1) != 0 || f[len - 1] != '}')
 		return LH_EINVAL;

@@ -220,8 +220,7 @@ static void release(struct cchan *ch)
 	}
 }
 
-static void on_message(void *arg, const char *tenant, const char *name, const char *msg,
-                       size_t len)
+static void on_message(void *arg, const char *tenant, const char *name, const char *msg, size_t len)
 {
 	struct cluster *cl = arg;
 	struct cchan *ch = chan_find(cl, tenant, name);
@@ -384,8 +383,8 @@ static void on_meta(void *arg, redisReply *r)
 			ch->state = CC_READY;
 		} else {
 			if (r && r->type == REDIS_REPLY_ERROR)
-				log_warn("event=redis_meta_failed channel=%s reply=\"%s\"", ch->name,
-				         r->str);
+				log_warn("event=redis_meta_failed channel=%s reply=\"%s\"",
+				         ch->name, r->str);
 			ch->state = CC_DOWN;
 		}
 		/* Held messages at or below top are older than every answer
@@ -527,7 +526,8 @@ static void publish(void *arg, struct publication *p)
 	    !name_type_ok(p->type, strnlen(p->type, sizeof(p->type))))
 		rc = LH_EINVAL;
 	for (int i = 0; rc == 0 && i < p->nchannels; i++)
-		if (!name_channel_any_ok(p->channels[i], strnlen(p->channels[i], LH_CHANNEL_MAX + 1)))
+		if (!name_channel_any_ok(p->channels[i],
+		                         strnlen(p->channels[i], LH_CHANNEL_MAX + 1)))
 			rc = LH_EINVAL;
 	if (rc == 0)
 		rc = broker_publish(cl->b, p);

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "broker.h"
 #include "hub.h"
 #include "strbuf.h"
 
@@ -118,6 +119,10 @@ struct metrics_gauges {
 	uint64_t sendq_frames;         /* frames queued over every connection */
 	uint64_t sendq_max;            /* the longest single send queue */
 	uint64_t sendq_bytes;          /* payload bytes queued over every connection */
+	/* Redis mode (broker.h): redis set, broker read, node its id. */
+	bool redis;
+	struct broker_stats broker;
+	const char *node;
 	/* presence.c counters (presence_stats_read). */
 	uint64_t client_events, client_events_limited, presence_events, disconnects;
 };

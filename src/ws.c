@@ -352,6 +352,11 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.client_events_limited = ps.client_events_limited;
 	g.presence_events = ps.presence_events;
 	g.disconnects = ps.disconnects;
+	if (w->broker) {
+		g.redis = true;
+		broker_stats_read(w->broker, &g.broker);
+		g.node = broker_node_id(w->broker);
+	}
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
@@ -1716,7 +1721,8 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		log_error("msg=\"cannot start the Redis broker thread\"");
 		return -1;
 	}
-	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker), cfg->redis_prefix);
+	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker),
+	         cfg->redis_prefix);
 	return 0;
 }
 
