@@ -22,7 +22,6 @@ proves that no copy was queued there.
 """
 
 import asyncio
-import json
 import threading
 
 import grpc
@@ -400,13 +399,22 @@ async def test_sigkill_of_a_node_loses_nothing_within_history(redis):
 
 @aio
 async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
-    c = redistest.cluster(2, redis)
-    t, ch = uniq(), "job:" + uniq("j")
-    clients = []
-    for node in c:
-        cl = await node.connect(t, "alice")
+    """Redis stops (what redis-core decided, docs/SCALING.md "Failure
+    behaviour"): WebSocket connections stay open and served; /readyz 503
+    and gRPC health NOT_SERVING on every node (/healthz stays 200);
+    publishes fail UNAVAILABLE "redis unavailable: …" since offsets come
+    from Redis; what does not need Redis keeps going on each node: client
+    events reach the same node's subscribers (and only them). Redis comes
+    back (empty: no persistence) and the nodes heal by themselves: ready
+    again, subscriptions re-established, cross-node delivery in a new epoch."""
+    c = redistest.cluster(2, redis, LIVEHUB_CLIENT_EVENTS="board:*")
+    t, ch = uniq(), "board:" + uniq("b")
+    alice = await c[0].connect(t, "alice")
+    carol = await c[0].connect(t, "carol")  # alice's node
+    bob = await c[1].connect(t, "bob")
+    clients = [alice, carol, bob]
+    for cl in clients:
         await cl.subscribe(ch)
-        clients.append(cl)
     r0 = publish(c[0], t, ch, seq=0)
     for cl in clients:
         check_event(await cl.next(), "n", ch, r0.channels[0], {"seq": 0})
@@ -419,12 +427,17 @@ async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
         redistest.wait_until(lambda: redistest.readyz(node) == 503, "/readyz 503 without Redis")
         assert health(node) == H.HealthCheckResponse.NOT_SERVING
         assert redistest.http_get(node, "/healthz")[0] == 200  # alive, just not ready
-    # A publish needs Redis (its offset is assigned there): UNAVAILABLE, said so.
-    req = hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n")
-    e = c[0].rpc_error("Publish", req)
-    assert e.code() == grpc.StatusCode.UNAVAILABLE, e
-    assert e.details().startswith("redis unavailable"), e.details()
-    # Local clients stay connected and served.
+        # A publish needs Redis (its offset is assigned there): UNAVAILABLE, said so.
+        for k in range(3):
+            e = node.rpc_error("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n"))
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+            assert e.details().startswith("redis unavailable"), e.details()
+    # Local delivery goes on: a client event reaches alice's node's subscribers.
+    reply = await alice.request({"type": "publish", "channel": ch, "event": "typing", "id": 1})
+    assert reply == {"type": "published", "channel": ch, "id": 1}, reply
+    assert await carol.next() == {"type": "client:typing", "channel": ch, "user": "alice",
+                                  "clientId": alice.connected["clientId"], "data": {}}
+    # Every connection is still open and answering.
     for cl in clients:
         assert await cl.barrier() == []
 
@@ -432,18 +445,20 @@ async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
     for node in c:
         redistest.wait_until(lambda: redistest.readyz(node) == 200, "/readyz 200 again")
         assert health(node) == H.HealthCheckResponse.SERVING
-    # The subscriptions come back by themselves: node 1 reaches node 2.
+    # The subscriptions came back by themselves: node 1 reaches node 2.
     r1 = publish(c[0], t, ch, seq=1)
     # Redis lost the channel's history, so its epoch changed: a client
-    # cannot mistake new offsets for the old ones.
+    # cannot mistake the new offsets for the old ones.
     assert r1.epoch != r0.epoch, (r0, r1)
+    # The next frame on node 2 is r1: the outage's client event never
+    # crossed (late) and no failed publish was delivered after all.
     for cl in clients:
         check_event(await cl.next(), "n", ch, r1.channels[0], {"seq": 1})
     r2 = publish(c[1], t, ch, seq=2)
     for cl in clients:
         check_event(await cl.next(), "n", ch, r2.channels[0], {"seq": 2})
         assert await cl.barrier() == []
-    # And a client still at the old epoch learns that it missed something.
+    # A client still at the old epoch learns that it missed something.
     d = await c[1].connect(t, "alice")
     m = await d.request({"type": "subscribe", "channel": ch, "since": since(r0.offset, r0.epoch)})
     assert m["recovered"] is False and m["epoch"] == r2.epoch and m["offset"] == r2.offset, m
@@ -495,25 +510,7 @@ async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
     assert await stranger.barrier() == []
 
 
-# -- History, connection settings ------------------------------------------
-
-@aio
-async def test_history_rpc_on_any_node_reads_the_shared_history(redis):
-    c = redistest.cluster(3, redis)
-    t, ch = uniq(), "job:" + uniq("j")
-    rs = [publish(c[k % 3], t, ch, seq=k) for k in range(6)]
-    assert [r.offset for r in rs] == list(range(1, 7))
-    for node in c:
-        h = node.rpc("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch, limit=10))
-        assert (h.channel, h.offset, h.epoch, h.recovered) == (ch, 6, rs[0].epoch, False), h
-        assert [(p.offset, p.epoch, p.type) for p in h.publications] == [
-            (r.offset, r.epoch, "n") for r in rs]
-        assert [json.loads(p.data_json) for p in h.publications] == [{"seq": k} for k in range(6)]
-        h = node.rpc("History", hub_pb2.HistoryRequest(
-            tenant_id=t, channel=ch, limit=2,
-            since=hub_pb2.StreamPosition(offset=3, epoch=rs[0].epoch)))
-        assert h.recovered is True and [p.offset for p in h.publications] == [4, 5], h
-
+# -- connection settings ------------------------------------------
 
 @aio
 async def test_a_node_on_the_unix_socket_joins_the_others(redis):
@@ -529,32 +526,3 @@ async def test_a_node_on_the_unix_socket_joins_the_others(redis):
         for cl in (a, b):
             check_event(await cl.next(), "n", ch, p.channels[0], {"seq": k})
 
-
-@aio
-async def test_redis_password_works_and_never_shows_in_logs(tmp_path):
-    """Redis with requirepass: the right password in the URL joins the
-    node; a wrong one leaves it running but not ready. Neither password
-    ever shows in a log line."""
-    r = redistest.RedisServer(password="s3cr3t-Pa55word").start()
-    try:
-        c = redistest.cluster(2, r)
-        t, ch = uniq(), "job:" + uniq("j")
-        a = await c[1].connect(t, "alice")
-        await a.subscribe(ch)
-        p = publish(c[0], t, ch, seq=1)
-        check_event(await a.next(), "n", ch, p.channels[0], {"seq": 1})
-        bad = c.add(LIVEHUB_REDIS_URL="redis://:wrong-password@127.0.0.1:%d" % r.port)
-        # Redis has refused it (at least once) before readiness is looked at.
-        redistest.wait_until(lambda: "errorstat_WRONGPASS" in r.cli("INFO", "errorstats"),
-                             "the wrong password refused by Redis")
-        assert redistest.readyz(bad) == 503
-        assert health(bad) == H.HealthCheckResponse.NOT_SERVING
-        e = bad.rpc_error("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n"))
-        assert e.code() == grpc.StatusCode.UNAVAILABLE, e
-        c.close()
-        for h in c:
-            log = h.stderr_text()
-            assert "s3cr3t-Pa55word" not in log and "wrong-password" not in log, log[-3000:]
-    finally:
-        redistest.close_clusters_on(r)
-        r.close()
