@@ -284,3 +284,29 @@ async def test_without_sharded_pubsub_plain_pubsub_is_used(tmp_path):
     finally:
         redistest.close_clusters_on(r)
         r.close()
+
+
+@aio
+async def test_sighup_reload_reaches_the_publish_script(redis, tmp_path):
+    import json
+    import signal
+    import time
+    cfg = tmp_path / "livehub.json"
+    cfg.write_text(json.dumps({"history_kinds": "job:0"}))
+    c = redistest.cluster(1, redis, args=["--config", str(cfg)])
+    t, ch = uniq(), "job:" + uniq("j")
+    stream = "livehub:{%s:%s}:stream" % (t, ch)
+    publish(c[0], t, ch, seq=1)
+    assert redis.cli("EXISTS", stream) == 0  # kind job keeps no history
+    cfg.write_text(json.dumps({"history_kinds": "job:50/600"}))
+    c[0].proc.send_signal(signal.SIGHUP)
+    redistest.wait_until(lambda: "event=reload_applied" in c[0].stderr_text(), "reload applied")
+    # The reload reaches the broker thread through its queue, ahead of
+    # publications handed over after it; retry until it has.
+    deadline = time.monotonic() + 15
+    while redis.cli("EXISTS", stream) == 0:
+        assert time.monotonic() < deadline, "the new history size never applied"
+        publish(c[0], t, ch, seq=2)
+    assert redis.cli("XLEN", stream) >= 1
+    ttl = redis.cli("TTL", stream)
+    assert 300 < ttl <= 600, ttl
