@@ -180,9 +180,16 @@ static void deliver(struct cchan *ch, const char *msg, size_t len)
 		log_error("event=redis_deliver_failed reason=\"out of memory\"");
 		return;
 	}
-	if (m.kind == 'E' && m.conflate_key)
-		f->key = hub_conflate_key(m.conflate_key, ch->tenant, ch->name);
-	hub_deliver(cl->h, ch->tenant, ch->name, f);
+	if (m.kind == 'E') {
+		if (m.conflate_key)
+			f->key = hub_conflate_key(m.conflate_key, ch->tenant, ch->name);
+		struct broker_frame bf;
+		int64_t ts = broker_frame_parts(m.frame, m.frame_len, &bf) == 0 ? bf.ts_ms : 0;
+		hub_deliver_event(cl->h, ch->tenant, ch->name, f, m.offset,
+		                  strtoull(ch->epoch, NULL, 16), ts);
+	} else {
+		hub_deliver(cl->h, ch->tenant, ch->name, f);
+	}
 	frame_unref(f);
 }
 
@@ -250,11 +257,13 @@ static void waiter_request(const struct waiter *w, struct wsp_request *req)
 /* Queues the subscribed reply (and the replayed frames) on the waiter's
  * connection, if it is still open. */
 static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const char *epoch,
-                   bool recovered, redisReply *entries)
+                   bool recovered, redisReply *entries, const struct hub_position *cached)
 {
 	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
 	if (!c)
 		return;
+	if (w->has_since)
+		hub_count_recovery(cl->h, recovered);
 	static struct wsp_request req; /* large; the service thread's only */
 	waiter_request(w, &req);
 	struct frame *f = wsp_subscribed_at(&req, top, epoch, recovered);
@@ -276,6 +285,26 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 			}
 		}
 	}
+	if (recovered && cached)
+		hub_replay(cl->h, c, cached);
+}
+
+/* Answers w from the node's cache of the channel (hub_deliver_event) when
+ * it holds every event after w->since up to the channel's top. */
+static bool answer_cached(struct cluster *cl, struct waiter *w)
+{
+	struct cchan *ch = w->ch;
+	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	if (!c)
+		return false;
+	struct hub_since since = {.given = true, .offset = w->since};
+	memcpy(since.epoch, w->since_epoch, sizeof(since.epoch));
+	struct hub_position pos;
+	if (hub_channel_recover(cl->h, c, w->channel, &since, &pos) || !pos.recovered ||
+	    pos.offset != ch->top || strcmp(pos.epoch, ch->epoch) != 0)
+		return false;
+	answer(cl, w, pos.offset, pos.epoch, true, NULL, &pos);
+	return true;
 }
 
 static void waiter_done(struct waiter *w)
@@ -332,7 +361,7 @@ static void on_range(void *arg, redisReply *r)
 		bool ok = covers(entries, w->since, w->top, &n);
 		if (ok && entries)
 			entries->elements = n; /* entries past top come live (held) */
-		answer(cl, w, w->top, ch->epoch, ok, entries);
+		answer(cl, w, w->top, ch->epoch, ok, entries, NULL);
 	}
 	waiter_done(w);
 }
@@ -345,6 +374,10 @@ static void resolve(struct cluster *cl, struct waiter *w)
 	w->top = ch->top;
 	bool same = w->has_since && strcmp(w->since_epoch, ch->epoch) == 0;
 	if (ch->state == CC_READY && same && w->since < ch->top) {
+		if (answer_cached(cl, w)) {
+			waiter_done(w);
+			return;
+		}
 		char meta[512], stream[512], since[24];
 		broker_key(cl->b, meta, sizeof(meta), ch->tenant, ch->name, ":meta");
 		broker_key(cl->b, stream, sizeof(stream), ch->tenant, ch->name, ":stream");
@@ -354,7 +387,7 @@ static void resolve(struct cluster *cl, struct waiter *w)
 			return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
-	answer(cl, w, ch->top, ch->epoch, recovered, NULL);
+	answer(cl, w, ch->top, ch->epoch, recovered, NULL, NULL);
 	waiter_done(w);
 }
 
@@ -378,6 +411,8 @@ static void on_meta(void *arg, redisReply *r)
 			                  : 0;
 			ch->known = true;
 			ch->state = CC_READY;
+			hub_channel_sync(cl->h, ch->tenant, ch->name, ch->top,
+			                 strtoull(ch->epoch, NULL, 16));
 		} else {
 			if (r && r->type == REDIS_REPLY_ERROR)
 				log_warn("event=redis_meta_failed channel=%s reply=\"%s\"",

@@ -310,3 +310,34 @@ async def test_sighup_reload_reaches_the_publish_script(redis, tmp_path):
     assert redis.cli("XLEN", stream) >= 1
     ttl = redis.cli("TTL", stream)
     assert 300 < ttl <= 600, ttl
+
+
+@aio
+async def test_a_node_following_a_channel_recovers_from_what_it_delivered(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    a = await c[0].connect(t, "alice")
+    await a.subscribe(ch)
+    r = [publish(c[1], t, ch, seq=i).result for i in range(4)]
+    for i in range(4):
+        check_event(await a.next(), "n", ch, r[i].channels[0], {"seq": i})
+    # The stream loses entry 2: node 1 still has it (it delivered it), so a
+    # recovery there is whole; node 2 never followed the channel and must
+    # read the stream, which can no longer answer.
+    redis.cli("XDEL", "livehub:{%s:%s}:stream" % (t, ch), "2-0")
+    b = await c[0].connect(t, "bob")
+    m = await b.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 1, "epoch": r[0].epoch}})
+    assert (m["offset"], m["recovered"]) == (4, True), m
+    for i in (1, 2, 3):
+        check_event(await b.next(), "n", ch, r[i].channels[0], {"seq": i})
+    d = await c[1].connect(t, "dave")
+    m = await d.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 1, "epoch": r[0].epoch}})
+    assert (m["offset"], m["recovered"]) == (4, False), m
+    r4 = publish(c[1], t, ch, seq=4).result
+    for cl in (a, b, d):
+        check_event(await cl.next(), "n", ch, r4.channels[0], {"seq": 4})
+        assert await cl.barrier() == []
+    s = c[0].stats()
+    assert s.recoveries >= 1, s
