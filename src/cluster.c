@@ -500,6 +500,8 @@ static void on_first(void *arg, const char *tenant, const char *name)
 	}
 }
 
+static void chan_drop(struct cchan *ch);
+
 static void on_last(void *arg, const char *tenant, const char *name)
 {
 	struct cluster *cl = arg;
@@ -509,6 +511,13 @@ static void on_last(void *arg, const char *tenant, const char *name)
 	if (!ch)
 		return;
 	broker_unfollow(cl->b, tenant, name);
+	chan_drop(ch);
+}
+
+/* Marks ch (out of the table) dead and drops the table's reference;
+ * callbacks still owed to it find it dead. */
+static void chan_drop(struct cchan *ch)
+{
 	ch->dead = true;
 	held_free(ch);
 	/* Waiters of a channel nobody is on any more have nobody to answer. */
@@ -819,10 +828,8 @@ void cluster_free(struct cluster *cl)
 		size_t pos = 0;
 		struct dict_entry de;
 		while (dict_next(cl->chans, &pos, &de)) {
-			struct cchan *ch = de.val;
 			dict_del(cl->chans, de.key, de.len);
-			ch->dead = true;
-			chan_unref(ch);
+			chan_drop(de.val);
 		}
 	}
 	dict_free(cl->chans);
