@@ -66,8 +66,17 @@ struct held {
 	char msg[];
 };
 
+/* A connection that has seen the channel's events up to upto already (it
+ * recovered here with a since ahead of what this node had delivered). */
+struct skip {
+	char conn_id[32];
+	uint64_t upto;
+};
+
 struct cchan {
 	struct cluster *cl;
+	struct skip *skips; /* few; dropped once top reaches them */
+	size_t nskips;
 	enum cstate state;
 	bool dead;      /* unfollowed: dropped from the table, freed at refs 0 */
 	bool known;     /* top/epoch came from Redis once */
@@ -150,7 +159,29 @@ static void chan_unref(struct cchan *ch)
 	if (--ch->refs > 0)
 		return;
 	held_free(ch);
+	free(ch->skips);
 	free(ch);
+}
+
+static bool skip_conn(void *arg, const struct hub_conn *c)
+{
+	const struct cchan *ch = arg;
+	const char *id = hub_conn_id(c);
+	for (size_t i = 0; i < ch->nskips; i++)
+		if (ch->top <= ch->skips[i].upto && strcmp(ch->skips[i].conn_id, id) == 0)
+			return true;
+	return false;
+}
+
+/* Forgets the skips the channel's top has reached (all of them when its
+ * epoch changed: offsets start again). */
+static void skips_trim(struct cchan *ch, bool all)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < ch->nskips; i++)
+		if (!all && ch->skips[i].upto > ch->top)
+			ch->skips[k++] = ch->skips[i];
+	ch->nskips = k;
 }
 
 /* ------------------------------------------------------------------------
@@ -171,8 +202,10 @@ static void deliver(struct cchan *ch, const char *msg, size_t len)
 		bool same = strcmp(m.epoch, ch->epoch) == 0;
 		if (same && m.offset <= ch->top)
 			return; /* already delivered, or older than a subscribe's position */
-		if (!same)
+		if (!same) {
 			memcpy(ch->epoch, m.epoch, sizeof(ch->epoch)); /* the channel restarted */
+			skips_trim(ch, true);
+		}
 		ch->top = m.offset;
 	}
 	struct frame *f = frame_from(m.frame, m.frame_len);
@@ -186,7 +219,10 @@ static void deliver(struct cchan *ch, const char *msg, size_t len)
 		struct broker_frame bf;
 		int64_t ts = broker_frame_parts(m.frame, m.frame_len, &bf) == 0 ? bf.ts_ms : 0;
 		hub_deliver_event(cl->h, ch->tenant, ch->name, f, m.offset,
-		                  strtoull(ch->epoch, NULL, 16), ts);
+		                  strtoull(ch->epoch, NULL, 16), ts, ch->nskips ? skip_conn : NULL,
+		                  ch);
+		if (ch->nskips)
+			skips_trim(ch, false);
 	} else {
 		hub_deliver(cl->h, ch->tenant, ch->name, f);
 	}
@@ -366,6 +402,23 @@ static void on_range(void *arg, redisReply *r)
 	waiter_done(w);
 }
 
+/* The client is ahead of this node: it saw since on another node, and the
+ * events up to it are still on their way here. Nothing was missed: it is
+ * answered at since, recovered, and the events up to since skip its
+ * connection when they come. */
+static bool ahead(struct cchan *ch, struct waiter *w)
+{
+	struct skip *s = realloc(ch->skips, (ch->nskips + 1) * sizeof(*s));
+	if (!s)
+		return false;
+	ch->skips = s;
+	s = &ch->skips[ch->nskips++];
+	snprintf(s->conn_id, sizeof(s->conn_id), "%s", w->conn_id);
+	s->upto = w->since;
+	answer(ch->cl, w, w->since, ch->epoch, true, NULL, NULL);
+	return true;
+}
+
 /* Answers w from the channel's known position, reading the stream first
  * when its since needs a replay. */
 static void resolve(struct cluster *cl, struct waiter *w)
@@ -385,6 +438,10 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		const char *argv[] = {"EVAL", read_lua, "2", meta, stream, since, "0"};
 		if (broker_cmd(cl->b, on_range, w, 7, argv, NULL) == 0)
 			return;
+	}
+	if (ch->state == CC_READY && same && w->since > ch->top && ahead(ch, w)) {
+		waiter_done(w);
+		return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
 	answer(cl, w, ch->top, ch->epoch, recovered, NULL, NULL);

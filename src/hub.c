@@ -1097,7 +1097,8 @@ void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint6
 }
 
 size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
-                         uint64_t offset, uint64_t epoch, int64_t ts_ms)
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg)
 {
 	struct chan *ch = chan_find(h, tenant, name);
 	if (!ch)
@@ -1115,7 +1116,14 @@ size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, st
 	}
 	if (ts_ms > ch->last_ms)
 		ch->last_ms = ts_ms;
-	return hub_deliver(h, tenant, name, f);
+	if (!skip)
+		return hub_deliver(h, tenant, name, f);
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (!skip(skip_arg, ch->subs[s].conn) && enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
+	return n;
 }
 
 int hub_channel_recover(struct hub *h, struct hub_conn *c, const char *name,

@@ -303,9 +303,11 @@ void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint6
  * keeps the frame in the channel's history, bounded as in memory mode: a
  * cache of Redis's stream, so that most recoveries need no read. An offset
  * that does not follow the channel's top, or another epoch, empties the
- * cache first. */
+ * cache first. When skip is not NULL, connections it returns true for do
+ * not get the frame (they have it already). */
 size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
-                         uint64_t offset, uint64_t epoch, int64_t ts_ms);
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg);
 /* Redis mode: like hub_subscribe_since's position and recovery for c's
  * channel name (explicit, or c's implicit ones), subscribing nothing and
  * counting nothing. Returns 0 or LH_ENOENT (no such channel here). */

@@ -341,3 +341,35 @@ async def test_a_node_following_a_channel_recovers_from_what_it_delivered(redis)
         assert await cl.barrier() == []
     s = c[0].stats()
     assert s.recoveries >= 1, s
+
+
+@aio
+async def test_a_client_ahead_of_the_node_is_recovered_without_duplicates(redis):
+    c = redistest.cluster(1, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    a = await c[0].connect(t, "alice")
+    await a.subscribe(ch)
+    r1 = publish(c[0], t, ch, seq=1).result
+    check_event(await a.next(), "n", ch, r1.channels[0], {"seq": 1})
+    # Offset 2 exists in Redis but has not reached this node yet (as when a
+    # client moves to a node whose pub/sub is a little behind the one it
+    # left): a client that saw 2 elsewhere is not behind, and must not get
+    # 2 again when it comes.
+    meta = "livehub:{%s:%s}:meta" % (t, ch)
+    assert redis.cli("HINCRBY", meta, "top", 1) == 2
+    b = await c[0].connect(t, "bob")
+    m = await b.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 2, "epoch": r1.epoch}})
+    assert (m["offset"], m["epoch"], m["recovered"]) == (2, r1.epoch, True), m
+    assert await b.barrier() == []
+    # A frame for 2 arriving late is skipped for bob, delivered to alice.
+    frame = ('{"type":"n","channel":"%s","offset":2,"epoch":"%s","ts":1,"data":{"seq":2}}'
+             % (ch, r1.epoch))
+    redis.cli("SPUBLISH", "livehub:{%s:%s}" % (t, ch),
+              "E 2 %s 0 elsewhere\n%s" % (r1.epoch, frame))
+    assert (await a.next())["offset"] == 2
+    r3 = publish(c[0], t, ch, seq=3).result
+    assert r3.offset == 3
+    check_event(await a.next(), "n", ch, r3.channels[0], {"seq": 3})
+    check_event(await b.next(), "n", ch, r3.channels[0], {"seq": 3})
+    assert await b.barrier() == [] and await a.barrier() == []

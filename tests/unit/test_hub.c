@@ -893,7 +893,7 @@ static void deliver_at(struct hub *h, uint64_t off, uint64_t epoch)
 {
 	struct frame *f = event_at(off);
 	assert_non_null(f);
-	hub_deliver_event(h, "acme", "job:1", f, off, epoch, now_ms());
+	hub_deliver_event(h, "acme", "job:1", f, off, epoch, now_ms(), NULL, NULL);
 	frame_unref(f);
 }
 
