@@ -12,6 +12,15 @@ import redistest
 from hubtest import aio, check_event, hub_pb2, uniq
 
 
+def cluster(n, redis, **kw):
+    """redistest.cluster, once every node has reached Redis (a node starts
+    before it has, and says so with /readyz)."""
+    c = redistest.cluster(n, redis, **kw)
+    for node in c:
+        redistest.wait_until(lambda: redistest.readyz(node) == 200, "node ready")
+    return c
+
+
 def publish(hub, tenant, channel, etype="n", key="", **data):
     req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype,
                                  idempotency_key=key)
@@ -28,7 +37,7 @@ def history(hub, tenant, channel, limit=0, since=None):
 
 @aio
 async def test_history_rpc_reads_the_stream_from_any_node(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "job:" + uniq("j")
     results = [publish(c[0], t, ch, seq=i).result for i in range(5)]
     epoch = results[0].epoch
@@ -52,7 +61,7 @@ async def test_history_rpc_reads_the_stream_from_any_node(redis):
 
 @aio
 async def test_idempotency_key_holds_across_nodes(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "board:" + uniq("b")
     cl = await c[1].connect(t, "bob")
     await cl.subscribe(ch)
@@ -69,7 +78,7 @@ async def test_idempotency_key_holds_across_nodes(redis):
 
 @aio
 async def test_epoch_and_offsets_outlive_the_node(redis):
-    c = redistest.cluster(1, redis)
+    c = cluster(1, redis)
     t, ch = uniq(), "order:" + uniq("o")
     a = await c[0].connect(t, "alice")
     sub = await a.subscribe(ch)
@@ -79,6 +88,7 @@ async def test_epoch_and_offsets_outlive_the_node(redis):
         check_event(await a.next(), "n", ch, r[i].channels[0], {"seq": i})
     c.stop(0)
     node = c.replace(0)
+    redistest.wait_until(lambda: redistest.readyz(node) == 200, "restarted node ready")
     # The restarted node knows the channel from Redis: same epoch, and a
     # client that saw offset 1 recovers 2 and 3.
     b = await node.connect(t, "alice")
@@ -96,7 +106,7 @@ async def test_epoch_and_offsets_outlive_the_node(redis):
 
 @aio
 async def test_entries_missing_from_the_stream_give_recovered_false(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "job:" + uniq("j")
     r = [publish(c[0], t, ch, seq=i).result for i in range(4)]
     # Entry 2 is gone (as if trimmed): a recovery from 1 cannot be whole.
@@ -122,7 +132,7 @@ async def test_entries_missing_from_the_stream_give_recovered_false(redis):
 
 @aio
 async def test_publish_script_is_loaded_again_after_script_flush(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "board:" + uniq("b")
     b = await c[1].connect(t, "bob")
     await b.subscribe(ch)
@@ -139,7 +149,7 @@ async def test_url_password_and_database_are_used():
     r = redistest.RedisServer(password="s3cret-pw").start()
     try:
         url = "redis://:s3cret-pw@127.0.0.1:%d/2" % r.port
-        with redistest.cluster(2, r, LIVEHUB_REDIS_URL=url, LIVEHUB_REDIS_PREFIX="px") as c:
+        with cluster(2, r, LIVEHUB_REDIS_URL=url, LIVEHUB_REDIS_PREFIX="px") as c:
             t, ch = uniq(), "board:" + uniq("b")
             b = await c[1].connect(t, "bob")
             await b.subscribe(ch)
@@ -170,7 +180,7 @@ async def test_url_password_and_database_are_used():
 
 @aio
 async def test_subscribe_while_redis_is_down(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "job:" + uniq("j")
     a = await c[0].connect(t, "alice")
     sub = await a.subscribe(ch)
@@ -199,7 +209,7 @@ async def test_subscribe_while_redis_is_down(redis):
 
 @aio
 async def test_stats_and_metrics_of_redis_mode(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "board:" + uniq("b")
     a = await c[1].connect(t, "alice")
     await a.subscribe(ch)
@@ -240,7 +250,7 @@ async def test_memory_mode_reports_no_redis(hub):
 @aio
 async def test_a_redis_that_stops_answering_is_noticed(redis):
     import signal
-    c = redistest.cluster(1, redis)
+    c = cluster(1, redis)
     t, ch = uniq(), "job:" + uniq("j")
     a = await c[0].connect(t, "alice")
     await a.subscribe(ch)
@@ -272,7 +282,7 @@ async def test_without_sharded_pubsub_plain_pubsub_is_used(tmp_path):
     finally:
         redistest.REDIS_SERVER = saved
     try:
-        with redistest.cluster(2, r) as c:
+        with cluster(2, r) as c:
             t, ch = uniq(), "board:" + uniq("b")
             b = await c[1].connect(t, "bob")
             await b.subscribe(ch)
@@ -293,7 +303,7 @@ async def test_sighup_reload_reaches_the_publish_script(redis, tmp_path):
     import time
     cfg = tmp_path / "livehub.json"
     cfg.write_text(json.dumps({"history_kinds": "job:0"}))
-    c = redistest.cluster(1, redis, args=["--config", str(cfg)])
+    c = cluster(1, redis, args=["--config", str(cfg)])
     t, ch = uniq(), "job:" + uniq("j")
     stream = "livehub:{%s:%s}:stream" % (t, ch)
     publish(c[0], t, ch, seq=1)
@@ -314,7 +324,7 @@ async def test_sighup_reload_reaches_the_publish_script(redis, tmp_path):
 
 @aio
 async def test_a_node_following_a_channel_recovers_from_what_it_delivered(redis):
-    c = redistest.cluster(2, redis)
+    c = cluster(2, redis)
     t, ch = uniq(), "job:" + uniq("j")
     a = await c[0].connect(t, "alice")
     await a.subscribe(ch)
@@ -345,7 +355,7 @@ async def test_a_node_following_a_channel_recovers_from_what_it_delivered(redis)
 
 @aio
 async def test_a_client_ahead_of_the_node_is_recovered_without_duplicates(redis):
-    c = redistest.cluster(1, redis)
+    c = cluster(1, redis)
     t, ch = uniq(), "job:" + uniq("j")
     a = await c[0].connect(t, "alice")
     await a.subscribe(ch)
