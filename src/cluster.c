@@ -293,7 +293,8 @@ static void waiter_request(const struct waiter *w, struct wsp_request *req)
 /* Queues the subscribed reply (and the replayed frames) on the waiter's
  * connection, if it is still open. */
 static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const char *epoch,
-                   bool recovered, redisReply *entries, const struct hub_position *cached)
+                   bool recovered, const redisReply *entries, size_t nentries,
+                   const struct hub_position *cached)
 {
 	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
 	if (!c)
@@ -311,7 +312,7 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 	hub_conn_send(cl->h, c, f);
 	frame_unref(f);
 	if (recovered && entries) {
-		for (size_t i = 0; i < entries->elements; i++) {
+		for (size_t i = 0; i < nentries && i < entries->elements; i++) {
 			redisReply *fv = entries->element[i]->element[1];
 			redisReply *v = fv->element[1];
 			struct frame *e = frame_from(v->str, v->len);
@@ -339,7 +340,7 @@ static bool answer_cached(struct cluster *cl, struct waiter *w)
 	if (hub_channel_recover(cl->h, c, w->channel, &since, &pos) || !pos.recovered ||
 	    pos.offset != ch->top || strcmp(pos.epoch, ch->epoch) != 0)
 		return false;
-	answer(cl, w, pos.offset, pos.epoch, true, NULL, &pos);
+	answer(cl, w, pos.offset, pos.epoch, true, NULL, 0, &pos);
 	return true;
 }
 
@@ -395,9 +396,8 @@ static void on_range(void *arg, redisReply *r)
 			entries = r->element[2];
 		size_t n = 0;
 		bool ok = covers(entries, w->since, w->top, &n);
-		if (ok && entries)
-			entries->elements = n; /* entries past top come live (held) */
-		answer(cl, w, w->top, ch->epoch, ok, entries, NULL);
+		/* Entries past top come live (held): the first n are replayed. */
+		answer(cl, w, w->top, ch->epoch, ok, entries, n, NULL);
 	}
 	waiter_done(w);
 }
@@ -415,7 +415,7 @@ static bool ahead(struct cchan *ch, struct waiter *w)
 	s = &ch->skips[ch->nskips++];
 	snprintf(s->conn_id, sizeof(s->conn_id), "%s", w->conn_id);
 	s->upto = w->since;
-	answer(ch->cl, w, w->since, ch->epoch, true, NULL, NULL);
+	answer(ch->cl, w, w->since, ch->epoch, true, NULL, 0, NULL);
 	return true;
 }
 
@@ -444,7 +444,7 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
-	answer(cl, w, ch->top, ch->epoch, recovered, NULL, NULL);
+	answer(cl, w, ch->top, ch->epoch, recovered, NULL, 0, NULL);
 	waiter_done(w);
 }
 
