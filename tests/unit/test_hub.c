@@ -185,7 +185,8 @@ static void test_accessors_and_ids(void **state)
 	assert_string_equal(hub_conn_user(a), "alice@x.io");
 	assert_string_equal(hub_conn_user(b), "bob");
 
-	const char *ia = hub_conn_id(a), *ib = hub_conn_id(b);
+	char ba[HUB_CONN_ID_MAX], bb[HUB_CONN_ID_MAX];
+	const char *ia = hub_conn_id(a, ba), *ib = hub_conn_id(b, bb);
 	assert_string_not_equal(ia, ib);
 	/* "c" and 7 hex digits fixed per hub, '-', a counter. */
 	assert_int_equal(ia[0], 'c');
