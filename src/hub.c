@@ -1231,7 +1231,7 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 	h->lim = *lim;
 	h->tr = *tr;
 	h->rng = seed_random();
-	h->chans = dict_new(rng_next(h));
+	h->chans = dict_new(rng_next(h), offsetof(struct chan, key));
 	if (!h->chans) {
 		free(h);
 		return NULL;
