@@ -10,11 +10,12 @@
  * connection's array is its "$tenant" channel, entry 1 its "$user:{user}"
  * channel, explicit subscriptions follow.
  *
- * Memory. A connection is about 140 bytes plus 16 per channel it is on (one
- * entry in the channel's array); the first three channel entries and the
- * first two queue slots live inside struct hub_conn. The tenant and user
- * strings are not copied per connection: they are read from the keys of the
- * connection's "$tenant" and "$user:" channels.
+ * Memory. A connection is 120 bytes plus 16 per channel it is on (one entry
+ * in the channel's array); the first three channel entries and the first
+ * queue slot live inside struct hub_conn. The tenant and user strings are
+ * not copied per connection: they are read from the keys of the
+ * connection's "$tenant" and "$user:" channels. A channel is ~70 bytes plus
+ * its key until something is published on it (struct chan_hist).
  */
 #include "hub.h"
 
