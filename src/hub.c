@@ -64,7 +64,7 @@ struct csub {
  * its kind's bounds. Allocated at the first publication and given back by
  * hub_sweep once the history is empty, so that the many channels nobody
  * publishes on (a $user: channel per user, idle job: channels) do not carry
- * it: 48 bytes of heap fewer for each (docs/PERFORMANCE.md). */
+ * it: 32 bytes of heap fewer for each (docs/PERFORMANCE.md). */
 struct chan_hist {
 	struct hist hist;
 	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
