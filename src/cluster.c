@@ -120,6 +120,18 @@ struct cluster {
 	struct hist_limits hist;
 };
 
+/* An open connection, by its id (the lookup of asynchronous replies). */
+struct cconn {
+	struct hub_conn *c;
+	char id[32];
+};
+
+static struct hub_conn *conn_find(struct cluster *cl, const char *id)
+{
+	struct cconn *cc = dict_get(cl->conns, id, strlen(id));
+	return cc ? cc->c : NULL;
+}
+
 static uint64_t next_rand(struct cluster *cl)
 {
 	uint64_t z = (cl->rng += 0x9e3779b97f4a7c15ULL);
@@ -166,7 +178,8 @@ static void chan_unref(struct cchan *ch)
 static bool skip_conn(void *arg, const struct hub_conn *c)
 {
 	const struct cchan *ch = arg;
-	const char *id = hub_conn_id(c);
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
 	for (size_t i = 0; i < ch->nskips; i++)
 		if (ch->top <= ch->skips[i].upto && strcmp(ch->skips[i].conn_id, id) == 0)
 			return true;
@@ -296,7 +309,7 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
                    bool recovered, const redisReply *entries, size_t nentries,
                    const struct hub_position *cached)
 {
-	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	struct hub_conn *c = conn_find(cl, w->conn_id);
 	if (!c)
 		return;
 	if (w->has_since)
@@ -331,7 +344,7 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 static bool answer_cached(struct cluster *cl, struct waiter *w)
 {
 	struct cchan *ch = w->ch;
-	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	struct hub_conn *c = conn_find(cl, w->conn_id);
 	if (!c)
 		return false;
 	struct hub_since since = {.given = true, .offset = w->since};
@@ -755,15 +768,24 @@ static void history(void *arg, struct publication *p)
 
 void cluster_conn_open(struct cluster *cl, struct hub_conn *c)
 {
-	const char *id = hub_conn_id(c);
-	if (dict_put(cl->conns, id, strlen(id), c) != 0)
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
+	struct cconn *cc = malloc(sizeof(*cc));
+	if (cc) {
+		cc->c = c;
+		snprintf(cc->id, sizeof(cc->id), "%s", id);
+	}
+	if (!cc || dict_put(cl->conns, cc->id, strlen(cc->id), cc) != 0) {
+		free(cc);
 		log_error("event=redis_conn_track_failed client=%s", id);
+	}
 }
 
 void cluster_conn_close(struct cluster *cl, struct hub_conn *c)
 {
-	const char *id = hub_conn_id(c);
-	dict_del(cl->conns, id, strlen(id));
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
+	free(dict_del(cl->conns, id, strlen(id)));
 }
 
 static struct frame *subscribe_error(int rc, const struct wsp_request *req)
@@ -802,7 +824,7 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 		free(w);
 		return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
 	}
-	snprintf(w->conn_id, sizeof(w->conn_id), "%s", hub_conn_id(c));
+	hub_conn_id(c, w->conn_id);
 	w->has_since = req->has_since;
 	w->since = req->since_offset;
 	memcpy(w->since_epoch, req->since_epoch, sizeof(w->since_epoch));
@@ -859,8 +881,8 @@ struct cluster *cluster_new(struct hub *h, struct broker *b, const struct hist_l
 	cl->b = b;
 	cl->rng = (uint64_t)(uintptr_t)cl ^ 0x5bd1e995ULL;
 	cl->rng ^= (uint64_t)metrics_now_us();
-	cl->chans = dict_new(next_rand(cl));
-	cl->conns = dict_new(next_rand(cl));
+	cl->chans = dict_new(next_rand(cl), offsetof(struct cchan, key));
+	cl->conns = dict_new(next_rand(cl), offsetof(struct cconn, id));
 	if (!cl->chans || !cl->conns) {
 		cluster_free(cl);
 		return NULL;
@@ -890,6 +912,14 @@ void cluster_free(struct cluster *cl)
 		}
 	}
 	dict_free(cl->chans);
+	if (cl->conns) {
+		size_t pos = 0;
+		struct dict_entry de;
+		while (dict_next(cl->conns, &pos, &de)) {
+			dict_del(cl->conns, de.key, de.len);
+			free(de.val);
+		}
+	}
 	dict_free(cl->conns);
 	free(cl);
 }

@@ -259,10 +259,11 @@ static uint32_t fan_out(struct hub *h, const char *tenant, const char *name,
 static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char cid[HUB_CONN_ID_MAX];
 	sb_add_key_str(&sb, "{\"type\":", type);
 	sb_add_key_str(&sb, ",\"channel\":", name);
 	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
 	sb_addc(&sb, '}');
 	return frame_from_sb(&sb);
 }
@@ -485,11 +486,12 @@ static bool bucket_take(const struct presence *pr, struct presence_bucket *b, in
 static struct frame *client_event_frame(const struct hub_conn *c, const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char cid[HUB_CONN_ID_MAX];
 	sb_adds(&sb, "{\"type\":\"" CLIENT_EVENT_PREFIX);
 	sb_adds(&sb, req->event); /* name_type_ok: nothing to escape */
 	sb_add_key_str(&sb, "\",\"channel\":", req->channel);
 	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
 	sb_adds(&sb, ",\"data\":");
 	if (req->data)
 		sb_add(&sb, req->data, req->data_len);
@@ -548,7 +550,8 @@ static void disconnect_one(struct hub_conn *c, void *arg)
 {
 	struct target *t = arg;
 	struct command *cmd = t->cmd;
-	if (cmd->client_id[0] && strcmp(hub_conn_id(c), cmd->client_id) != 0)
+	char cid[HUB_CONN_ID_MAX];
+	if (cmd->client_id[0] && strcmp(hub_conn_id(c, cid), cmd->client_id) != 0)
 		return;
 	const char *reason = cmd->reason[0] ? cmd->reason : "DISCONNECTED";
 	if (hub_conn_kill(t->h, c, cmd->close_code, reason))
