@@ -1,12 +1,10 @@
 /* handoff: the bounded queue from publisher threads to the service thread.
  * See handoff.h.
  *
- * Producers push onto a lock-free stack (compare-and-swap on head); the
- * consumer swaps the whole stack out and reverses it, which gives every
- * producer's publications back in the order it pushed them. Only whole-stack
- * takes exist, so a head seen again after a swap (ABA) is harmless. count
- * is raised before a push links its node and lowered by the take, so it
- * may briefly count a node not linked yet, never the reverse. */
+ * The list itself is mpsc.h's lock-free stack; this file adds the bounds
+ * and the wake-up. count is raised before a push links its node and
+ * lowered by the take, so it may briefly count a node not linked yet,
+ * never the reverse. */
 #include "handoff.h"
 
 #include <pthread.h>
@@ -15,10 +13,14 @@
 #include <stdlib.h>
 
 #include "livehub.h"
+#include "mpsc.h"
 #include "publication.h"
 
+/* mpsc.h links a node through its first member. */
+_Static_assert(offsetof(struct publication, next) == 0, "next is the mpsc link");
+
 struct handoff {
-	_Atomic(struct publication *) head; /* newest first */
+	struct mpsc list;
 	_Atomic size_t count;
 	_Atomic size_t bytes;
 	size_t max;
@@ -39,7 +41,7 @@ struct handoff *handoff_new(size_t max, size_t max_bytes)
 		free(q);
 		return NULL;
 	}
-	atomic_init(&q->head, NULL);
+	mpsc_init(&q->list);
 	atomic_init(&q->count, 0);
 	atomic_init(&q->bytes, 0);
 	q->max_bytes = max_bytes;
@@ -93,17 +95,15 @@ int handoff_push_lazy(struct handoff *q, struct publication *p)
 		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
 		return LH_EFULL;
 	}
-	struct publication *old = atomic_load_explicit(&q->head, memory_order_relaxed);
-	do
-		p->next = old;
-	while (!atomic_compare_exchange_weak_explicit(&q->head, &old, p, memory_order_seq_cst,
-	                                              memory_order_relaxed));
-	/* A non-empty stack already has a wake-up on its way, because the
-	 * consumer always takes the whole stack; a draining consumer takes it
-	 * or learns of it from handoff_drain_end. The CAS above and this load
-	 * against drain_end's store and load (all seq_cst): one side always
-	 * sees the other. */
-	return old == NULL && !atomic_load(&q->draining);
+	if (!mpsc_push(&q->list, (struct mpsc_node *)p))
+		return 0;
+	/* The list was empty: a wake-up is owed, unless the consumer is
+	 * draining (it takes p, or learns of it from handoff_drain_end). The
+	 * push and this load, against drain_end's store and its load of the
+	 * head, each with a seq_cst fence between: one side always sees the
+	 * other. */
+	atomic_thread_fence(memory_order_seq_cst);
+	return !atomic_load_explicit(&q->draining, memory_order_relaxed);
 }
 
 int handoff_push(struct handoff *q, struct publication *p)
@@ -118,17 +118,10 @@ int handoff_push(struct handoff *q, struct publication *p)
 
 struct publication *handoff_take(struct handoff *q)
 {
-	struct publication *p = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
-	struct publication *fifo = NULL;
 	size_t n = 0, bytes = 0;
-	while (p) {
+	struct publication *fifo = (struct publication *)mpsc_take(&q->list, &n);
+	for (struct publication *p = fifo; p; p = p->next)
 		bytes += handoff_cost(p);
-		struct publication *next = p->next;
-		p->next = fifo;
-		fifo = p;
-		p = next;
-		n++;
-	}
 	if (n) {
 		atomic_fetch_sub_explicit(&q->count, n, memory_order_relaxed);
 		atomic_fetch_sub_explicit(&q->bytes, bytes, memory_order_relaxed);
@@ -138,13 +131,14 @@ struct publication *handoff_take(struct handoff *q)
 
 void handoff_drain_begin(struct handoff *q)
 {
-	atomic_store(&q->draining, true);
+	atomic_store_explicit(&q->draining, true, memory_order_relaxed);
 }
 
 bool handoff_drain_end(struct handoff *q)
 {
-	atomic_store(&q->draining, false);
-	return atomic_load(&q->head) != NULL;
+	atomic_store_explicit(&q->draining, false, memory_order_relaxed);
+	atomic_thread_fence(memory_order_seq_cst); /* see handoff_push_lazy */
+	return atomic_load_explicit(&q->list.head, memory_order_relaxed) != NULL;
 }
 
 size_t handoff_depth(struct handoff *q)

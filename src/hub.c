@@ -10,14 +10,16 @@
  * connection's array is its "$tenant" channel, entry 1 its "$user:{user}"
  * channel, explicit subscriptions follow.
  *
- * Memory. A connection is about 140 bytes plus 16 per channel it is on (one
- * entry in the channel's array); the first three channel entries and the
- * first two queue slots live inside struct hub_conn. The tenant and user
- * strings are not copied per connection: they are read from the keys of the
- * connection's "$tenant" and "$user:" channels.
+ * Memory. A connection is 120 bytes plus 16 per channel it is on (one entry
+ * in the channel's array); the first three channel entries and the first
+ * queue slot live inside struct hub_conn. The tenant and user strings are
+ * not copied per connection: they are read from the keys of the
+ * connection's "$tenant" and "$user:" channels. A channel is ~70 bytes plus
+ * its key until something is published on it (struct chan_hist).
  */
 #include "hub.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -37,8 +39,10 @@
 #define SUB_USER            1 /* index of the user channel */
 #define SUB_FIRST           2 /* first explicit subscription */
 #define CONN_INLINE_SUBS    3
-#define CONN_INLINE_Q       2 /* a power of two, like every ring capacity */
-#define QUEUE_KEEP          8 /* ring slots kept when the queue drains */
+#define CONN_INLINE_Q       1  /* a power of two, like every ring capacity */
+#define QUEUE_KEEP          8  /* ring slots kept when the queue drains */
+#define ID_SEQ_BITS         36 /* the connection counter's share of hub_conn.idv */
+#define ID_PREFIX_MASK      0xfffffffULL
 #define CLOSE_SLOW_CONSUMER 4000
 #define CLOSE_INTERNAL      1011
 
@@ -56,38 +60,62 @@ struct csub {
 	uint32_t sidx;
 };
 
+/* What a channel needs once something is published on it: its history and
+ * its kind's bounds. Allocated at the first publication and given back by
+ * hub_sweep once the history is empty, so that the many channels nobody
+ * publishes on (a $user: channel per user, idle job: channels) do not carry
+ * it: 32 bytes of heap fewer for each (docs/PERFORMANCE.md). */
+struct chan_hist {
+	struct hist hist;
+	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
+	uint32_t lim_gen;       /* hub's lim_gen when hsize/httl_s were looked up */
+};
+
 struct chan {
 	struct sub *subs; /* &one while cap is 1, else heap */
 	uint32_t nsubs, cap;
-	uint64_t next;   /* offset of the next publication, from 1 */
-	uint64_t epoch;  /* random; shown as 16 hex digits */
-	int64_t last_ms; /* last publication, creation or loss of the last subscriber */
+	uint64_t next;        /* offset of the next publication, from 1 */
+	uint64_t epoch;       /* random; shown as 16 hex digits */
+	int64_t last_ms;      /* last publication, creation or loss of the last subscriber */
+	struct chan_hist *hx; /* NULL until the first publication (chan_limits) */
 	struct sub one;
-	uint16_t klen;          /* key bytes, without the NUL */
-	uint8_t tlen;           /* tenant bytes at the start of the key */
-	uint8_t kind;           /* enum chan_kind */
-	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
-	uint32_t lim_gen;       /* hub's lim_gen when hsize/httl_s were looked up */
-	struct hist hist;
+	uint16_t klen; /* key bytes, without the NUL */
+	uint8_t tlen;  /* tenant bytes at the start of the key */
+	uint8_t kind;  /* enum chan_kind */
 	/* "tenant\x1fname\0"; a CHAN_TENANT record appends "tenant\0" so that
 	 * hub_conn_tenant() has a NUL-terminated string to return. */
 	char key[];
 };
 
+/* The history of a channel without one: empty. */
+static const struct hist no_hist;
+
+/* ch's history, empty when it has none. */
+static const struct hist *chan_hist(const struct chan *ch)
+{
+	return ch->hx ? &ch->hx->hist : &no_hist;
+}
+
+/* 120 bytes, so that glibc gives it a 128-byte chunk: an idle connection
+ * is mostly this, its channels and what lws allocates (docs/PERFORMANCE.md,
+ * "Memory per connection"). Check the size when adding a field. */
 struct hub_conn {
 	void *tctx;
 	struct csub *subs; /* inl while subcap is CONN_INLINE_SUBS, else heap */
 	struct frame **q;  /* ring; qinl while qcap is CONN_INLINE_Q, else heap */
+	uint64_t qbytes;   /* payload bytes queued */
+	/* The id, formatted on demand (hub_conn_id): the hub's random 28-bit
+	 * prefix above ID_SEQ_BITS bits of its connection counter. */
+	uint64_t idv;
 	uint32_t nsubs, subcap;
 	uint32_t qhead, qlen, qcap;
-	uint32_t nkeyed; /* queued frames with a conflation key */
-	uint64_t qbytes; /* payload bytes queued */
-	bool dead;       /* killed: nothing more is queued */
-	bool pressed;    /* raised hub.pressure since its queue was last empty */
-	char id[23];     /* "c5f1e2a3-17" */
+	uint32_t nkeyed : 30; /* queued frames with a conflation key (< sendq_max_frames) */
+	uint32_t dead : 1;    /* killed: nothing more is queued */
+	uint32_t pressed : 1; /* raised hub.pressure since its queue was last empty */
 	struct csub inl[CONN_INLINE_SUBS];
 	struct frame *qinl[CONN_INLINE_Q];
 };
+_Static_assert(sizeof(struct hub_conn) <= 120, "struct hub_conn outgrew its 128-byte chunk");
 
 struct hub {
 	struct hub_limits lim;
@@ -95,9 +123,9 @@ struct hub {
 	struct dict *chans; /* key -> struct chan */
 	uint64_t rng;       /* splitmix64 state */
 	uint64_t conn_seq;
-	char id_prefix[9]; /* 'c', 7 hex digits, '-' */
-	uint32_t lim_gen;  /* raised by hub_set_limits */
-	bool pressure;     /* a queue crossed half its bound (hub_publish_some) */
+	uint32_t id_prefix; /* random, 28 bits: the 7 hex digits of every id */
+	uint32_t lim_gen;   /* raised by hub_set_limits */
+	bool pressure;      /* a queue crossed half its bound (hub_publish_some) */
 	struct hist_pool pool;
 	struct idem *idem;
 	struct hub_stats st;
@@ -105,9 +133,13 @@ struct hub {
 	 * hub_set_command_runner. */
 	void (*run_cmd)(void *arg, struct publication *p);
 	void *run_cmd_arg;
+	/* Redis mode (hub_set_cluster); NULL in memory mode. */
+	const struct hub_cluster *cl;
+	void *cl_arg;
 };
 
 static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f);
+static struct chan *chan_find(struct hub *h, const char *tenant, const char *name);
 static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms);
 
 /* ------------------------------------------------------------------------
@@ -232,7 +264,8 @@ static struct chan *chan_new(struct hub *h, const char *key, size_t klen, size_t
 {
 	enum chan_kind kind = kind_of(key + tlen + 1, klen - tlen - 1);
 	size_t extra = kind == CHAN_TENANT ? tlen + 1 : 0;
-	struct chan *ch = calloc(1, sizeof(*ch) + klen + 1 + extra);
+	/* The key starts inside the struct's tail padding. */
+	struct chan *ch = calloc(1, offsetof(struct chan, key) + klen + 1 + extra);
 	if (!ch)
 		return NULL;
 	memcpy(ch->key, key, klen);
@@ -264,8 +297,11 @@ static struct chan *chan_get(struct hub *h, const char *key, size_t klen, size_t
 static void chan_free(struct hub *h, struct chan *ch)
 {
 	dict_del(h->chans, ch->key, ch->klen);
-	hist_clear(&h->pool, &ch->hist);
-	hist_stats(h);
+	if (ch->hx) {
+		hist_clear(&h->pool, &ch->hx->hist);
+		hist_stats(h);
+		free(ch->hx);
+	}
 	if (ch->subs != &ch->one)
 		free(ch->subs);
 	free(ch);
@@ -304,6 +340,17 @@ static void count_presence(struct hub *h, const struct chan *ch, int d)
 		stat_add(&h->st.users, d);
 }
 
+/* Tells the cluster glue about ch (its first subscriber came, or its last
+ * went). */
+static void cluster_hook(struct hub *h, const struct chan *ch,
+                         void (*fn)(void *arg, const char *tenant, const char *name))
+{
+	char tenant[LH_TENANT_MAX + 1];
+	memcpy(tenant, ch->key, ch->tlen);
+	tenant[ch->tlen] = '\0';
+	fn(h->cl_arg, tenant, chan_name(ch));
+}
+
 /* Removes subscriber i from ch, moving the last one into its place. An
  * emptied channel gives back its array and starts its idle time. */
 static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
@@ -323,6 +370,8 @@ static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
 	}
 	ch->last_ms = wall_ms();
 	count_presence(h, ch, -1);
+	if (h->cl)
+		cluster_hook(h, ch, h->cl->on_last);
 	/* A channel that never carried a publication has no offsets worth
 	 * keeping: free it now, so subscribe/unsubscribe loops cannot pile up
 	 * empty channels until the sweep. Callers must not use ch after this. */
@@ -366,8 +415,11 @@ static int link_chan(struct hub *h, struct hub_conn *c, struct chan *ch)
 	uint32_t i = ch->nsubs++;
 	c->subs[k] = (struct csub){ch, i};
 	ch->subs[i] = (struct sub){c, k};
-	if (i == 0)
+	if (i == 0) {
 		count_presence(h, ch, 1);
+		if (h->cl)
+			cluster_hook(h, ch, h->cl->on_first);
+	}
 	return 0;
 }
 
@@ -407,15 +459,15 @@ static int64_t find_sub(const struct hub_conn *c, const struct chan *ch)
 	return -1;
 }
 
+/* Gives c the next id. When the counter has used its ID_SEQ_BITS bits the
+ * hub takes a new random prefix and counts from 1 again. */
 static void conn_set_id(struct hub *h, struct hub_conn *c)
 {
-	char *o = put(c->id, h->id_prefix, sizeof(h->id_prefix));
-	char tmp[24];
-	size_t n = (size_t)(put_u64(tmp, ++h->conn_seq) - tmp);
-	if (n > sizeof(c->id) - sizeof(h->id_prefix) - 1)
-		n = sizeof(c->id) - sizeof(h->id_prefix) - 1; /* past 10^13 connections */
-	o = put(o, tmp, n);
-	*o = '\0';
+	if (++h->conn_seq >> ID_SEQ_BITS) {
+		h->id_prefix = (uint32_t)(rng_next(h) & ID_PREFIX_MASK);
+		h->conn_seq = 1;
+	}
+	c->idv = (uint64_t)h->id_prefix << ID_SEQ_BITS | h->conn_seq;
 }
 
 /* Drops every queued frame and returns the ring to its inline slots. */
@@ -525,9 +577,15 @@ const char *hub_conn_user(const struct hub_conn *c)
 	return chan_name(c->subs[SUB_USER].ch) + USER_PREFIX_LEN;
 }
 
-const char *hub_conn_id(const struct hub_conn *c)
+const char *hub_conn_id(const struct hub_conn *c, char buf[HUB_CONN_ID_MAX])
 {
-	return c->id;
+	char *o = buf;
+	*o++ = 'c';
+	o = put_hex(o, c->idv >> ID_SEQ_BITS, 7);
+	*o++ = '-';
+	o = put_u64(o, c->idv & (((uint64_t)1 << ID_SEQ_BITS) - 1));
+	*o = '\0';
+	return buf;
 }
 
 /* Looks up the channel c calls name, validated with name_channel_ok.
@@ -588,7 +646,7 @@ static struct chan *implicit_chan(const struct hub_conn *c, const char *name)
 /* Fills pos with ch's top offset and epoch and, when since is given,
  * whether its history covers everything after since->offset. */
 static void chan_position(struct hub *h, struct chan *ch, const struct hub_since *since,
-                          struct hub_position *pos)
+                          struct hub_position *pos, bool count)
 {
 	chan_trim(h, ch, wall_ms());
 	pos->offset = ch->next - 1;
@@ -602,12 +660,13 @@ static void chan_position(struct hub *h, struct chan *ch, const struct hub_since
 	const struct hist_entry *first = NULL;
 	uint32_t n = 0;
 	pos->recovered = strcmp(since->epoch, pos->epoch) == 0 &&
-	                 hist_range(&ch->hist, since->offset, pos->offset, &first, &n);
+	                 hist_range(chan_hist(ch), since->offset, pos->offset, &first, &n);
 	if (pos->recovered) {
 		pos->from = first;
 		pos->replay = n;
 	}
-	stat_add(pos->recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
+	if (count)
+		stat_add(pos->recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
 }
 
 int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
@@ -623,7 +682,7 @@ int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
 	}
 	if (rc != 0 && rc != LH_EEXIST)
 		return rc;
-	chan_position(h, ch, since, pos);
+	chan_position(h, ch, since, pos, true);
 	return rc;
 }
 
@@ -850,23 +909,32 @@ static uint64_t chan_conflate_key(uint64_t key, const struct chan *ch)
 	return x ? x : 1;
 }
 
-/* Brings ch's history bounds up to date with the hub's limits. */
-static void chan_limits(struct hub *h, struct chan *ch)
+/* Gives ch its history part if it has none and brings its history bounds
+ * up to date with the hub's limits. Returns it, or NULL when out of memory. */
+static struct chan_hist *chan_limits(struct hub *h, struct chan *ch)
 {
-	if (ch->lim_gen == h->lim_gen)
-		return;
-	hist_kind_of(&h->lim.hist, chan_name(ch), chan_name_len(ch), &ch->hsize, &ch->httl_s);
-	ch->lim_gen = h->lim_gen;
+	struct chan_hist *hx = ch->hx;
+	if (!hx) {
+		hx = calloc(1, sizeof(*hx));
+		if (!hx)
+			return NULL;
+		ch->hx = hx;
+	}
+	if (hx->lim_gen == h->lim_gen)
+		return hx;
+	hist_kind_of(&h->lim.hist, chan_name(ch), chan_name_len(ch), &hx->hsize, &hx->httl_s);
+	hx->lim_gen = h->lim_gen;
+	return hx;
 }
 
 /* Drops ch's history entries past its kind's size and TTL at now_ms. */
 static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms)
 {
-	if (!ch->hist.n)
+	if (!ch->hx || !ch->hx->hist.n)
 		return;
-	chan_limits(h, ch);
-	int64_t cutoff = ch->httl_s ? now_ms - (int64_t)ch->httl_s * 1000 : INT64_MIN;
-	hist_trim(&h->pool, &ch->hist, cutoff, ch->hsize);
+	struct chan_hist *hx = chan_limits(h, ch);
+	int64_t cutoff = hx->httl_s ? now_ms - (int64_t)hx->httl_s * 1000 : INT64_MIN;
+	hist_trim(&h->pool, &hx->hist, cutoff, hx->hsize);
 	hist_stats(h);
 }
 
@@ -915,16 +983,18 @@ static int publish_one(struct hub *h, struct publication *p, int i)
 		return LH_ENOMEM;
 	/* Nobody on the channel and no history: the offset still advances,
 	 * no frame is built. */
-	chan_limits(h, ch);
+	struct chan_hist *hx = chan_limits(h, ch);
+	if (!hx)
+		return LH_ENOMEM;
 	struct frame *f = NULL;
-	if ((ch->nsubs > 0 || ch->hsize > 0) && !(f = event_frame(p, ch)))
+	if ((ch->nsubs > 0 || hx->hsize > 0) && !(f = event_frame(p, ch)))
 		return LH_ENOMEM;
 	struct pub_position *pos = &p->pos[i];
 	pos->offset = ch->next++;
 	/* Out of memory for the history entry only makes a hole, which a
 	 * recovery across it reports as recovered:false. */
-	if (ch->hsize > 0) {
-		hist_push(&h->pool, &ch->hist, f, pos->offset, p->ts_ms, ch->hsize);
+	if (hx->hsize > 0) {
+		hist_push(&h->pool, &hx->hist, f, pos->offset, p->ts_ms, hx->hsize);
 		chan_trim(h, ch, p->ts_ms);
 	}
 	put_hex(pos->epoch, ch->epoch, 16);
@@ -1014,7 +1084,14 @@ void hub_publish(struct hub *h, struct publication *p)
 		return;
 	}
 	if (p->kind == PUB_HISTORY) {
-		hub_history(h, p);
+		if (h->cl)
+			h->cl->history(h->cl_arg, p);
+		else
+			hub_history(h, p);
+		return;
+	}
+	if (h->cl) {
+		h->cl->publish(h->cl_arg, p);
 		return;
 	}
 	p->subscribers = 0;
@@ -1035,6 +1112,98 @@ void hub_publish(struct hub *h, struct publication *p)
 	p->status = rc;
 	if (p->on_done)
 		p->on_done(p);
+}
+
+void hub_set_cluster(struct hub *h, const struct hub_cluster *cl, void *arg)
+{
+	h->cl = cl;
+	h->cl_arg = arg;
+}
+
+uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name)
+{
+	char k[KEY_MAX];
+	size_t tlen = strlen(tenant);
+	size_t klen = make_key(k, tenant, tlen, name, strlen(name));
+	uint64_t x = key;
+	for (size_t i = 0; i < klen; i++)
+		x = (x ^ (unsigned char)k[i]) * 1099511628211ULL;
+	return x ? x : 1;
+}
+
+void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint64_t top,
+                      uint64_t epoch)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return;
+	if ((ch->epoch != epoch || ch->next != top + 1) && ch->hx) {
+		hist_clear(&h->pool, &ch->hx->hist);
+		hist_stats(h);
+	}
+	ch->epoch = epoch;
+	ch->next = top + 1;
+}
+
+size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return 0;
+	/* The cache holds a contiguous run of one epoch, like a history. */
+	if (ch->epoch != epoch || offset != ch->next) {
+		if (ch->hx)
+			hist_clear(&h->pool, &ch->hx->hist);
+		ch->epoch = epoch;
+	}
+	ch->next = offset + 1;
+	/* Out of memory for the cache only makes a hole (a read instead). */
+	struct chan_hist *hx = chan_limits(h, ch);
+	if (hx && hx->hsize > 0) {
+		hist_push(&h->pool, &hx->hist, f, offset, ts_ms, hx->hsize);
+		chan_trim(h, ch, wall_ms());
+	}
+	if (ts_ms > ch->last_ms)
+		ch->last_ms = ts_ms;
+	if (!skip)
+		return hub_deliver(h, tenant, name, f);
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (!skip(skip_arg, ch->subs[s].conn) && enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
+	return n;
+}
+
+int hub_channel_recover(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos)
+{
+	struct chan *ch =
+	        name[0] == '$' ? implicit_chan(c, name) : chan_find(h, hub_conn_tenant(c), name);
+	if (!ch)
+		return LH_ENOENT;
+	chan_position(h, ch, since, pos, false);
+	return 0;
+}
+
+void hub_count_recovery(struct hub *h, bool recovered)
+{
+	stat_add(recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
+}
+
+size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return 0;
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
+	return n;
 }
 
 /* ------------------------------------------------------------------------
@@ -1076,12 +1245,12 @@ static void history_select(struct hub *h, struct chan *ch, struct publication *p
 	memcpy(since.epoch, p->hist_since_epoch, sizeof(since.epoch));
 	since.epoch[sizeof(since.epoch) - 1] = '\0';
 	struct hub_position pos;
-	chan_position(h, ch, &since, &pos);
+	chan_position(h, ch, &since, &pos, true);
 	hdr->offset = pos.offset;
 	memcpy(hdr->epoch, pos.epoch, sizeof(hdr->epoch));
 	hdr->recovered = pos.recovered;
-	*first = ch->hist.head;
-	*n = ch->hist.n;
+	*first = chan_hist(ch)->head;
+	*n = chan_hist(ch)->n;
 	if (since.given) {
 		*first = pos.from;
 		*n = pos.replay;
@@ -1183,7 +1352,7 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 	h->lim = *lim;
 	h->tr = *tr;
 	h->rng = seed_random();
-	h->chans = dict_new(rng_next(h));
+	h->chans = dict_new(rng_next(h), offsetof(struct chan, key));
 	if (!h->chans) {
 		free(h);
 		return NULL;
@@ -1196,9 +1365,7 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 		free(h);
 		return NULL;
 	}
-	h->id_prefix[0] = 'c';
-	put_hex(h->id_prefix + 1, rng_next(h), 7);
-	h->id_prefix[8] = '-';
+	h->id_prefix = (uint32_t)(rng_next(h) & ID_PREFIX_MASK);
 	return h;
 }
 
@@ -1222,8 +1389,12 @@ void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms)
 	while (dict_next(h->chans, &pos, &e)) {
 		struct chan *ch = e.val;
 		chan_trim(h, ch, now_ms);
-		if (ch->nsubs == 0 && ch->hist.n == 0 && now_ms - ch->last_ms > idle_ms)
+		if (ch->nsubs == 0 && chan_hist(ch)->n == 0 && now_ms - ch->last_ms > idle_ms) {
 			chan_free(h, ch);
+		} else if (ch->hx && ch->hx->hist.n == 0) {
+			free(ch->hx); /* nothing refers to an empty history */
+			ch->hx = NULL;
+		}
 	}
 	idem_expire(h->idem, now_ms - (int64_t)h->lim.idem_window_s * 1000);
 	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);

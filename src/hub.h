@@ -98,8 +98,11 @@ void hub_conn_close(struct hub *h, struct hub_conn *c);
 
 const char *hub_conn_tenant(const struct hub_conn *c);
 const char *hub_conn_user(const struct hub_conn *c);
-/* The connection's process-unique id, e.g. "c4f2a9-17". */
-const char *hub_conn_id(const struct hub_conn *c);
+/* Bytes of a connection id with its NUL ("c" 7 hex "-" up to 11 digits). */
+#define HUB_CONN_ID_MAX 24
+/* Writes the connection's process-unique id, e.g. "c4f2a9e1-17", into buf
+ * and returns buf. Formatted on demand: not stored per connection. */
+const char *hub_conn_id(const struct hub_conn *c, char buf[HUB_CONN_ID_MAX]);
 
 /* Subscribes c to the channel its client calls name (not reserved).
  * Returns 0, LH_EEXIST (already subscribed), LH_EINVAL (bad name),
@@ -263,6 +266,61 @@ size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pub
  * with LH_EINVAL. The runner may use every hub function. */
 void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p),
                             void *arg);
+
+/* ------------------------------------------------------------------------
+ * Redis mode (broker.h, cluster.h). In memory mode none of this is set and
+ * the hub runs exactly as on one node.
+ * ------------------------------------------------------------------------ */
+
+/* The cluster glue's hooks, called on the service thread. */
+struct hub_cluster {
+	/* A channel got its first subscriber (implicit channels included, at
+	 * hub_conn_open), or lost its last one. The hook must not call back
+	 * into the hub's subscription functions. */
+	void (*on_first)(void *arg, const char *tenant, const char *name);
+	void (*on_last)(void *arg, const char *tenant, const char *name);
+	/* Runs a publication (PUB_PUBLISH, not a command) instead of
+	 * publishing it here: hands it to Redis, which gives it its offsets;
+	 * must set p->status and call p->on_done, maybe later. */
+	void (*publish)(void *arg, struct publication *p);
+	/* Runs a PUB_HISTORY publication instead of hub_history (reads Redis);
+	 * must set p->status and p->history and call p->on_done, maybe later. */
+	void (*history)(void *arg, struct publication *p);
+};
+/* Sets (or, with NULL, clears) the cluster hooks; cl must outlive the hub
+ * or be cleared. */
+void hub_set_cluster(struct hub *h, const struct hub_cluster *cl, void *arg);
+/* Queues f (a reference each) on every subscriber of the channel tenant's
+ * clients call name, as hub_publish does with a local publication but with
+ * the frame already built elsewhere (an event from Redis, with its offset
+ * and epoch in it; or a client event / presence frame of another node).
+ * Returns how many connections it was queued on. */
+size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f);
+/* Redis mode: sets the channel's position to Redis's (top offset, epoch),
+ * emptying its history cache unless it continues it. No-op when the
+ * channel does not exist. */
+void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint64_t top,
+                      uint64_t epoch);
+/* Redis mode: hub_deliver for an event frame at offset in epoch (its
+ * publish time ts_ms), which also advances the channel's position and
+ * keeps the frame in the channel's history, bounded as in memory mode: a
+ * cache of Redis's stream, so that most recoveries need no read. An offset
+ * that does not follow the channel's top, or another epoch, empties the
+ * cache first. When skip is not NULL, connections it returns true for do
+ * not get the frame (they have it already). */
+size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg);
+/* Redis mode: like hub_subscribe_since's position and recovery for c's
+ * channel name (explicit, or c's implicit ones), subscribing nothing and
+ * counting nothing. Returns 0 or LH_ENOENT (no such channel here). */
+int hub_channel_recover(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos);
+/* Counts a recovery answered recovered or not (GetStats 45/46). */
+void hub_count_recovery(struct hub *h, bool recovered);
+/* The conflation key hub_publish gives a frame of a publication with key on
+ * (tenant, name), so that frames delivered by hub_deliver conflate alike. */
+uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name);
 
 /* Event frames queued on connections since start (messages_delivered). */
 uint64_t hub_delivered(struct hub *h);

@@ -28,6 +28,9 @@ struct patterns {
 };
 
 struct presence {
+	/* Redis mode: client events go to the other nodes too (borrowed). */
+	void (*relay)(void *arg, const char *tenant, const char *name, const struct frame *f);
+	void *relay_arg;
 	struct patterns events;  /* join/leave */
 	struct patterns publish; /* client events */
 	int64_t rate, burst;
@@ -181,6 +184,15 @@ void presence_free(struct presence *pr)
 	free(pr);
 }
 
+void presence_set_relay(struct presence *pr,
+                        void (*fn)(void *arg, const char *tenant, const char *name,
+                                   const struct frame *f),
+                        void *arg)
+{
+	pr->relay = fn;
+	pr->relay_arg = arg;
+}
+
 bool presence_events_on(const struct presence *pr, const char *name)
 {
 	/* Never on the implicit channels, whatever the patterns ("*"): who is
@@ -247,10 +259,11 @@ static uint32_t fan_out(struct hub *h, const char *tenant, const char *name,
 static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char cid[HUB_CONN_ID_MAX];
 	sb_add_key_str(&sb, "{\"type\":", type);
 	sb_add_key_str(&sb, ",\"channel\":", name);
 	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
 	sb_addc(&sb, '}');
 	return frame_from_sb(&sb);
 }
@@ -473,11 +486,12 @@ static bool bucket_take(const struct presence *pr, struct presence_bucket *b, in
 static struct frame *client_event_frame(const struct hub_conn *c, const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char cid[HUB_CONN_ID_MAX];
 	sb_adds(&sb, "{\"type\":\"" CLIENT_EVENT_PREFIX);
 	sb_adds(&sb, req->event); /* name_type_ok: nothing to escape */
 	sb_add_key_str(&sb, "\",\"channel\":", req->channel);
 	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
 	sb_adds(&sb, ",\"data\":");
 	if (req->data)
 		sb_add(&sb, req->data, req->data_len);
@@ -515,6 +529,8 @@ struct frame *presence_publish(struct presence *pr, struct hub *h, struct hub_co
 	struct frame *ev = client_event_frame(c, req);
 	if (!ev)
 		return NULL;
+	if (pr->relay)
+		pr->relay(pr->relay_arg, hub_conn_tenant(c), req->channel, ev);
 	fan_out(h, hub_conn_tenant(c), req->channel, c, ev);
 	stat_add(&stats.client_events, 1);
 	return published_frame(req);
@@ -534,7 +550,8 @@ static void disconnect_one(struct hub_conn *c, void *arg)
 {
 	struct target *t = arg;
 	struct command *cmd = t->cmd;
-	if (cmd->client_id[0] && strcmp(hub_conn_id(c), cmd->client_id) != 0)
+	char cid[HUB_CONN_ID_MAX];
+	if (cmd->client_id[0] && strcmp(hub_conn_id(c, cid), cmd->client_id) != 0)
 		return;
 	const char *reason = cmd->reason[0] ? cmd->reason : "DISCONNECTED";
 	if (hub_conn_kill(t->h, c, cmd->close_code, reason))

@@ -64,6 +64,14 @@ int presence_config_check(const char *patterns, const char **why);
 struct presence *presence_new(const struct presence_config *cfg);
 void presence_free(struct presence *pr);
 
+/* Redis mode: fn(arg, tenant, channel, frame) is called with every client
+ * event accepted here, before it is queued locally, so that the other
+ * nodes get it too. */
+void presence_set_relay(struct presence *pr,
+                        void (*fn)(void *arg, const char *tenant, const char *name,
+                                   const struct frame *f),
+                        void *arg);
+
 /* Whether channel name sends join/leave events. */
 bool presence_events_on(const struct presence *pr, const char *name);
 

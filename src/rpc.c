@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "apikeys.h"
+#include "broker.h"
 #include "livehub.h"
 #include "livehub/v1/hub.pb-c.h"
 #include "log.h"
@@ -159,6 +160,7 @@ struct call {
 
 struct rpc {
 	struct hub *hub;
+	struct broker *broker; /* Redis mode: unary publishes and stats; else NULL */
 	struct handoff *q;
 	grpc_server *server;
 	grpc_completion_queue *cq;
@@ -609,6 +611,19 @@ static void handle_stats(struct call *c)
 	resp.presence_events = ps.presence_events;
 	resp.disconnects = ps.disconnects;
 	resp.control_commands = ps.commands;
+	if (c->r->broker) {
+		struct broker_stats bs;
+		broker_stats_read(c->r->broker, &bs);
+		resp.redis_up = bs.up;
+		resp.redis_reconnects = bs.reconnects;
+		resp.redis_commands_in_flight = bs.cmds_in_flight;
+		resp.redis_publishes = bs.publishes;
+		resp.redis_publish_failures = bs.publish_failures;
+		resp.redis_messages_received = bs.messages_received;
+		resp.redis_channels_followed = bs.channels_followed;
+		resp.redis_commands = bs.commands;
+		resp.node_id = (char *)broker_node_id(c->r->broker);
+	}
 	reply_message(c, &resp.base);
 }
 
@@ -621,6 +636,27 @@ static int push_lazy(struct rpc *r, struct publication *p)
 	if (rc == 1)
 		r->wake_owed = true;
 	return rc < 0 ? rc : 0;
+}
+
+/* Redis mode: a unary publish goes straight to the broker thread, which
+ * runs the publish script (the service thread only sees its on_done).
+ * After a successful broker_publish, c belongs to on_done. */
+static void publish_redis(struct call *c)
+{
+	int rc = broker_publish(c->r->broker, &c->pub);
+	if (rc == 0)
+		return;
+	char msg[200], why[160];
+	if (rc == LH_EFULL) {
+		reply_error(c, RPC_RESOURCE_EXHAUSTED,
+		            "too many publications waiting for Redis; retry with backoff");
+	} else if (rc == LH_EUNAVAILABLE) {
+		broker_last_error(c->r->broker, why, sizeof why);
+		snprintf(msg, sizeof msg, "redis unavailable: %s", why);
+		reply_error(c, RPC_UNAVAILABLE, msg);
+	} else {
+		reply_error(c, RPC_INTERNAL, "out of memory");
+	}
 }
 
 /* Validates the request and hands its publication to the service thread.
@@ -640,6 +676,10 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 	c->pub.on_done = on_published;
 	c->pub.owner = c;
 	c->state = CALL_PUBLISHING;
+	if (r->broker) {
+		publish_redis(c);
+		return;
+	}
 	/* While rpc_stop drains, calls that got in are still published: the
 	 * service thread keeps taking the queue until gRPC has stopped. */
 	if (push_lazy(r, &c->pub) == 0)
@@ -1287,8 +1327,8 @@ static void abort_start(struct rpc *r, bool thread)
 	free(r);
 }
 
-struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q,
-                      struct apikeys *keys)
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct broker *broker,
+                      struct handoff *q, struct apikeys *keys)
 {
 	struct rpc *r = calloc(1, sizeof *r);
 	if (!r) {
@@ -1298,6 +1338,7 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	}
 	apikeys_store_init(&r->keys, keys);
 	r->hub = hub;
+	r->broker = broker;
 	r->q = q;
 	r->started_ms = mono_ms();
 	tag_init(&r->t_shutdown, TAG_SHUTDOWN, NULL);

@@ -32,6 +32,8 @@
 #include <time.h>
 #include <uv.h>
 
+#include "broker.h"
+#include "cluster.h"
 #include "command.h"
 #include "edge.h"
 #include "livehub.h"
@@ -58,6 +60,7 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_CLOSE_SLOW_CONSUMER 4000
 #define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
 #define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_BROKER_EVENTS       1024          /* Redis messages and replies run per loop turn */
 #define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
 #define WS_FD_RESERVE          100           /* fds kept for gRPC, listeners, files */
 #define WS_RETRY_GLOBAL_S      5             /* Retry-After of a 503 (global limit) */
@@ -87,26 +90,28 @@ struct rxbuf {
 
 /* Per WebSocket connection, allocated by lws (per_session_data_size) and
  * zeroed; valid from ESTABLISHED to CLOSED. Kept small: idle connections
- * are the bulk of the memory. */
+ * are the bulk of the memory. At most 104 bytes, so that glibc gives it a
+ * 112-byte chunk (docs/PERFORMANCE.md, "Memory per connection"). */
 struct session {
 	struct lws *wsi;
 	struct hub_conn *conn;       /* NULL until ESTABLISHED succeeded */
 	struct rxbuf *rx;            /* only while a message spans fragments */
 	struct session *prev, *next; /* ws->sessions */
 	struct auth_rights *rights;  /* owned; NULL: the token restricts nothing */
-	const char *close_reason;    /* static text, with close_code */
-	int close_code;              /* nonzero: close at the next write */
-	struct ip_slot *ip;          /* its client address's count in ws->ips */
-	struct rate rate;            /* the message rate limit's bucket */
-	unsigned char why;           /* enum metrics_close, when close_code does not tell */
-	bool killing;                /* libuv: closing; the close frame goes at the next write */
-	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
-	/* An owned copy of a close reason the hub gave (tr_kill). */
-	char *reason_buf;
-	/* The client-event rate limit (presence.h). */
-	struct presence_bucket events;
-	bool awaiting_auth; /* connected without a token: only `auth` may come */
+	/* With close_code: static text, or a copy this session owns when
+	 * reason_owned (a reason the hub gave, tr_kill); see set_close(). */
+	const char *close_reason;
+	struct ip_slot *ip;            /* its client address's count in ws->ips */
+	struct presence_bucket events; /* the client-event rate limit (presence.h) */
+	struct rate rate;              /* the message rate limit's bucket */
+	int close_code;                /* nonzero: close at the next write */
+	unsigned char why;             /* enum metrics_close, when close_code does not tell */
+	bool killing : 1;              /* libuv: closing; the close frame goes at the next write */
+	bool told_slow : 1;            /* the SLOW_CONSUMER error frame has been written */
+	bool awaiting_auth : 1;        /* connected without a token: only `auth` may come */
+	bool reason_owned : 1;         /* close_reason is a copy to free */
 };
+_Static_assert(sizeof(struct session) <= 104, "struct session outgrew its 112-byte chunk");
 
 /* What CONFIRM_UPGRADE verified, for ESTABLISHED of the same wsi with the
  * same token: lws calls the two back to back, and verifying a token twice
@@ -175,6 +180,10 @@ struct ws {
 	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
 	struct ipcount *ips;                    /* open connections per client address */
 	unsigned int fd_cap;                    /* the fd limit, for the derived global limit */
+
+	/* Redis mode (LIVEHUB_REDIS_URL); both NULL in memory mode. */
+	struct broker *broker;   /* owned */
+	struct cluster *cluster; /* owned */
 };
 
 /* ------------------------------------------------------------------------
@@ -200,6 +209,19 @@ static struct ws *ws_of(struct lws *wsi)
 	return lws_context_user(lws_get_context(wsi));
 }
 
+/* Sets the code and reason of s's close frame. An owned reason (malloc'd)
+ * becomes s's, freed when replaced or at CLOSED. */
+static void set_close(struct session *s, int code, const char *reason, bool owned)
+{
+	if (reason != s->close_reason) {
+		if (s->reason_owned)
+			free((char *)s->close_reason);
+		s->close_reason = reason;
+		s->reason_owned = owned;
+	}
+	s->close_code = code;
+}
+
 /* Sets the close frame's code and reason and has lws send it and close the
  * connection. With lws' poll loop, returning -1 from the callback does
  * that. Under libuv it does not: Debian's lws 4.1.6 is built with _DEBUG,
@@ -216,8 +238,7 @@ static int close_now(struct ws *w, struct session *s, int code, const char *reas
 		                 strlen(reason));
 		return -1;
 	}
-	s->close_code = code;
-	s->close_reason = reason;
+	set_close(s, code, reason, false);
 	s->killing = true;
 	lws_callback_on_writable(s->wsi);
 	/* A peer that stopped reading may never make it writable again. */
@@ -247,10 +268,8 @@ static int send_close(struct session *s)
  * write, and asks for that write. */
 static void close_later(struct session *s, int code, const char *reason)
 {
-	if (!s->close_code) {
-		s->close_code = code;
-		s->close_reason = reason;
-	}
+	if (!s->close_code)
+		set_close(s, code, reason, false);
 	lws_callback_on_writable(s->wsi);
 }
 
@@ -318,9 +337,8 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
 	/* The reason may be a Disconnect call's, gone when this returns; a
 	 * close already pending keeps its own reason. */
 	if (!s->close_code) {
-		free(s->reason_buf);
-		s->reason_buf = strndup(reason, 123);
-		reason = s->reason_buf ? s->reason_buf : "DISCONNECTED";
+		char *copy = strndup(reason, 123);
+		set_close(s, close_code, copy ? copy : "DISCONNECTED", copy != NULL);
 	}
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
@@ -346,6 +364,11 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.client_events_limited = ps.client_events_limited;
 	g.presence_events = ps.presence_events;
 	g.disconnects = ps.disconnects;
+	if (w->broker) {
+		g.redis = true;
+		broker_stats_read(w->broker, &g.broker);
+		g.node = broker_node_id(w->broker);
+	}
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
@@ -431,7 +454,8 @@ static int static_reply(struct lws *wsi, const struct static_file *f)
 static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 {
 	int rc;
-	bool ready = atomic_load(&lh_metrics.ready) && !w->closing;
+	bool ready = atomic_load(&lh_metrics.ready) && !w->closing &&
+	             !atomic_load(&lh_metrics.redis_down);
 	const struct static_file *f = w->demo ? static_file_find(uri) : NULL;
 	if (strcmp(uri, "/healthz") == 0)
 		rc = http_reply(wsi, 200, "ok\n");
@@ -781,15 +805,18 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	}
 	s->rights = id->rights;
 	id->rights = NULL;
+	if (w->cluster)
+		cluster_conn_open(w->cluster, s->conn);
 	session_link(&w->sessions, s);
 	schedule_expiry(w, s, id->exp);
 	presence_on_open(w->pres, w->hub, s->conn);
 	metrics_inc(&lh_metrics.conn_opened, 1);
-	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id->tenant,
-	         id->user);
+	char cid[HUB_CONN_ID_MAX];
+	hub_conn_id(s->conn, cid);
+	log_info("event=connect client=%s tenant=%s user=%s", cid, id->tenant, id->user);
 	/* From here on CLOSED must follow, so failures close from the writer. */
-	struct frame *f = wsp_connected_req(hub_conn_id(s->conn), id->tenant, id->user,
-	                                    w->ping_interval_s, w->ping_timeout_s, req);
+	struct frame *f = wsp_connected_req(cid, id->tenant, id->user, w->ping_interval_s,
+	                                    w->ping_timeout_s, req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
 		return 0;
@@ -900,6 +927,8 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 		return wsp_error(WSP_CHANNEL_ACCESS_DENIED, "the token does not allow this channel",
 		                 true, req);
 	}
+	if (w->cluster)
+		return cluster_subscribe(w->cluster, s->conn, req, replied);
 	struct hub_since since = {.given = req->has_since, .offset = req->since_offset};
 	memcpy(since.epoch, req->since_epoch, sizeof(since.epoch));
 	struct hub_position pos;
@@ -994,7 +1023,8 @@ static struct frame *do_refresh(struct ws *w, struct session *s, const struct ws
 	if (rc) {
 		bool expired = rc == LH_EEXPIRED;
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		log_info("event=refresh_refused client=%s reason=\"%s\"", hub_conn_id(s->conn),
+		char cid[HUB_CONN_ID_MAX];
+		log_info("event=refresh_refused client=%s reason=\"%s\"", hub_conn_id(s->conn, cid),
 		         why);
 		s->why = MC_AUTH;
 		close_later(s, expired ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
@@ -1323,14 +1353,19 @@ static void on_closed(struct ws *w, struct session *s)
 		presence_on_close(w->pres, w->hub, s->conn);
 	enum metrics_close why = close_reason_of(s);
 	metrics_inc(&lh_metrics.conn_closed[why], 1);
-	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
+	char cid[HUB_CONN_ID_MAX];
+	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn, cid),
 	         metrics_close_name(why), s->close_code);
 	session_unlink(&w->sessions, s);
+	if (w->cluster)
+		cluster_conn_close(w->cluster, s->conn);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
 	/* Read by the close frame, which has gone out by now. */
-	free(s->reason_buf);
-	s->reason_buf = NULL;
+	if (s->reason_owned)
+		free((char *)s->close_reason);
+	s->close_reason = NULL;
+	s->reason_owned = false;
 }
 
 /* Publishes what the gRPC threads handed over, oldest first, at most
@@ -1390,8 +1425,20 @@ static void apply_reload(struct ws *w)
 	w->auth = w->owned_auth = rl->auth;
 	forget_verified(w);
 	hub_set_limits(w->hub, &rl->lim);
+	if (w->broker) {
+		broker_set_limits(w->broker, &rl->lim.hist, rl->lim.idem_window_s);
+		cluster_set_limits(w->cluster, &rl->lim.hist);
+	}
 	free(rl);
 	log_info("event=reload_applied");
+}
+
+/* Redis mode: a client event delivered here goes to the other nodes. */
+static void relay_client_event(void *arg, const char *tenant, const char *name,
+                               const struct frame *f)
+{
+	struct ws *w = arg;
+	cluster_publish_raw(w->cluster, tenant, name, f);
 }
 
 /* Applies pending presence settings (ws_reload_presence). */
@@ -1402,6 +1449,10 @@ static void apply_presence_reload(struct ws *w)
 		return;
 	presence_free(w->pres);
 	w->pres = pr;
+	if (w->cluster) {
+		cluster_set_presence(w->cluster, pr);
+		presence_set_relay(pr, relay_client_event, w);
+	}
 }
 
 /* Builds the edge limits from cfg (already validated by config_load).
@@ -1497,6 +1548,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		if (ws_of(wsi)->broker && broker_service_some(ws_of(wsi)->broker, WS_BROKER_EVENTS))
+			lws_cancel_service(ws_of(wsi)->ctx); /* the rest at the next turn */
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
@@ -1660,6 +1713,47 @@ static bool is_loopback(const char *host)
 	       strcmp(host, "::1") == 0;
 }
 
+/* Redis readiness: /readyz and gRPC health follow Redis. */
+static void on_redis_state(void *arg, bool up)
+{
+	atomic_store(&lh_metrics.redis_down, !up);
+}
+
+/* Redis mode: the broker thread and the cluster glue. Returns 0 or -1. */
+static int start_broker(struct ws *w, const struct lh_config *cfg, const struct hub_limits *lim)
+{
+	struct broker_config bc = {
+	        .url = cfg->redis_url,
+	        .prefix = cfg->redis_prefix,
+	        .node_id = cfg->node_id,
+	        .hist = &lim->hist,
+	        .idem_window_s = lim->idem_window_s,
+	        .max_publishes = (uint32_t)cfg->handoff_max,
+	        .backoff_min_ms = 100,
+	        .backoff_max_ms = 2000,
+	};
+	atomic_store(&lh_metrics.redis_down, true);
+	w->broker = broker_new(&bc);
+	if (!w->broker)
+		return -1;
+	w->cluster = cluster_new(w->hub, w->broker, &lim->hist);
+	if (!w->cluster || broker_on_state(w->broker, on_redis_state, w))
+		return -1;
+	cluster_set_presence(w->cluster, w->pres);
+	presence_set_relay(w->pres, relay_client_event, w);
+	if (broker_start(w->broker, ws_wake, w)) {
+		log_error("msg=\"cannot start the Redis broker thread\"");
+		return -1;
+	}
+	/* Most starts find Redis at once: then the node is ready when it says
+	 * so. Without it, the node starts anyway (not ready) and keeps trying. */
+	bool up = broker_wait_first(w->broker, 2000);
+	atomic_store(&lh_metrics.redis_down, !up); /* E_STATE may say so again: same value */
+	log_info("event=redis_mode node=%s prefix=%s redis_up=%d", broker_node_id(w->broker),
+	         cfg->redis_prefix, up);
+	return 0;
+}
+
 struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q)
 {
 	struct ws *w = calloc(1, sizeof(*w));
@@ -1707,6 +1801,8 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	if (open_loop(w, cfg->event_loop) || start_lws(w, cfg))
 		goto fail;
 	handoff_set_wake(q, ws_wake, w);
+	if (cfg->redis_url[0] && start_broker(w, cfg, &lim))
+		goto fail;
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 	log_info("msg=\"websocket listening\" host=%s port=%d", cfg->ws_host, w->port);
 	if (!w->edge->origins && !is_loopback(cfg->ws_host))
@@ -1716,7 +1812,10 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		         cfg->ws_host);
 	return w;
 fail:
+	broker_stop(w->broker);
 	destroy_lws(w);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	edge_free(w->edge);
 	ipcount_free(w->ips);
@@ -1724,6 +1823,11 @@ fail:
 	free(w->batch);
 	free(w);
 	return NULL;
+}
+
+struct broker *ws_broker(struct ws *w)
+{
+	return w->broker;
 }
 
 int ws_port(const struct ws *w)
@@ -1838,9 +1942,14 @@ void ws_free(struct ws *w)
 	handoff_set_wake(w->q, NULL, NULL);
 	lws_sul_cancel(&w->sul_sweep);
 	lws_sul_cancel(&w->sul_deadline);
+	/* The broker's last callbacks (failed replies) may still queue frames
+	 * on open connections: before they close. */
+	broker_stop(w->broker);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	presence_free(w->pres);
 	presence_free(atomic_exchange(&w->pres_reload, NULL));

@@ -25,6 +25,8 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 int ws_port(const struct ws *w);
 /* The hub, for hub_stats_read() from other threads. */
 struct hub *ws_hub(struct ws *w);
+/* The Redis broker (Redis mode), or NULL (memory mode). */
+struct broker *ws_broker(struct ws *w);
 /* Runs the service loop on the calling thread until ws_stop(); then closes
  * every client (1001) and returns. */
 int ws_run(struct ws *w);
