@@ -6,9 +6,9 @@
 set -euo pipefail
 
 build_pkgs=(cmake make gcc pkg-config protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
-	libgrpc-dev libwebsockets-dev libuv1-dev libjwt-dev libjansson-dev libssl-dev libcmocka-dev)
+	libgrpc-dev libwebsockets-dev libuv1-dev libjwt-dev libjansson-dev libssl-dev libcmocka-dev libhiredis-dev)
 test_pkgs=(clang libclang-rt-14-dev clang-format python3 python3-grpcio python3-grpc-tools
-	python3-websockets python3-pytest python3-jwt curl chromium)
+	python3-websockets python3-pytest python3-jwt curl chromium redis-server)
 
 pkgs=("${build_pkgs[@]}")
 [ "${1:-}" = "--run" ] || pkgs+=("${test_pkgs[@]}")

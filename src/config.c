@@ -12,6 +12,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "broker.h"
 #include "edge.h"
 #include "hub.h"
 #include "log.h"
@@ -132,6 +134,10 @@ static const struct setting settings[] = {
 	    "client events one connection may publish at once"),
 	INT(tenant_presence, "tenant-presence", "LIVEHUB_TENANT_PRESENCE", 0, 1,
 	    "1: $tenant gets user:online/user:offline and answers presence"),
+	STR(redis_url, "redis-url", "LIVEHUB_REDIS_URL",
+	    "redis://[[user]:password@]host[:port][/db] or unix:///path: nodes share channels over Redis (none: one node)"),
+	STR(redis_prefix, "redis-prefix", "LIVEHUB_REDIS_PREFIX", "prefix of every Redis key and pub/sub channel"),
+	STR(node_id, "node-id", "LIVEHUB_NODE_ID", "this node's name in logs, stats and presence (none: random 16 hex)"),
 	STR(log_level, "log-level", "LIVEHUB_LOG_LEVEL", "debug, info, warn or error"),
 	STR(log_format, "log-format", "LIVEHUB_LOG_FORMAT", "logfmt or json (one line per entry on stderr)"),
 	STR(config_file, "config", "LIVEHUB_CONFIG", "JSON configuration file (settings below by name, e.g. \"ws_port\")"),
@@ -191,6 +197,7 @@ static void defaults(struct lh_config *cfg)
 	strcpy(cfg->event_loop, "libuv");
 	cfg->client_event_rate = 10;
 	cfg->client_event_burst = 20;
+	strcpy(cfg->redis_prefix, "livehub");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");
 }
@@ -449,6 +456,46 @@ bool config_host_is_loopback(const char *host)
 	return inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
 }
 
+/* Whether s is 1..max-1 characters of [A-Za-z0-9_.-]. */
+static bool plain_name(const char *s, size_t max)
+{
+	size_t n = strlen(s);
+	if (n == 0 || n >= max)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
+			return false;
+	return true;
+}
+
+static int check_redis(const struct lh_config *cfg)
+{
+	if (cfg->redis_url[0]) {
+		struct broker_url u;
+		const char *why;
+		if (broker_url_parse(cfg->redis_url, &u, &why)) {
+			/* The URL may hold a password: name the problem, not the URL. */
+			fprintf(stderr, "livehub: LIVEHUB_REDIS_URL: %s\n", why);
+			return -1;
+		}
+	}
+	if (!plain_name(cfg->redis_prefix, BROKER_PREFIX_MAX)) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_REDIS_PREFIX \"%s\" must be 1-63 characters of "
+		        "A-Z a-z 0-9 _ . -\n",
+		        cfg->redis_prefix);
+		return -1;
+	}
+	if (cfg->node_id[0] && !plain_name(cfg->node_id, BROKER_NODE_MAX)) {
+		fprintf(stderr,
+		        "livehub: LIVEHUB_NODE_ID \"%s\" must be 1-63 characters of "
+		        "A-Z a-z 0-9 _ . -\n",
+		        cfg->node_id);
+		return -1;
+	}
+	return 0;
+}
+
 static int check(struct lh_config *cfg)
 {
 	int lvl = log_level_parse(cfg->log_level);
@@ -499,6 +546,8 @@ static int check(struct lh_config *cfg)
 		return -1;
 	}
 	if (check_tls(cfg))
+		return -1;
+	if (check_redis(cfg))
 		return -1;
 	cfg->jwt_secret_len = strlen(cfg->jwt_secret);
 	if (cfg->jwt_secret_len > 0 && cfg->jwt_secret_len < 32) {

@@ -77,6 +77,10 @@ struct lh_config {
 	int client_event_rate;       /* LIVEHUB_CLIENT_EVENT_RATE; default 10 */
 	int client_event_burst;      /* LIVEHUB_CLIENT_EVENT_BURST; default 20 */
 	int tenant_presence;         /* LIVEHUB_TENANT_PRESENCE; 0 or 1; default 0 */
+	/* Scale-out over Redis (broker.h, docs/SCALING.md). */
+	char redis_url[1024];  /* LIVEHUB_REDIS_URL; empty = memory broker, one node */
+	char redis_prefix[64]; /* LIVEHUB_REDIS_PREFIX; default livehub */
+	char node_id[64];      /* LIVEHUB_NODE_ID; empty = random 16 hex */
 	/* Actions asked for on the command line (not settings). */
 	bool show_version; /* --version */
 	bool check_only;   /* --check-config: validate, then exit 0 or 2 */

@@ -16,6 +16,7 @@ const char *lh_strerror(int err)
 	case LH_EEXPIRED: return "token expired";
 	case LH_ECLOSED: return "closed";
 	case LH_EIO: return "I/O error";
+	case LH_EUNAVAILABLE: return "unavailable";
 	}
 	return "unknown error";
 }

@@ -1,12 +1,10 @@
 /* handoff: the bounded queue from publisher threads to the service thread.
  * See handoff.h.
  *
- * Producers push onto a lock-free stack (compare-and-swap on head); the
- * consumer swaps the whole stack out and reverses it, which gives every
- * producer's publications back in the order it pushed them. Only whole-stack
- * takes exist, so a head seen again after a swap (ABA) is harmless. count
- * is raised before a push links its node and lowered by the take, so it
- * may briefly count a node not linked yet, never the reverse. */
+ * The list itself is mpsc.h's lock-free stack; this file adds the bounds
+ * and the wake-up. count is raised before a push links its node and
+ * lowered by the take, so it may briefly count a node not linked yet,
+ * never the reverse. */
 #include "handoff.h"
 
 #include <pthread.h>
@@ -15,10 +13,14 @@
 #include <stdlib.h>
 
 #include "livehub.h"
+#include "mpsc.h"
 #include "publication.h"
 
+/* mpsc.h links a node through its first member. */
+_Static_assert(offsetof(struct publication, next) == 0, "next is the mpsc link");
+
 struct handoff {
-	_Atomic(struct publication *) head; /* newest first */
+	struct mpsc list;
 	_Atomic size_t count;
 	_Atomic size_t bytes;
 	size_t max;
@@ -38,7 +40,7 @@ struct handoff *handoff_new(size_t max, size_t max_bytes)
 		free(q);
 		return NULL;
 	}
-	atomic_init(&q->head, NULL);
+	mpsc_init(&q->list);
 	atomic_init(&q->count, 0);
 	atomic_init(&q->bytes, 0);
 	q->max_bytes = max_bytes;
@@ -91,14 +93,7 @@ int handoff_push_lazy(struct handoff *q, struct publication *p)
 		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
 		return LH_EFULL;
 	}
-	struct publication *old = atomic_load_explicit(&q->head, memory_order_relaxed);
-	do
-		p->next = old;
-	while (!atomic_compare_exchange_weak_explicit(&q->head, &old, p, memory_order_release,
-	                                              memory_order_relaxed));
-	/* A non-empty stack already has a wake-up on its way, because the
-	 * consumer always takes the whole stack. */
-	return old == NULL;
+	return mpsc_push(&q->list, (struct mpsc_node *)p);
 }
 
 int handoff_push(struct handoff *q, struct publication *p)
@@ -113,17 +108,10 @@ int handoff_push(struct handoff *q, struct publication *p)
 
 struct publication *handoff_take(struct handoff *q)
 {
-	struct publication *p = atomic_exchange_explicit(&q->head, NULL, memory_order_acquire);
-	struct publication *fifo = NULL;
 	size_t n = 0, bytes = 0;
-	while (p) {
+	struct publication *fifo = (struct publication *)mpsc_take(&q->list, &n);
+	for (struct publication *p = fifo; p; p = p->next)
 		bytes += handoff_cost(p);
-		struct publication *next = p->next;
-		p->next = fifo;
-		fifo = p;
-		p = next;
-		n++;
-	}
 	if (n) {
 		atomic_fetch_sub_explicit(&q->count, n, memory_order_relaxed);
 		atomic_fetch_sub_explicit(&q->bytes, bytes, memory_order_relaxed);

@@ -64,3 +64,21 @@ def fresh_hub(tmp_path_factory):
         yield h
     finally:
         h.stop_and_check()
+
+
+@pytest.fixture
+def redis():
+    """A redis-server of its own for one test (redistest.RedisServer: free
+    loopback port, temporary directory, no persistence). Clusters started
+    on it (redistest.cluster) are stopped first, each node must exit 0;
+    then redis-server is stopped by its PID and its directory removed."""
+    import redistest
+
+    r = redistest.RedisServer().start()
+    try:
+        yield r
+    finally:
+        try:
+            redistest.close_clusters_on(r)
+        finally:
+            r.close()
