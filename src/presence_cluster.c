@@ -240,9 +240,9 @@ static void reply_failed(const char *what, const redisReply *r)
 static size_t presence_key(const struct pcluster *pc, char *buf, const char *tenant,
                            const char *channel, const char *suffix)
 {
-	char sfx[32];
-	snprintf(sfx, sizeof sfx, ":presence%s", suffix);
-	return broker_key(pc->b, buf, KEY_MAX, tenant, channel, sfx);
+	int n = snprintf(buf, KEY_MAX, "%s:{%s:%s}:presence%s", pc->prefix, tenant, channel,
+	                 suffix);
+	return n > 0 && n < KEY_MAX ? (size_t)n : 0;
 }
 
 /* Sends EVAL script with the nkeys keys and nargs args of argv (after the
@@ -1029,4 +1029,12 @@ void pcluster_free(struct pcluster *pc)
 		pending_finish(pc, pc->pending);
 	free(pc->ops);
 	free(pc);
+}
+
+/* TEMPORARY until redis-core's broker.c has it. */
+__attribute__((weak)) int broker_publish_raw(struct broker *b, const char *tenant,
+                                             const char *name, const char *frame, size_t len)
+{
+	(void)b, (void)tenant, (void)name, (void)frame, (void)len;
+	return LH_EUNAVAILABLE;
 }

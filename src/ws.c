@@ -38,6 +38,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "presence.h"
+#include "presence_cluster.h"
 #include "strbuf.h"
 #include "publication.h"
 #include "static_files.h"
@@ -147,6 +148,9 @@ struct ws {
 	struct presence *pres;
 	/* Any thread: presence settings waiting for the service thread. */
 	_Atomic(struct presence *) pres_reload;
+	/* Owned, Redis mode: presence and control commands across nodes. */
+	struct pcluster *pcl;
+	lws_sorted_usec_list_t sul_cluster;
 	int port;
 	int ping_interval_s, ping_timeout_s;
 	int auth_timeout_s;                /* 0: a handshake without a token is refused */
@@ -346,6 +350,15 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.client_events_limited = ps.client_events_limited;
 	g.presence_events = ps.presence_events;
 	g.disconnects = ps.disconnects;
+	struct pcluster_stats cs;
+	pcluster_stats_read(&cs);
+	g.cluster_nodes = cs.nodes;
+	g.cluster_connections = cs.connections;
+	g.presence_writes = cs.ops;
+	g.presence_expired = cs.expired;
+	g.cluster_commands_sent = cs.ctl_sent;
+	g.cluster_commands_applied = cs.ctl_applied;
+	g.presence_redis_errors = cs.errors;
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
@@ -1104,6 +1117,12 @@ static int on_message(struct ws *w, struct session *s, const char *buf, size_t l
 		f = wsp_error(WSP_BAD_REQUEST, "already authenticated: use refresh for a new token",
 		              true, &req);
 	} else if (req.type == WSP_PRESENCE) {
+		/* Redis mode: the reply is queued when Redis answers. */
+		if (presence_request_cluster(w->pres, w->hub, s->conn, &req)) {
+			metrics_inc(&lh_metrics.msg_in[MI_OTHER], 1);
+			metrics_inc(&lh_metrics.msg_out[MO_REPLY], 1);
+			return 0;
+		}
 		f = presence_request(w->pres, w->hub, s->conn, &req);
 	} else if (req.type == WSP_PUBLISH) {
 		/* The token's rights decide where it may publish client events. */
@@ -1399,6 +1418,7 @@ static void apply_presence_reload(struct ws *w)
 		return;
 	presence_free(w->pres);
 	w->pres = pr;
+	presence_set_cluster(pr, w->pcl);
 }
 
 /* Builds the edge limits from cfg (already validated by config_load).
@@ -1739,6 +1759,10 @@ struct hub *ws_hub(struct ws *w)
 static void begin_shutdown(struct ws *w)
 {
 	w->closing = true;
+	/* The connections go without presence_on_close: take this node's
+	 * presence out of the cluster at once rather than at expiry. */
+	if (w->pcl)
+		pcluster_leave_all(w->pcl);
 	for (struct session *s = w->sessions; s; s = s->next)
 		close_later(s, WS_CLOSE_SHUTDOWN, "server shutting down");
 	for (struct session *s = w->unauthed; s; s = s->next)
@@ -1767,6 +1791,9 @@ int ws_run(struct ws *w)
 			rc = -1;
 			break;
 		}
+		/* Presence changes of this turn, in one batch. */
+		if (w->pcl)
+			pcluster_flush(w->pcl);
 	}
 	drain_some(w, true);
 	begin_shutdown(w);
@@ -1835,9 +1862,11 @@ void ws_free(struct ws *w)
 	handoff_set_wake(w->q, NULL, NULL);
 	lws_sul_cancel(&w->sul_sweep);
 	lws_sul_cancel(&w->sul_deadline);
+	lws_sul_cancel(&w->sul_cluster);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
+	pcluster_free(w->pcl);
 	hub_free(w->hub);
 	presence_free(w->pres);
 	presence_free(atomic_exchange(&w->pres_reload, NULL));
@@ -1864,4 +1893,39 @@ void ws_reload_edge(struct ws *w, const struct lh_config *cfg)
 	}
 	edge_free(atomic_exchange(&w->edge_reload, e));
 	lws_cancel_service(w->ctx);
+}
+
+/* ------------------------------------------------------------------------
+ * Presence across nodes (Redis mode)
+ * ------------------------------------------------------------------------ */
+
+#define WS_CLUSTER_TICK_US (100 * LWS_US_PER_MS)
+
+static void each_session(void *arg, void (*fn)(struct hub_conn *c, void *fnarg), void *fnarg)
+{
+	struct ws *w = arg;
+	for (struct session *s = w->sessions; s; s = s->next)
+		fn(s->conn, fnarg);
+}
+
+static void on_cluster_tick(lws_sorted_usec_list_t *sul)
+{
+	struct ws *w = lws_container_of(sul, struct ws, sul_cluster);
+	pcluster_tick(w->pcl, mono_ms());
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+}
+
+int ws_cluster_presence(struct ws *w, struct broker *b, const struct lh_config *cfg)
+{
+	if (!b || cfg->presence_ttl <= 0)
+		return 0;
+	struct pcluster_env env = {w->hub, &w->pres, each_session, w};
+	w->pcl = pcluster_new(b, cfg->redis_prefix, cfg->presence_ttl, &env);
+	if (!w->pcl) {
+		log_error("msg=\"out of memory setting up presence across nodes\"");
+		return LH_ENOMEM;
+	}
+	presence_set_cluster(w->pres, w->pcl);
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+	return 0;
 }

@@ -50,4 +50,12 @@ void ws_reload_edge(struct ws *w, const struct lh_config *cfg);
 void ws_wake(void *w);
 void ws_free(struct ws *w);
 
+struct broker;
+/* Service thread, before ws_run (or from it): in Redis mode (b not NULL
+ * and LIVEHUB_PRESENCE_TTL > 0) presence, join/leave announcements and the
+ * control commands span every node (presence_cluster.h). b must outlive
+ * w's use of it: stop the broker (its callbacks run) before ws_free.
+ * Returns 0 or LH_ENOMEM. */
+int ws_cluster_presence(struct ws *w, struct broker *b, const struct lh_config *cfg);
+
 #endif
