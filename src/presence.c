@@ -824,8 +824,7 @@ int presence_run(struct presence *pr, struct hub *h, const char *tenant, struct 
 		return LH_EINVAL;
 	switch (cmd->kind) {
 	case CMD_PRESENCE:
-		return count_users(h, tenant, cmd->channel[0] ? cmd->channel : TENANT_CHANNEL,
-		                   cmd);
+		return count_users(h, tenant, cmd->channel[0] ? cmd->channel : TENANT_CHANNEL, cmd);
 	case CMD_DISCONNECT: return run_disconnect(h, tenant, cmd);
 	case CMD_SUBSCRIBE:
 	case CMD_UNSUBSCRIBE: return run_subscription(pr, h, tenant, cmd);

@@ -32,27 +32,27 @@
 /* Shared by both scripts: now in ms, and purge(i, h, z, u), which removes
  * the entries of one channel whose expiry passed and reports each user
  * that had no connection left as {'X', i, user, clientId} in out. */
-#define LUA_PURGE                                                                        \
-	"local t = redis.call('TIME')\n"                                                 \
-	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"        \
-	"local out = {}\n"                                                               \
-	"local function gone(i, h, z, u, cid, tag)\n"                                    \
-	"  local v = redis.call('HGET', h, cid)\n"                                       \
-	"  redis.call('ZREM', z, cid)\n"                                                 \
-	"  if not v then return end\n"                                                   \
-	"  redis.call('HDEL', h, cid)\n"                                                 \
-	"  local ok, e = pcall(cjson.decode, v)\n"                                       \
+#define LUA_PURGE                                                                         \
+	"local t = redis.call('TIME')\n"                                                  \
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"         \
+	"local out = {}\n"                                                                \
+	"local function gone(i, h, z, u, cid, tag)\n"                                     \
+	"  local v = redis.call('HGET', h, cid)\n"                                        \
+	"  redis.call('ZREM', z, cid)\n"                                                  \
+	"  if not v then return end\n"                                                    \
+	"  redis.call('HDEL', h, cid)\n"                                                  \
+	"  local ok, e = pcall(cjson.decode, v)\n"                                        \
 	"  if not ok or type(e) ~= 'table' or type(e.user) ~= 'string' then return end\n" \
-	"  if redis.call('HINCRBY', u, e.user, -1) <= 0 then\n"                          \
-	"    redis.call('HDEL', u, e.user)\n"                                            \
-	"    out[#out + 1] = tag; out[#out + 1] = i; out[#out + 1] = e.user\n"           \
-	"    out[#out + 1] = cid\n"                                                      \
-	"  end\n"                                                                        \
-	"end\n"                                                                          \
-	"local function purge(i, h, z, u)\n"                                             \
-	"  local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. now)\n"             \
-	"  for _, cid in ipairs(old) do gone(i, h, z, u, cid, 'X') end\n"                \
-	"  return #old\n"                                                                \
+	"  if redis.call('HINCRBY', u, e.user, -1) <= 0 then\n"                           \
+	"    redis.call('HDEL', u, e.user)\n"                                             \
+	"    out[#out + 1] = tag; out[#out + 1] = i; out[#out + 1] = e.user\n"            \
+	"    out[#out + 1] = cid\n"                                                       \
+	"  end\n"                                                                         \
+	"end\n"                                                                           \
+	"local function purge(i, h, z, u)\n"                                              \
+	"  local old = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. now)\n"              \
+	"  for _, cid in ipairs(old) do gone(i, h, z, u, cid, 'X') end\n"                 \
+	"  return #old\n"                                                                 \
 	"end\n"
 
 /* KEYS: per change its channel's presence, exp and users keys. ARGV[1]
@@ -62,40 +62,38 @@
  * user, clientId}...}: 'J' a user's first connection on the channel in
  * the cluster, 'L' or 'X' (expired) its last one gone. */
 static const char LUA_OPS[] =
-        LUA_PURGE
-        "local ttl, node, life = tonumber(ARGV[1]), ARGV[2], ARGV[3]\n"
-        "local done, purged = {}, 0\n"
-        "local n = #KEYS / 3\n"
-        "for i = 1, n do\n"
-        "  local h, z, u = KEYS[i * 3 - 2], KEYS[i * 3 - 1], KEYS[i * 3]\n"
-        "  local kind, cid, user = ARGV[i * 3 + 2], ARGV[i * 3 + 3], ARGV[i * 3 + 4]\n"
-        "  if not done[h] then done[h] = true; purged = purged + purge(i, h, z, u) end\n"
-        "  if kind == 'J' then\n"
-        "    local v = cjson.encode({user = user, node = node})\n"
-        "    if redis.call('HSETNX', h, cid, v) == 1 then\n"
-        "      if redis.call('HINCRBY', u, user, 1) == 1 then\n"
-        "        out[#out + 1] = 'J'; out[#out + 1] = i; out[#out + 1] = user\n"
-        "        out[#out + 1] = cid\n"
-        "      end\n"
-        "    end\n"
-        "    redis.call('ZADD', z, now + ttl, cid)\n"
-        "  else\n"
-        "    gone(i, h, z, u, cid, 'L')\n"
-        "  end\n"
-        "end\n"
-        "for i = 1, n do\n"
-        "  local h = KEYS[i * 3 - 2]\n"
-        "  if done[h] then\n"
-        "    done[h] = nil\n"
-        "    for k = 2, 0, -1 do redis.call('PEXPIRE', KEYS[i * 3 - k], life) end\n"
-        "  end\n"
-        "end\n"
-        "return {purged, out}\n";
+        LUA_PURGE "local ttl, node, life = tonumber(ARGV[1]), ARGV[2], ARGV[3]\n"
+                  "local done, purged = {}, 0\n"
+                  "local n = #KEYS / 3\n"
+                  "for i = 1, n do\n"
+                  "  local h, z, u = KEYS[i * 3 - 2], KEYS[i * 3 - 1], KEYS[i * 3]\n"
+                  "  local kind, cid, user = ARGV[i * 3 + 2], ARGV[i * 3 + 3], ARGV[i * 3 + 4]\n"
+                  "  if not done[h] then done[h] = true; purged = purged + purge(i, h, z, u) end\n"
+                  "  if kind == 'J' then\n"
+                  "    local v = cjson.encode({user = user, node = node})\n"
+                  "    if redis.call('HSETNX', h, cid, v) == 1 then\n"
+                  "      if redis.call('HINCRBY', u, user, 1) == 1 then\n"
+                  "        out[#out + 1] = 'J'; out[#out + 1] = i; out[#out + 1] = user\n"
+                  "        out[#out + 1] = cid\n"
+                  "      end\n"
+                  "    end\n"
+                  "    redis.call('ZADD', z, now + ttl, cid)\n"
+                  "  else\n"
+                  "    gone(i, h, z, u, cid, 'L')\n"
+                  "  end\n"
+                  "end\n"
+                  "for i = 1, n do\n"
+                  "  local h = KEYS[i * 3 - 2]\n"
+                  "  if done[h] then\n"
+                  "    done[h] = nil\n"
+                  "    for k = 2, 0, -1 do redis.call('PEXPIRE', KEYS[i * 3 - k], life) end\n"
+                  "  end\n"
+                  "end\n"
+                  "return {purged, out}\n";
 
 /* KEYS: a channel's presence, exp and users keys. Returns {purged,
  * connections, {user, count...}, {'X', 1, user, clientId...}}. */
-static const char LUA_READ[] =
-        LUA_PURGE
+static const char LUA_READ[] = LUA_PURGE
         "local purged = purge(1, KEYS[1], KEYS[2], KEYS[3])\n"
         "return {purged, redis.call('HLEN', KEYS[1]), redis.call('HGETALL', KEYS[3]), out}\n";
 
@@ -286,8 +284,7 @@ static void announce(struct pcluster *pc, bool join, const char *tenant, const c
 	presence_announce(pc->env.hub, tenant, type, channel, user, client_id, &f);
 	if (!f)
 		return;
-	int rc = broker_publish_raw(pc->b, tenant, channel, (const char *)frame_payload(f),
-	                            f->len);
+	int rc = broker_publish_raw(pc->b, tenant, channel, (const char *)frame_payload(f), f->len);
 	if (rc)
 		log_warn("msg=\"cluster presence: cannot tell the other nodes\" type=%s error=%s",
 		         type, lh_strerror(rc));
@@ -297,8 +294,8 @@ static void announce(struct pcluster *pc, bool join, const char *tenant, const c
 /* Reads a script's {kind, i, user, clientId...} list against the changes
  * (ops, n: index i is 1-based; NULL for a read, whose i is always 1 and
  * whose channel is tenant/channel). */
-static void transitions(struct pcluster *pc, const redisReply *list, const struct op *ops,
-                        size_t n, const char *tenant, const char *channel)
+static void transitions(struct pcluster *pc, const redisReply *list, const struct op *ops, size_t n,
+                        const char *tenant, const char *channel)
 {
 	if (!list || list->type != REDIS_REPLY_ARRAY)
 		return;
@@ -501,8 +498,7 @@ static void on_beat(void *arg, redisReply *r)
 		reply_failed("heartbeat", r);
 		return;
 	}
-	atomic_store_explicit(&stats.nodes, (uint64_t)r->element[0]->integer,
-	                      memory_order_relaxed);
+	atomic_store_explicit(&stats.nodes, (uint64_t)r->element[0]->integer, memory_order_relaxed);
 	atomic_store_explicit(&stats.connections, (uint64_t)r->element[1]->integer,
 	                      memory_order_relaxed);
 }
@@ -518,8 +514,8 @@ static int beat(struct pcluster *pc, bool leave)
 	hub_stats_read(pc->env.hub, &s);
 	snprintf(conns, sizeof conns, "%llu", (unsigned long long)s.connections);
 	snprintf(ttl, sizeof ttl, "%lld", (long long)pc->ttl_ms);
-	const char *argv[10] = {NULL, NULL, NULL, k1, k2, k3, pc->node, conns, ttl,
-	                        leave ? "1" : "0"};
+	const char *argv[10] = {NULL, NULL,     NULL,  k1,  k2,
+	                        k3,   pc->node, conns, ttl, leave ? "1" : "0"};
 	size_t lens[10];
 	for (size_t i = 3; i < 10; i++)
 		lens[i] = strlen(argv[i]);
@@ -946,8 +942,8 @@ static void on_ctl(void *arg, const char *msg, size_t len)
 	struct pcluster *pc = arg;
 	json_error_t jerr;
 	json_t *o = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &jerr);
-	json_t *node = o ? json_object_get(o, "node") : NULL, *op = o ? json_object_get(o, "op")
-	                                                              : NULL;
+	json_t *node = o ? json_object_get(o, "node") : NULL,
+	       *op = o ? json_object_get(o, "op") : NULL;
 	if (!json_is_string(node) || !json_is_string(op))
 		goto out;
 	const char *from = json_string_value(node), *what = json_string_value(op);
@@ -1032,8 +1028,8 @@ void pcluster_free(struct pcluster *pc)
 }
 
 /* TEMPORARY until redis-core's broker.c has it. */
-__attribute__((weak)) int broker_publish_raw(struct broker *b, const char *tenant,
-                                             const char *name, const char *frame, size_t len)
+__attribute__((weak)) int broker_publish_raw(struct broker *b, const char *tenant, const char *name,
+                                             const char *frame, size_t len)
 {
 	(void)b, (void)tenant, (void)name, (void)frame, (void)len;
 	return LH_EUNAVAILABLE;

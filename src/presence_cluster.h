@@ -63,14 +63,14 @@ struct pcluster_env {
 
 /* Counters, written by the service thread, read by any thread. */
 struct pcluster_stats {
-	uint64_t nodes;        /* gauge: nodes alive (heartbeats not expired) */
-	uint64_t connections;  /* gauge: connections of those nodes */
-	uint64_t ops;          /* presence changes written (joins, leaves, refreshes) */
-	uint64_t batches;      /* EVALs sent for them */
-	uint64_t expired;      /* entries this node purged as expired */
-	uint64_t ctl_sent;     /* control commands sent to the other nodes */
-	uint64_t ctl_applied;  /* control commands of other nodes applied here */
-	uint64_t errors;       /* presence writes/reads that failed (Redis down, error) */
+	uint64_t nodes;       /* gauge: nodes alive (heartbeats not expired) */
+	uint64_t connections; /* gauge: connections of those nodes */
+	uint64_t ops;         /* presence changes written (joins, leaves, refreshes) */
+	uint64_t batches;     /* EVALs sent for them */
+	uint64_t expired;     /* entries this node purged as expired */
+	uint64_t ctl_sent;    /* control commands sent to the other nodes */
+	uint64_t ctl_applied; /* control commands of other nodes applied here */
+	uint64_t errors;      /* presence writes/reads that failed (Redis down, error) */
 };
 
 /* Returns the cluster presence over broker b (started), or NULL when out of
