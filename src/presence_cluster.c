@@ -151,7 +151,6 @@ struct pending {
 	int expected;     /* other nodes that received it; -1 until PUBLISH answers */
 	int got;          /* acknowledgements counted */
 	int64_t deadline; /* monotonic ms */
-	bool published;   /* PUBLISH answered (ok or not) */
 };
 
 struct pcluster {
@@ -248,7 +247,7 @@ static size_t presence_key(const struct pcluster *pc, char *buf, const char *ten
 static int eval(struct pcluster *pc, const char *script, size_t nkeys, size_t nargs,
                 const char **argv, size_t *lens, broker_reply_fn fn, void *arg)
 {
-	static char numkeys[24];
+	char numkeys[24];
 	snprintf(numkeys, sizeof numkeys, "%zu", nkeys);
 	argv[0] = "EVAL";
 	argv[1] = script;
@@ -751,7 +750,6 @@ static void on_published(void *arg, redisReply *r)
 	free(ref);
 	if (!pd)
 		return;
-	pd->published = true;
 	if (!is_int(r)) {
 		reply_failed("control", r);
 		pending_finish(pc, pd); /* expected < 0: UNAVAILABLE */
@@ -838,27 +836,34 @@ bool pcluster_command(struct pcluster *pc, struct publication *p)
 	}
 	struct pending *pd = calloc(1, sizeof *pd);
 	struct ref *ref = malloc(sizeof *ref);
-	char *msg = pd && ref ? ctl_message(pc, pc->next_id + 1, p->tenant, cmd) : NULL;
-	if (ref)
-		*ref = (struct ref){pc, pc->next_id + 1};
-	int rc = msg ? ctl_publish(pc, msg, on_published, ref) : LH_ENOMEM;
-	free(msg);
-	if (rc) {
+	uint64_t id = pc->next_id + 1;
+	char *msg = pd && ref ? ctl_message(pc, id, p->tenant, cmd) : NULL;
+	if (!msg) {
 		free(pd);
 		free(ref);
-		p->status = rc == LH_ENOMEM ? LH_ENOMEM : LH_EUNAVAILABLE;
+		p->status = LH_ENOMEM;
 		if (p->on_done)
 			p->on_done(p);
 		return true;
 	}
-	stat_add(&stats.ctl_sent, 1);
-	pd->pc = pc;
-	pd->id = ++pc->next_id;
-	pd->p = p;
-	pd->expected = -1;
-	pd->deadline = pc->now_ms + PCL_CTL_WAIT_MS;
-	pd->next = pc->pending;
+	/* Waiting before it is sent: an answer may come at any time after. */
+	pc->next_id = id;
+	*ref = (struct ref){pc, id};
+	*pd = (struct pending){.next = pc->pending,
+	                       .pc = pc,
+	                       .id = id,
+	                       .p = p,
+	                       .expected = -1,
+	                       .deadline = pc->now_ms + PCL_CTL_WAIT_MS};
 	pc->pending = pd;
+	int rc = ctl_publish(pc, msg, on_published, ref);
+	free(msg);
+	if (rc) {
+		free(ref);
+		pending_finish(pc, pd); /* expected < 0: UNAVAILABLE */
+		return true;
+	}
+	stat_add(&stats.ctl_sent, 1);
 	return true;
 }
 
