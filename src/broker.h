@@ -33,6 +33,7 @@
 struct broker;     /* NULL in memory mode: callers test `if (broker)` */
 struct redisReply; /* hiredis */
 struct publication;
+struct hist_limits;
 
 /* ------------------------------------------------------------------------
  * The contract shared with the other Redis helpers (redis-contract.md).
@@ -89,9 +90,12 @@ struct broker_url {
 int broker_url_parse(const char *url, struct broker_url *out, const char **why);
 
 struct broker_config {
-	const char *url;     /* LIVEHUB_REDIS_URL; must parse */
-	const char *prefix;  /* LIVEHUB_REDIS_PREFIX */
-	const char *node_id; /* LIVEHUB_NODE_ID; "" = random 16 hex */
+	const char *url;                /* LIVEHUB_REDIS_URL; must parse */
+	const char *prefix;             /* LIVEHUB_REDIS_PREFIX */
+	const char *node_id;            /* LIVEHUB_NODE_ID; "" = random 16 hex */
+	const struct hist_limits *hist; /* history size and TTL per kind (copied) */
+	uint32_t idem_window_s;         /* idempotency window of publishes; 0: keys ignored */
+	uint32_t max_publishes;         /* publications waiting for Redis at most (LH_EFULL) */
 	/* Reconnect backoff bounds (ms): doubled from min up to max, jittered. */
 	int backoff_min_ms;
 	int backoff_max_ms;
@@ -143,13 +147,13 @@ int broker_follow(struct broker *b, const char *tenant, const char *name,
  * unsubscribes. */
 void broker_unfollow(struct broker *b, const char *tenant, const char *name);
 
-/* Any thread (a gRPC thread). Hands the publication to the broker thread,
+/* Any thread (the service thread, in livehub). Hands the publication to the broker thread,
  * which runs the publish script for each of its channels. p->on_done is
  * later called on the service thread with p->status 0 and p->pos[] filled
  * with Redis's offsets and epochs, or LH_EUNAVAILABLE. The caller still
  * delivers nothing itself: every node (this one included) gets the event
  * back from sharded pub/sub. Returns 0, or LH_EUNAVAILABLE (Redis down now:
- * p not taken). */
+ * p not taken), LH_EFULL (max_publishes are waiting) or LH_ENOMEM. */
 int broker_publish(struct broker *b, struct publication *p);
 
 /* Service thread. Publishes a frame without offset or history (client
@@ -173,6 +177,19 @@ struct broker_msg {
  * or LH_EINVAL. */
 int broker_msg_parse(const char *msg, size_t len, struct broker_msg *out);
 
+/* The parts of an event frame (as published, read back from a stream). */
+struct broker_frame {
+	const char *type; /* not NUL-terminated */
+	size_t type_len;
+	uint64_t offset;
+	int64_t ts_ms;
+	const char *data; /* the JSON object text */
+	size_t data_len;
+};
+/* Splits an event frame built by the publish script. Pure. Returns 0 or
+ * LH_EINVAL (another shape). */
+int broker_frame_parts(const char *frame, size_t len, struct broker_frame *out);
+
 /* ------------------------------------------------------------------------
  * Stats (GetStats 53-62, /metrics). Any thread.
  * ------------------------------------------------------------------------ */
@@ -188,5 +205,7 @@ struct broker_stats {
 	uint64_t commands;          /* commands sent in all */
 };
 void broker_stats_read(const struct broker *b, struct broker_stats *out);
+/* Any thread. Why Redis is (or was last) unavailable, for error messages. */
+void broker_last_error(struct broker *b, char *buf, size_t cap);
 
 #endif

@@ -1,6 +1,7 @@
 /* broker_url: the pure parts of the Redis broker (no I/O, no hiredis):
  * the LIVEHUB_REDIS_URL parser and the channel message format. See
  * broker.h. */
+#define _GNU_SOURCE 1 /* memmem */
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
@@ -240,4 +241,49 @@ int broker_msg_parse(const char *msg, size_t len, struct broker_msg *out)
 	out->frame = p;
 	out->frame_len = (size_t)(end - p);
 	return out->frame_len ? 0 : LH_EINVAL;
+}
+
+/* ------------------------------------------------------------------------
+ * Event frames read back from a stream
+ * ------------------------------------------------------------------------ */
+
+int broker_frame_parts(const char *f, size_t len, struct broker_frame *out)
+{
+	static const char tkey[] = "{\"type\":\"",
+	                  okey[] = ",\"offset\":", skey[] = ",\"ts\":", dkey[] = ",\"data\":";
+	memset(out, 0, sizeof(*out));
+	if (len < sizeof(tkey) || memcmp(f, tkey, sizeof(tkey) - 1) != 0 || f[len - 1] != '}')
+		return LH_EINVAL;
+	const char *end = f + len;
+	const char *t = f + sizeof(tkey) - 1;
+	const char *q = memchr(t, '"', (size_t)(end - t));
+	if (!q)
+		return LH_EINVAL;
+	out->type = t;
+	out->type_len = (size_t)(q - t);
+	/* Names never hold '"', so the first keys after the type are ours;
+	 * the data comes last. */
+	const char *o = memmem(q, (size_t)(end - q), okey, sizeof(okey) - 1);
+	const char *s = o ? memmem(o, (size_t)(end - o), skey, sizeof(skey) - 1) : NULL;
+	const char *d = s ? memmem(s, (size_t)(end - s), dkey, sizeof(dkey) - 1) : NULL;
+	if (!d)
+		return LH_EINVAL;
+	const char *on = o + sizeof(okey) - 1, *oe = on;
+	while (oe < end && *oe >= '0' && *oe <= '9')
+		oe++;
+	if (parse_u64(on, (size_t)(oe - on), 10, &out->offset))
+		return LH_EINVAL;
+	const char *sn = s + sizeof(skey) - 1, *se = sn;
+	bool neg = se < end && *se == '-';
+	if (neg)
+		se++, sn++;
+	while (se < end && *se >= '0' && *se <= '9')
+		se++;
+	uint64_t ts;
+	if (parse_u64(sn, (size_t)(se - sn), 10, &ts))
+		return LH_EINVAL;
+	out->ts_ms = neg ? -(int64_t)ts : (int64_t)ts;
+	out->data = d + sizeof(dkey) - 1;
+	out->data_len = (size_t)(end - 1 - out->data);
+	return out->data_len ? 0 : LH_EINVAL;
 }

@@ -105,9 +105,13 @@ struct hub {
 	 * hub_set_command_runner. */
 	void (*run_cmd)(void *arg, struct publication *p);
 	void *run_cmd_arg;
+	/* Redis mode (hub_set_cluster); NULL in memory mode. */
+	const struct hub_cluster *cl;
+	void *cl_arg;
 };
 
 static int enqueue(struct hub *h, struct hub_conn *c, struct frame *f);
+static struct chan *chan_find(struct hub *h, const char *tenant, const char *name);
 static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms);
 
 /* ------------------------------------------------------------------------
@@ -304,6 +308,17 @@ static void count_presence(struct hub *h, const struct chan *ch, int d)
 		stat_add(&h->st.users, d);
 }
 
+/* Tells the cluster glue about ch (its first subscriber came, or its last
+ * went). */
+static void cluster_hook(struct hub *h, const struct chan *ch,
+                         void (*fn)(void *arg, const char *tenant, const char *name))
+{
+	char tenant[LH_TENANT_MAX + 1];
+	memcpy(tenant, ch->key, ch->tlen);
+	tenant[ch->tlen] = '\0';
+	fn(h->cl_arg, tenant, chan_name(ch));
+}
+
 /* Removes subscriber i from ch, moving the last one into its place. An
  * emptied channel gives back its array and starts its idle time. */
 static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
@@ -323,6 +338,8 @@ static void chan_del_sub(struct hub *h, struct chan *ch, uint32_t i)
 	}
 	ch->last_ms = wall_ms();
 	count_presence(h, ch, -1);
+	if (h->cl)
+		cluster_hook(h, ch, h->cl->on_last);
 	/* A channel that never carried a publication has no offsets worth
 	 * keeping: free it now, so subscribe/unsubscribe loops cannot pile up
 	 * empty channels until the sweep. Callers must not use ch after this. */
@@ -366,8 +383,11 @@ static int link_chan(struct hub *h, struct hub_conn *c, struct chan *ch)
 	uint32_t i = ch->nsubs++;
 	c->subs[k] = (struct csub){ch, i};
 	ch->subs[i] = (struct sub){c, k};
-	if (i == 0)
+	if (i == 0) {
 		count_presence(h, ch, 1);
+		if (h->cl)
+			cluster_hook(h, ch, h->cl->on_first);
+	}
 	return 0;
 }
 
@@ -1014,7 +1034,14 @@ void hub_publish(struct hub *h, struct publication *p)
 		return;
 	}
 	if (p->kind == PUB_HISTORY) {
-		hub_history(h, p);
+		if (h->cl)
+			h->cl->history(h->cl_arg, p);
+		else
+			hub_history(h, p);
+		return;
+	}
+	if (h->cl) {
+		h->cl->publish(h->cl_arg, p);
 		return;
 	}
 	p->subscribers = 0;
@@ -1035,6 +1062,36 @@ void hub_publish(struct hub *h, struct publication *p)
 	p->status = rc;
 	if (p->on_done)
 		p->on_done(p);
+}
+
+void hub_set_cluster(struct hub *h, const struct hub_cluster *cl, void *arg)
+{
+	h->cl = cl;
+	h->cl_arg = arg;
+}
+
+uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name)
+{
+	char k[KEY_MAX];
+	size_t tlen = strlen(tenant);
+	size_t klen = make_key(k, tenant, tlen, name, strlen(name));
+	uint64_t x = key;
+	for (size_t i = 0; i < klen; i++)
+		x = (x ^ (unsigned char)k[i]) * 1099511628211ULL;
+	return x ? x : 1;
+}
+
+size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return 0;
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
+	return n;
 }
 
 /* ------------------------------------------------------------------------

@@ -264,6 +264,39 @@ size_t hub_publish_some(struct hub *h, struct publication **list, size_t max_pub
 void hub_set_command_runner(struct hub *h, void (*run)(void *arg, struct publication *p),
                             void *arg);
 
+/* ------------------------------------------------------------------------
+ * Redis mode (broker.h, cluster.h). In memory mode none of this is set and
+ * the hub runs exactly as on one node.
+ * ------------------------------------------------------------------------ */
+
+/* The cluster glue's hooks, called on the service thread. */
+struct hub_cluster {
+	/* A channel got its first subscriber (implicit channels included, at
+	 * hub_conn_open), or lost its last one. The hook must not call back
+	 * into the hub's subscription functions. */
+	void (*on_first)(void *arg, const char *tenant, const char *name);
+	void (*on_last)(void *arg, const char *tenant, const char *name);
+	/* Runs a publication (PUB_PUBLISH, not a command) instead of
+	 * publishing it here: hands it to Redis, which gives it its offsets;
+	 * must set p->status and call p->on_done, maybe later. */
+	void (*publish)(void *arg, struct publication *p);
+	/* Runs a PUB_HISTORY publication instead of hub_history (reads Redis);
+	 * must set p->status and p->history and call p->on_done, maybe later. */
+	void (*history)(void *arg, struct publication *p);
+};
+/* Sets (or, with NULL, clears) the cluster hooks; cl must outlive the hub
+ * or be cleared. */
+void hub_set_cluster(struct hub *h, const struct hub_cluster *cl, void *arg);
+/* Queues f (a reference each) on every subscriber of the channel tenant's
+ * clients call name, as hub_publish does with a local publication but with
+ * the frame already built elsewhere (an event from Redis, with its offset
+ * and epoch in it; or a client event / presence frame of another node).
+ * Returns how many connections it was queued on. */
+size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f);
+/* The conflation key hub_publish gives a frame of a publication with key on
+ * (tenant, name), so that frames delivered by hub_deliver conflate alike. */
+uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name);
+
 /* Event frames queued on connections since start (messages_delivered). */
 uint64_t hub_delivered(struct hub *h);
 

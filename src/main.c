@@ -338,7 +338,7 @@ static int serve(int argc, char **argv)
 	r.nkeys = keys ? keys->n : 0;
 	if (!keys)
 		warn_no_keys(&r.cfg);
-	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), q, keys);
+	r.rpc = rpc_start(&r.cfg, ws_hub(r.ws), ws_broker(r.ws), q, keys);
 	if (!r.rpc)
 		goto out;
 	/* Ready before the ready line: whoever waits for it may probe at once. */

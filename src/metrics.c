@@ -205,6 +205,32 @@ static void render_grpc(struct strbuf *sb)
 	}
 }
 
+/* Redis mode only: the broker's counters (docs/SCALING.md). */
+static void render_redis(struct strbuf *sb, const struct metrics_gauges *g)
+{
+	const struct broker_stats *b = &g->broker;
+	head(sb, "livehub_node_info", "gauge", "Always 1; this node's id is a label (Redis mode)");
+	sb_add_key_str(sb, "livehub_node_info{node=", g->node ? g->node : "");
+	sb_adds(sb, "} 1\n");
+	one(sb, "livehub_redis_up", "gauge", "1 while Redis is connected and usable",
+	    b->up ? 1 : 0);
+	one(sb, "livehub_redis_reconnects_total", "counter",
+	    "Connections to Redis made again after a loss", b->reconnects);
+	one(sb, "livehub_redis_commands_in_flight", "gauge",
+	    "Commands sent to Redis whose reply has not come yet", b->cmds_in_flight);
+	one(sb, "livehub_redis_commands_total", "counter", "Commands sent to Redis", b->commands);
+	one(sb, "livehub_redis_publishes_total", "counter",
+	    "Publications stored and published by Redis", b->publishes);
+	one(sb, "livehub_redis_publish_failures_total", "counter",
+	    "Publications that failed because Redis was down or answered an error",
+	    b->publish_failures);
+	one(sb, "livehub_redis_messages_received_total", "counter",
+	    "Messages read from Redis pub/sub", b->messages_received);
+	one(sb, "livehub_redis_channels_followed", "gauge",
+	    "Channels this node follows in Redis (those with a local subscriber)",
+	    b->channels_followed);
+}
+
 static void render_gauges(struct strbuf *sb, const struct metrics_gauges *g)
 {
 	one(sb, "livehub_connections", "gauge", "Open WebSocket connections", g->hub.connections);
@@ -263,6 +289,8 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 	    "presence:join/leave and user:online/offline frames queued", g->presence_events);
 	one(sb, "livehub_disconnects_total", "counter", "Connections closed by Disconnect calls",
 	    g->disconnects);
+	if (g->redis)
+		render_redis(sb, g);
 	one(sb, "livehub_cluster_nodes", "gauge",
 	    "Redis mode: nodes alive, as of this node's last heartbeat", g->cluster_nodes);
 	one(sb, "livehub_cluster_connections", "gauge",

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "broker.h"
 #include "hub.h"
 #include "strbuf.h"
 
@@ -97,6 +98,7 @@ struct metrics {
 	_Atomic uint64_t awaiting_auth;      /* gauge: sockets without a token, before auth */
 	_Atomic uint64_t channel_denied;     /* subscribes refused by token rights */
 	_Atomic bool ready;                  /* accepting clients and calls */
+	_Atomic bool redis_down;             /* Redis mode: Redis unreachable (not ready) */
 	int64_t started_ms;                  /* CLOCK_MONOTONIC, set by metrics_init */
 	struct metrics_hist publish_latency; /* gRPC arrival -> queued on every subscriber */
 	struct metrics_hist write_latency;   /* gRPC arrival -> written to a client socket */
@@ -117,6 +119,10 @@ struct metrics_gauges {
 	uint64_t sendq_frames;         /* frames queued over every connection */
 	uint64_t sendq_max;            /* the longest single send queue */
 	uint64_t sendq_bytes;          /* payload bytes queued over every connection */
+	/* Redis mode (broker.h): redis set, broker read, node its id. */
+	bool redis;
+	struct broker_stats broker;
+	const char *node;
 	/* presence.c counters (presence_stats_read). */
 	uint64_t client_events, client_events_limited, presence_events, disconnects;
 	/* presence_cluster.c (Redis mode; all 0 on one node). */

@@ -29,6 +29,9 @@ struct patterns {
 };
 
 struct presence {
+	/* Redis mode: client events go to the other nodes too (borrowed). */
+	void (*relay)(void *arg, const char *tenant, const char *name, const struct frame *f);
+	void *relay_arg;
 	struct patterns events;  /* join/leave */
 	struct patterns publish; /* client events */
 	int64_t rate, burst;
@@ -191,6 +194,15 @@ void presence_set_cluster(struct presence *pr, struct pcluster *cl)
 bool presence_tenant_on(const struct presence *pr)
 {
 	return pr->tenant_presence;
+}
+
+void presence_set_relay(struct presence *pr,
+                        void (*fn)(void *arg, const char *tenant, const char *name,
+                                   const struct frame *f),
+                        void *arg)
+{
+	pr->relay = fn;
+	pr->relay_arg = arg;
 }
 
 bool presence_events_on(const struct presence *pr, const char *name)
@@ -627,6 +639,8 @@ struct frame *presence_publish(struct presence *pr, struct hub *h, struct hub_co
 	struct frame *ev = client_event_frame(c, req);
 	if (!ev)
 		return NULL;
+	if (pr->relay)
+		pr->relay(pr->relay_arg, hub_conn_tenant(c), req->channel, ev);
 	fan_out(h, hub_conn_tenant(c), req->channel, c, ev);
 	stat_add(&stats.client_events, 1);
 	return published_frame(req);

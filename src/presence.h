@@ -72,6 +72,13 @@ void presence_free(struct presence *pr);
 void presence_set_cluster(struct presence *pr, struct pcluster *cl);
 /* Whether "$tenant" gets user:online / user:offline. */
 bool presence_tenant_on(const struct presence *pr);
+/* Redis mode: fn(arg, tenant, channel, frame) is called with every client
+ * event accepted here, before it is queued locally, so that the other
+ * nodes get it too. */
+void presence_set_relay(struct presence *pr,
+                        void (*fn)(void *arg, const char *tenant, const char *name,
+                                   const struct frame *f),
+                        void *arg);
 
 /* Whether channel name sends join/leave events. */
 bool presence_events_on(const struct presence *pr, const char *name);

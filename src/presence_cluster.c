@@ -1032,10 +1032,3 @@ void pcluster_free(struct pcluster *pc)
 	free(pc);
 }
 
-/* TEMPORARY until redis-core's broker.c has it. */
-__attribute__((weak)) int broker_publish_raw(struct broker *b, const char *tenant, const char *name,
-                                             const char *frame, size_t len)
-{
-	(void)b, (void)tenant, (void)name, (void)frame, (void)len;
-	return LH_EUNAVAILABLE;
-}

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "apikeys.h"
+#include "broker.h"
 #include "livehub.h"
 #include "livehub/v1/hub.pb-c.h"
 #include "log.h"
@@ -139,6 +140,7 @@ struct call {
 
 struct rpc {
 	struct hub *hub;
+	struct broker *broker; /* Redis mode (stats only), else NULL */
 	struct handoff *q;
 	grpc_server *server;
 	grpc_completion_queue *cq;
@@ -570,6 +572,19 @@ static void handle_stats(struct call *c)
 	resp.presence_events = ps.presence_events;
 	resp.disconnects = ps.disconnects;
 	resp.control_commands = ps.commands;
+	if (c->r->broker) {
+		struct broker_stats bs;
+		broker_stats_read(c->r->broker, &bs);
+		resp.redis_up = bs.up;
+		resp.redis_reconnects = bs.reconnects;
+		resp.redis_commands_in_flight = bs.cmds_in_flight;
+		resp.redis_publishes = bs.publishes;
+		resp.redis_publish_failures = bs.publish_failures;
+		resp.redis_messages_received = bs.messages_received;
+		resp.redis_channels_followed = bs.channels_followed;
+		resp.redis_commands = bs.commands;
+		resp.node_id = (char *)broker_node_id(c->r->broker);
+	}
 	struct pcluster_stats cs;
 	pcluster_stats_read(&cs);
 	resp.cluster_nodes = cs.nodes;
@@ -1246,8 +1261,8 @@ static void abort_start(struct rpc *r, bool thread)
 	free(r);
 }
 
-struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q,
-                      struct apikeys *keys)
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct broker *broker,
+                      struct handoff *q, struct apikeys *keys)
 {
 	struct rpc *r = calloc(1, sizeof *r);
 	if (!r) {
@@ -1257,6 +1272,7 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct hando
 	}
 	apikeys_store_init(&r->keys, keys);
 	r->hub = hub;
+	r->broker = broker;
 	r->q = q;
 	r->started_ms = mono_ms();
 	tag_init(&r->t_shutdown, TAG_SHUTDOWN, NULL);

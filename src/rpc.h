@@ -22,8 +22,9 @@ struct rpc;
  * server, also on failure) are the API keys callers must present; NULL
  * lets every caller call every method (development mode). Returns NULL
  * after logging why. Block SIGINT/SIGTERM before calling. */
-struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct handoff *q,
-                      struct apikeys *keys);
+struct broker;
+struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct broker *broker,
+                      struct handoff *q, struct apikeys *keys);
 /* Replaces the API keys (SIGHUP; ownership of keys passes to r). Calls
  * that have started keep the key they were authorized with. Call from one
  * thread at a time. */

@@ -265,7 +265,8 @@ static Grpc__Health__V1__HealthCheckResponse__ServingStatus health_of(struct rpc
 		known = strcmp(service, reflection_service(x->refl, i)) == 0;
 	if (!known)
 		return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
-	bool up = atomic_load(&lh_metrics.ready) && !atomic_load(&x->stopping);
+	bool up = atomic_load(&lh_metrics.ready) && !atomic_load(&x->stopping) &&
+	          !atomic_load(&lh_metrics.redis_down);
 	return up ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
 	          : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }

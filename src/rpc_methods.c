@@ -734,6 +734,16 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 	case 0: return RPC_OK;
 	case LH_ENOMEM: fail(err, RPC_INTERNAL, "out of memory"); break;
 	case LH_ECLOSED: fail(err, RPC_UNAVAILABLE, "livehub is shutting down"); break;
+	case LH_EUNAVAILABLE:
+		fail(err, RPC_UNAVAILABLE,
+		     "redis unavailable: the call was not confirmed by Redis; retry with backoff "
+		     "(with the same idempotency_key, a publish that did go through is not "
+		     "repeated)");
+		break;
+	case LH_EFULL:
+		fail(err, RPC_RESOURCE_EXHAUSTED,
+		     "too many publications waiting for Redis; retry with backoff");
+		break;
 	case LH_EEXIST:
 		fail(err, RPC_INVALID_ARGUMENT,
 		     "idempotency_key: already used within the window for a different publication "

@@ -32,6 +32,8 @@
 #include <time.h>
 #include <uv.h>
 
+#include "broker.h"
+#include "cluster.h"
 #include "command.h"
 #include "edge.h"
 #include "livehub.h"
@@ -179,6 +181,10 @@ struct ws {
 	_Atomic(struct edge_cfg *) edge_reload; /* any thread: pending edge limits */
 	struct ipcount *ips;                    /* open connections per client address */
 	unsigned int fd_cap;                    /* the fd limit, for the derived global limit */
+
+	/* Redis mode (LIVEHUB_REDIS_URL); both NULL in memory mode. */
+	struct broker *broker;   /* owned */
+	struct cluster *cluster; /* owned */
 };
 
 /* ------------------------------------------------------------------------
@@ -350,6 +356,11 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 	g.client_events_limited = ps.client_events_limited;
 	g.presence_events = ps.presence_events;
 	g.disconnects = ps.disconnects;
+	if (w->broker) {
+		g.redis = true;
+		broker_stats_read(w->broker, &g.broker);
+		g.node = broker_node_id(w->broker);
+	}
 	struct pcluster_stats cs;
 	pcluster_stats_read(&cs);
 	g.cluster_nodes = cs.nodes;
@@ -444,7 +455,8 @@ static int static_reply(struct lws *wsi, const struct static_file *f)
 static int on_http(struct ws *w, struct lws *wsi, const char *uri)
 {
 	int rc;
-	bool ready = atomic_load(&lh_metrics.ready) && !w->closing;
+	bool ready = atomic_load(&lh_metrics.ready) && !w->closing &&
+	             !atomic_load(&lh_metrics.redis_down);
 	const struct static_file *f = w->demo ? static_file_find(uri) : NULL;
 	if (strcmp(uri, "/healthz") == 0)
 		rc = http_reply(wsi, 200, "ok\n");
@@ -794,6 +806,8 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	}
 	s->rights = id->rights;
 	id->rights = NULL;
+	if (w->cluster)
+		cluster_conn_open(w->cluster, s->conn);
 	session_link(&w->sessions, s);
 	schedule_expiry(w, s, id->exp);
 	presence_on_open(w->pres, w->hub, s->conn);
@@ -913,6 +927,8 @@ static struct frame *do_subscribe(struct ws *w, struct session *s, const struct 
 		return wsp_error(WSP_CHANNEL_ACCESS_DENIED, "the token does not allow this channel",
 		                 true, req);
 	}
+	if (w->cluster)
+		return cluster_subscribe(w->cluster, s->conn, req, replied);
 	struct hub_since since = {.given = req->has_since, .offset = req->since_offset};
 	memcpy(since.epoch, req->since_epoch, sizeof(since.epoch));
 	struct hub_position pos;
@@ -1345,6 +1361,8 @@ static void on_closed(struct ws *w, struct session *s)
 	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
 	         metrics_close_name(why), s->close_code);
 	session_unlink(&w->sessions, s);
+	if (w->cluster)
+		cluster_conn_close(w->cluster, s->conn);
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
 	/* Read by the close frame, which has gone out by now. */
@@ -1411,6 +1429,14 @@ static void apply_reload(struct ws *w)
 }
 
 /* Applies pending presence settings (ws_reload_presence). */
+/* Redis mode: a client event delivered here goes to the other nodes. */
+static void relay_client_event(void *arg, const char *tenant, const char *name,
+                               const struct frame *f)
+{
+	struct ws *w = arg;
+	cluster_publish_raw(w->cluster, tenant, name, f);
+}
+
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
@@ -1418,6 +1444,10 @@ static void apply_presence_reload(struct ws *w)
 		return;
 	presence_free(w->pres);
 	w->pres = pr;
+	if (w->cluster) {
+		cluster_set_presence(w->cluster, pr);
+		presence_set_relay(pr, relay_client_event, w);
+	}
 	presence_set_cluster(pr, w->pcl);
 }
 
@@ -1514,6 +1544,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		if (ws_of(wsi)->broker)
+			broker_service(ws_of(wsi)->broker);
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
@@ -1677,6 +1709,83 @@ static bool is_loopback(const char *host)
 	       strcmp(host, "::1") == 0;
 }
 
+/* Redis readiness: /readyz and gRPC health follow Redis. */
+static void on_redis_state(void *arg, bool up)
+{
+	atomic_store(&lh_metrics.redis_down, !up);
+}
+
+/* ------------------------------------------------------------------------
+ * Presence across nodes (Redis mode)
+ * ------------------------------------------------------------------------ */
+
+#define WS_CLUSTER_TICK_US (100 * LWS_US_PER_MS)
+
+static void each_session(void *arg, void (*fn)(struct hub_conn *c, void *fnarg), void *fnarg)
+{
+	struct ws *w = arg;
+	for (struct session *s = w->sessions; s; s = s->next)
+		fn(s->conn, fnarg);
+}
+
+static void on_cluster_tick(lws_sorted_usec_list_t *sul)
+{
+	struct ws *w = lws_container_of(sul, struct ws, sul_cluster);
+	pcluster_tick(w->pcl, mono_ms());
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+}
+
+/* Redis mode with LIVEHUB_PRESENCE_TTL > 0: presence, join/leave and the
+ * control commands span the nodes (presence_cluster.h). Returns 0 or
+ * LH_ENOMEM. */
+static int start_presence_cluster(struct ws *w, const struct lh_config *cfg)
+{
+	if (cfg->presence_ttl <= 0)
+		return 0;
+	struct pcluster_env env = {w->hub, &w->pres, each_session, w};
+	w->pcl = pcluster_new(w->broker, cfg->redis_prefix, cfg->presence_ttl, &env);
+	if (!w->pcl) {
+		log_error("msg=\"out of memory setting up presence across nodes\"");
+		return LH_ENOMEM;
+	}
+	presence_set_cluster(w->pres, w->pcl);
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+	return 0;
+}
+
+/* Redis mode: the broker thread and the cluster glue. Returns 0 or -1. */
+static int start_broker(struct ws *w, const struct lh_config *cfg, const struct hub_limits *lim)
+{
+	struct broker_config bc = {
+	        .url = cfg->redis_url,
+	        .prefix = cfg->redis_prefix,
+	        .node_id = cfg->node_id,
+	        .hist = &lim->hist,
+	        .idem_window_s = lim->idem_window_s,
+	        .max_publishes = (uint32_t)cfg->handoff_max,
+	        .backoff_min_ms = 100,
+	        .backoff_max_ms = 2000,
+	};
+	atomic_store(&lh_metrics.redis_down, true);
+	w->broker = broker_new(&bc);
+	if (!w->broker)
+		return -1;
+	w->cluster = cluster_new(w->hub, w->broker, &lim->hist);
+	if (!w->cluster || broker_on_state(w->broker, on_redis_state, w))
+		return -1;
+	cluster_set_presence(w->cluster, w->pres);
+	presence_set_relay(w->pres, relay_client_event, w);
+	if (start_presence_cluster(w, cfg))
+		return -1;
+	if (broker_start(w->broker, ws_wake, w)) {
+		log_error("msg=\"cannot start the Redis broker thread\"");
+		return -1;
+	}
+	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker),
+	         cfg->redis_prefix);
+	return 0;
+}
+
 struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff *q)
 {
 	struct ws *w = calloc(1, sizeof(*w));
@@ -1724,6 +1833,8 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 	if (open_loop(w, cfg->event_loop) || start_lws(w, cfg))
 		goto fail;
 	handoff_set_wake(q, ws_wake, w);
+	if (cfg->redis_url[0] && start_broker(w, cfg, &lim))
+		goto fail;
 	lws_sul_schedule(w->ctx, 0, &w->sul_sweep, on_sweep, WS_SWEEP_US);
 	log_info("msg=\"websocket listening\" host=%s port=%d", cfg->ws_host, w->port);
 	if (!w->edge->origins && !is_loopback(cfg->ws_host))
@@ -1733,7 +1844,12 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		         cfg->ws_host);
 	return w;
 fail:
+	lws_sul_cancel(&w->sul_cluster);
+	broker_stop(w->broker);
 	destroy_lws(w);
+	pcluster_free(w->pcl);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	edge_free(w->edge);
 	ipcount_free(w->ips);
@@ -1741,6 +1857,11 @@ fail:
 	free(w->batch);
 	free(w);
 	return NULL;
+}
+
+struct broker *ws_broker(struct ws *w)
+{
+	return w->broker;
 }
 
 int ws_port(const struct ws *w)
@@ -1862,11 +1983,16 @@ void ws_free(struct ws *w)
 	handoff_set_wake(w->q, NULL, NULL);
 	lws_sul_cancel(&w->sul_sweep);
 	lws_sul_cancel(&w->sul_deadline);
+	/* The broker's last callbacks (failed replies) may still queue frames
+	 * on open connections: before they close. */
 	lws_sul_cancel(&w->sul_cluster);
+	broker_stop(w->broker);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
 	pcluster_free(w->pcl);
+	cluster_free(w->cluster);
+	broker_free(w->broker);
 	hub_free(w->hub);
 	presence_free(w->pres);
 	presence_free(atomic_exchange(&w->pres_reload, NULL));
@@ -1893,39 +2019,4 @@ void ws_reload_edge(struct ws *w, const struct lh_config *cfg)
 	}
 	edge_free(atomic_exchange(&w->edge_reload, e));
 	lws_cancel_service(w->ctx);
-}
-
-/* ------------------------------------------------------------------------
- * Presence across nodes (Redis mode)
- * ------------------------------------------------------------------------ */
-
-#define WS_CLUSTER_TICK_US (100 * LWS_US_PER_MS)
-
-static void each_session(void *arg, void (*fn)(struct hub_conn *c, void *fnarg), void *fnarg)
-{
-	struct ws *w = arg;
-	for (struct session *s = w->sessions; s; s = s->next)
-		fn(s->conn, fnarg);
-}
-
-static void on_cluster_tick(lws_sorted_usec_list_t *sul)
-{
-	struct ws *w = lws_container_of(sul, struct ws, sul_cluster);
-	pcluster_tick(w->pcl, mono_ms());
-	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
-}
-
-int ws_cluster_presence(struct ws *w, struct broker *b, const struct lh_config *cfg)
-{
-	if (!b || cfg->presence_ttl <= 0)
-		return 0;
-	struct pcluster_env env = {w->hub, &w->pres, each_session, w};
-	w->pcl = pcluster_new(b, cfg->redis_prefix, cfg->presence_ttl, &env);
-	if (!w->pcl) {
-		log_error("msg=\"out of memory setting up presence across nodes\"");
-		return LH_ENOMEM;
-	}
-	presence_set_cluster(w->pres, w->pcl);
-	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
-	return 0;
 }

@@ -25,6 +25,8 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 int ws_port(const struct ws *w);
 /* The hub, for hub_stats_read() from other threads. */
 struct hub *ws_hub(struct ws *w);
+/* The Redis broker (Redis mode), or NULL (memory mode). */
+struct broker *ws_broker(struct ws *w);
 /* Runs the service loop on the calling thread until ws_stop(); then closes
  * every client (1001) and returns. */
 int ws_run(struct ws *w);
@@ -49,13 +51,5 @@ void ws_reload_edge(struct ws *w, const struct lh_config *cfg);
 /* Any thread: wakes the service thread (the hand-off queue's wake hook). */
 void ws_wake(void *w);
 void ws_free(struct ws *w);
-
-struct broker;
-/* Service thread, before ws_run (or from it): in Redis mode (b not NULL
- * and LIVEHUB_PRESENCE_TTL > 0) presence, join/leave announcements and the
- * control commands span every node (presence_cluster.h). b must outlive
- * w's use of it: stop the broker (its callbacks run) before ws_free.
- * Returns 0 or LH_ENOMEM. */
-int ws_cluster_presence(struct ws *w, struct broker *b, const struct lh_config *cfg);
 
 #endif

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-300}
 CC=clang cmake -S . -B build-fuzz -DLH_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build-fuzz -j"${JOBS:-$(nproc)}" --target fuzz_pbjson fuzz_client_frame fuzz_reflection fuzz_token fuzz_apikeys
+cmake --build build-fuzz -j"${JOBS:-$(nproc)}" --target fuzz_pbjson fuzz_client_frame fuzz_reflection fuzz_token fuzz_apikeys fuzz_redis
 mkdir -p build-fuzz/artifacts
-for t in fuzz_pbjson fuzz_client_frame fuzz_reflection fuzz_token fuzz_apikeys; do
+for t in fuzz_pbjson fuzz_client_frame fuzz_reflection fuzz_token fuzz_apikeys fuzz_redis; do
 	name=${t#fuzz_}
 	work=build-fuzz/corpus-$name
 	mkdir -p "$work"

@@ -15,11 +15,16 @@
 enum lg_scenario { SC_IDLE, SC_BROADCAST, SC_JOBS, SC_CHURN };
 enum lg_proto { PROTO_WS, PROTO_SIO };
 
+/* Hubs the WebSocket connections are spread over (--ws A,B,C). */
+#define LG_MAX_HUBS 8
+
 struct lg_opts {
 	enum lg_scenario scenario;
 	enum lg_proto proto;
-	char ws_host[64];
-	int ws_port;
+	int nws;                        /* hubs in --ws: connection g goes to hub g % nws */
+	char ws_host[LG_MAX_HUBS][64];  /* their WebSocket addresses */
+	int ws_port[LG_MAX_HUBS];
+	int pub_hub;                    /* which of them --grpc is (cross-node figures) */
 	char grpc_target[128];
 	char secret[256];
 	int conns;        /* WebSocket connections, in all workers */
@@ -31,7 +36,9 @@ struct lg_opts {
 	double rate;      /* publishes per second (broadcast, jobs) */
 	double duration;  /* seconds of publishing, or of churn */
 	int payload;      /* bytes of the event's data object */
-	int hub_pid;      /* for RSS and CPU; 0 = not measured */
+	int hub_pid[LG_MAX_HUBS]; /* for RSS and CPU (summed); none = not measured */
+	int nhub_pids;
+	int redis_pid;            /* redis-server, for its CPU; 0 = not measured */
 	bool token_query; /* ?token= instead of Authorization: Bearer */
 	int max_inflight; /* gRPC calls in flight at most */
 	int burst_us;     /* send calls due within this many µs together */
@@ -79,8 +86,10 @@ struct wstats {
 	uint64_t cycles;  /* churn: connect-subscribe-close cycles done */
 	uint64_t bytes_in;
 	uint64_t stalled; /* connections that stopped reading once ready */
-	double cpu_s;    /* the worker's own user+system seconds */
-	struct hist lat; /* publish -> deliver, or churn cycle time */
+	uint64_t xevents; /* events received on a hub other than the publisher's */
+	double cpu_s;     /* the worker's own user+system seconds */
+	struct hist lat;  /* publish -> deliver, or churn cycle time */
+	struct hist xlat; /* publish -> deliver on hubs other than the publisher's */
 };
 
 struct pstats {

@@ -23,8 +23,11 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 	        "usage: lg SCENARIO [options]   SCENARIO: idle | broadcast | jobs | churn\n"
-	        "  --ws HOST:PORT          hub WebSocket address (127.0.0.1:8080)\n"
+	        "  --ws HOST:PORT[,...]    hub WebSocket address (127.0.0.1:8080); several (up to 8):\n"
+	        "                          connection g goes to the (g mod n)-th, round-robin\n"
 	        "  --grpc HOST:PORT        hub gRPC address (127.0.0.1:50051)\n"
+	        "  --pub-hub K             which --ws hub (from 0) --grpc belongs to (0): deliveries\n"
+	        "                          on the others are the cross-node figures\n"
 	        "  --secret S              JWT HS256 secret (dev-secret)\n"
 	        "  --proto ws|socketio     client protocol (ws)\n"
 	        "  --conns N               measured connections (1000)\n"
@@ -37,7 +40,8 @@ static void usage(FILE *f)
 	        "  --rate R                publishes per second (100)\n"
 	        "  --duration S            seconds of publishing or churn (10)\n"
 	        "  --payload B             bytes of the event data object (64)\n"
-	        "  --hub-pid PID           hub process for RSS and CPU figures\n"
+	        "  --hub-pid PID[,...]     hub processes for RSS and CPU figures (summed)\n"
+	        "  --redis-pid PID         redis-server, for its CPU figure\n"
 	        "  --token-query           send the token as ?token= (default: Authorization header)\n"
 	        "  --inflight N            gRPC calls in flight at most (256)\n"
 	        "  --burst-us U            send the calls due within U µs together (0)\n"
@@ -59,6 +63,34 @@ static int split_hostport(const char *s, char *host, size_t hcap, int *port)
 	return *port > 0 ? 0 : -1;
 }
 
+/* "A,B,C" into o->ws_host/ws_port. */
+static int parse_ws_list(struct lg_opts *o, const char *arg)
+{
+	char buf[1024];
+	snprintf(buf, sizeof(buf), "%s", arg);
+	o->nws = 0;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (o->nws == LG_MAX_HUBS ||
+		    split_hostport(t, o->ws_host[o->nws], sizeof(o->ws_host[0]), &o->ws_port[o->nws]))
+			return -1;
+		o->nws++;
+	}
+	return o->nws ? 0 : -1;
+}
+
+static int parse_pid_list(struct lg_opts *o, const char *arg)
+{
+	char buf[512];
+	snprintf(buf, sizeof(buf), "%s", arg);
+	o->nhub_pids = 0;
+	for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (o->nhub_pids == LG_MAX_HUBS || atoi(t) <= 0)
+			return -1;
+		o->hub_pid[o->nhub_pids++] = atoi(t);
+	}
+	return 0;
+}
+
 static int parse(struct lg_opts *o, int argc, char **argv)
 {
 	static const struct option lo[] = {{"ws", 1, 0, 'w'},
@@ -75,6 +107,8 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	                                   {"duration", 1, 0, 'd'},
 	                                   {"payload", 1, 0, 'p'},
 	                                   {"hub-pid", 1, 0, 'H'},
+	                                   {"redis-pid", 1, 0, 'R'},
+	                                   {"pub-hub", 1, 0, 'K'},
 	                                   {"token-query", 0, 0, 'q'},
 	                                   {"inflight", 1, 0, 'I'},
 	                                   {"handshakes", 1, 0, 'h'},
@@ -85,7 +119,8 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	                                   {"stream", 0, 0, 'X'},
 	                                   {"help", 0, 0, '?'},
 	                                   {0, 0, 0, 0}};
-	*o = (struct lg_opts){.ws_port = 8080,
+	*o = (struct lg_opts){.nws = 1,
+	                      .ws_port = {8080},
 	                      .conns = 1000,
 	                      .workers = 2,
 	                      .tenants = 1,
@@ -97,7 +132,7 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	                      .handshakes = 200,
 	                      .drain = 30,
 	                      .settle = 3};
-	strcpy(o->ws_host, "127.0.0.1");
+	strcpy(o->ws_host[0], "127.0.0.1");
 	strcpy(o->grpc_target, "127.0.0.1:50051");
 	strcpy(o->secret, "dev-secret");
 	strcpy(o->label, "hub");
@@ -119,7 +154,7 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'w':
-			if (split_hostport(optarg, o->ws_host, sizeof(o->ws_host), &o->ws_port))
+			if (parse_ws_list(o, optarg))
 				return -1;
 			break;
 		case 'g': snprintf(o->grpc_target, sizeof(o->grpc_target), "%s", optarg); break;
@@ -134,7 +169,12 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 		case 'r': o->rate = atof(optarg); break;
 		case 'd': o->duration = atof(optarg); break;
 		case 'p': o->payload = atoi(optarg); break;
-		case 'H': o->hub_pid = atoi(optarg); break;
+		case 'H':
+			if (parse_pid_list(o, optarg))
+				return -1;
+			break;
+		case 'R': o->redis_pid = atoi(optarg); break;
+		case 'K': o->pub_hub = atoi(optarg); break;
 		case 'q': o->token_query = true; break;
 		case 'I': o->max_inflight = atoi(optarg); break;
 		case 'h': o->handshakes = atoi(optarg); break;
@@ -148,7 +188,7 @@ static int parse(struct lg_opts *o, int argc, char **argv)
 	}
 	if (o->conns < 1 || o->workers < 1 || o->tenants < 1 || o->src_addrs < 1 ||
 	    o->src_addrs > 250 || o->rate <= 0 || o->duration <= 0 || o->max_inflight < 1 ||
-	    o->handshakes < 1)
+	    o->handshakes < 1 || o->pub_hub < 0 || o->pub_hub >= o->nws)
 		return -1;
 	return 0;
 }
@@ -187,6 +227,31 @@ static double hub_cpu(int pid)
 	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		return -1;
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Summed over the --hub-pid processes; -1 when none or one is unreadable. */
+static long hubs_rss(const struct lg_opts *o)
+{
+	long sum = 0;
+	for (int i = 0; i < o->nhub_pids; i++) {
+		long v = hub_rss(o->hub_pid[i]);
+		if (v < 0)
+			return -1;
+		sum += v;
+	}
+	return o->nhub_pids ? sum : -1;
+}
+
+static double hubs_cpu(const struct lg_opts *o)
+{
+	double sum = 0;
+	for (int i = 0; i < o->nhub_pids; i++) {
+		double v = hub_cpu(o->hub_pid[i]);
+		if (v < 0)
+			return -1;
+		sum += v;
+	}
+	return o->nhub_pids ? sum : -1;
 }
 
 struct child {
@@ -236,6 +301,7 @@ struct run {
 	struct wready rd;
 	long rss0, rss1;
 	double cpu0, cpu1, wall;
+	double rcpu0, rcpu1; /* redis-server */
 	bool published;
 };
 
@@ -281,9 +347,9 @@ static int drain(const struct lg_opts *o, struct child *w, uint64_t published)
 
 static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 {
-	r->rss0 = o->hub_pid ? hub_rss(o->hub_pid) : -1;
+	r->rss0 = hubs_rss(o);
 	uint64_t t0 = now_ns();
-	r->cpu0 = o->hub_pid ? hub_cpu(o->hub_pid) : -1;
+	r->cpu0 = hubs_cpu(o);
 	if (spawn_workers(o, w))
 		return -1;
 	for (int i = 0; i < o->workers; i++) {
@@ -298,19 +364,21 @@ static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 	        (double)(now_ns() - t0) / 1e9);
 	if (o->scenario == SC_IDLE) {
 		sleep_s(o->settle);
-		r->rss1 = o->hub_pid ? hub_rss(o->hub_pid) : -1;
+		r->rss1 = hubs_rss(o);
 	}
 	if (o->scenario == SC_BROADCAST || o->scenario == SC_JOBS) {
 		t0 = now_ns();
-		r->cpu0 = o->hub_pid ? hub_cpu(o->hub_pid) : -1;
+		r->cpu0 = hubs_cpu(o);
+		r->rcpu0 = o->redis_pid ? hub_cpu(o->redis_pid) : -1;
 		if (run_publisher(o, &r->ps))
 			return -1;
 		r->published = true;
 		if (drain(o, w, r->ps.ok))
 			return -1;
-		r->rss1 = o->hub_pid ? hub_rss(o->hub_pid) : -1;
+		r->rss1 = hubs_rss(o);
 	}
-	r->cpu1 = o->hub_pid ? hub_cpu(o->hub_pid) : -1;
+	r->cpu1 = hubs_cpu(o);
+	r->rcpu1 = o->redis_pid ? hub_cpu(o->redis_pid) : -1;
 	r->wall = (double)(now_ns() - t0) / 1e9;
 	struct wcmd cmd = {.op = CMD_FINISH, .published = r->ps.ok};
 	for (int i = 0; i < o->workers; i++)
@@ -324,6 +392,7 @@ static int drive(const struct lg_opts *o, struct child *w, struct run *r)
 			a[k] += b[k];
 		r->ws.cpu_s += one->cpu_s;
 		hist_merge(&r->ws.lat, &one->lat);
+		hist_merge(&r->ws.xlat, &one->xlat);
 		waitpid(w[i].pid, NULL, 0);
 	}
 	free(one);
@@ -354,11 +423,13 @@ static void report(const struct lg_opts *o, const struct run *r, bool ok)
 	static const char *names[] = {"idle", "broadcast", "jobs", "churn"};
 	const struct wstats *s = &r->ws;
 	double cpu = r->cpu1 >= 0 && r->cpu0 >= 0 ? r->cpu1 - r->cpu0 : -1;
-	char res[1024];
+	char res[1536];
 	int n = snprintf(res, sizeof(res),
 	                 "RESULT hub=%s scenario=%s proto=%s conns=%d foreign=%d ready=%llu",
 	                 o->label, names[o->scenario], o->proto == PROTO_SIO ? "socketio" : "ws",
 	                 o->conns, o->foreign, U(r->rd.ready));
+	if (o->nws > 1)
+		n += snprintf(res + n, sizeof(res) - (size_t)n, " hubs=%d", o->nws);
 	if (o->stalled)
 		n += snprintf(res + n, sizeof(res) - (size_t)n, " stalled=%llu", U(s->stalled));
 	if (o->scenario == SC_IDLE && r->rss0 > 0 && r->rss1 > 0 && r->rd.ready)
@@ -387,9 +458,16 @@ static void report(const struct lg_opts *o, const struct run *r, bool ok)
 		              " p50_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f",
 		              hist_pct(&s->lat, 50) / 1e3, hist_pct(&s->lat, 99) / 1e3,
 		              hist_pct(&s->lat, 99.9) / 1e3, s->lat.max / 1e3);
+	if (s->xlat.count)
+		n += snprintf(res + n, sizeof(res) - (size_t)n,
+		              " xnode_deliveries=%llu xnode_p50_us=%.0f xnode_p99_us=%.0f",
+		              U(s->xevents), hist_pct(&s->xlat, 50) / 1e3, hist_pct(&s->xlat, 99) / 1e3);
 	if (cpu >= 0)
 		n += snprintf(res + n, sizeof(res) - (size_t)n, " hub_cpu_s=%.2f hub_cpu_pct=%.0f",
 		              cpu, 100.0 * cpu / r->wall);
+	if (o->redis_pid && r->rcpu0 >= 0 && r->rcpu1 >= 0)
+		n += snprintf(res + n, sizeof(res) - (size_t)n, " redis_cpu_s=%.2f",
+		              r->rcpu1 - r->rcpu0);
 	snprintf(res + n, sizeof(res) - (size_t)n, " lg_cpu_pct=%.0f wall_s=%.1f status=%s",
 	         100.0 * (s->cpu_s + r->ps.cpu_s) / (r->wall > 0 ? r->wall : 1), r->wall,
 	         ok ? "OK" : "FAILED");

@@ -40,6 +40,7 @@ enum cstate {
 struct conn {
 	int fd;
 	int g; /* global connection index */
+	uint8_t hub; /* index in o->ws_host: g % o->nws */
 	uint8_t state;
 	uint8_t tries;
 	bool have_off;
@@ -67,7 +68,7 @@ struct worker {
 	bool churning;
 	uint64_t churn_end;
 	uint32_t rnd;
-	struct sockaddr_in dst;
+	struct sockaddr_in dst[LG_MAX_HUBS];
 	struct wstats st;
 	double cpu_at_ready; /* own CPU seconds when setup ended (not churn) */
 	char scratch[256 * 1024];
@@ -192,7 +193,7 @@ static int conn_open(struct worker *w, struct conn *c)
 	struct sockaddr_in src = {.sin_family = AF_INET};
 	src.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)(c->g % o->src_addrs));
 	if (bind(fd, (struct sockaddr *)&src, sizeof(src)) < 0 ||
-	    (connect(fd, (struct sockaddr *)&w->dst, sizeof(w->dst)) < 0 && errno != EINPROGRESS)) {
+	    (connect(fd, (struct sockaddr *)&w->dst[c->hub], sizeof(w->dst[0])) < 0 && errno != EINPROGRESS)) {
 		close(fd);
 		return -1;
 	}
@@ -228,7 +229,7 @@ static int send_upgrade(struct worker *w, struct conn *c)
 	        req + n, sizeof(req) - (size_t)n,
 	        "Host: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 	        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-	        o->ws_host, o->ws_port);
+	        o->ws_host[c->hub], o->ws_port[c->hub]);
 	c->state = CS_HTTP;
 	set_events(w, c, EPOLLIN);
 	return conn_write(w, c, req, (size_t)n);
@@ -337,8 +338,12 @@ static void on_event(struct worker *w, struct conn *c, const char *s, size_t n)
 		return;
 	}
 	if (find_u64(s, n, "\"t\":\"", &t)) {
-		uint64_t now = now_ns();
-		hist_add(&w->st.lat, now > t ? now - t : 0);
+		uint64_t now = now_ns(), d = now > t ? now - t : 0;
+		hist_add(&w->st.lat, d);
+		if (c->hub != o->pub_hub) {
+			hist_add(&w->st.xlat, d);
+			w->st.xevents++;
+		}
 	}
 	if (el >= sizeof(c->epoch))
 		el = sizeof(c->epoch) - 1;
@@ -739,12 +744,15 @@ void worker_main(const struct lg_opts *o, int index, int first, int count, int t
 	w->rnd = 2463534242u ^ (uint32_t)(index * 7919 + 1);
 	w->c = calloc((size_t)count, sizeof(*w->c));
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
-	w->dst.sin_family = AF_INET;
-	w->dst.sin_port = htons((uint16_t)o->ws_port);
-	inet_pton(AF_INET, o->ws_host, &w->dst.sin_addr);
+	for (int k = 0; k < o->nws; k++) {
+		w->dst[k].sin_family = AF_INET;
+		w->dst[k].sin_port = htons((uint16_t)o->ws_port[k]);
+		inet_pton(AF_INET, o->ws_host[k], &w->dst[k].sin_addr);
+	}
 	for (int i = 0; i < count; i++) {
 		w->c[i].fd = -1;
 		w->c[i].g = first + i;
+		w->c[i].hub = (uint8_t)((first + i) % o->nws);
 	}
 	struct epoll_event ce = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
 	epoll_ctl(w->epfd, EPOLL_CTL_ADD, from_parent, &ce);

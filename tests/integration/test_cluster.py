@@ -94,12 +94,13 @@ async def test_publish_on_node1_reaches_nodes_2_and_3_once_in_order(redis):
     t = uniq()
     chans = ["board:" + uniq("b"), "job:" + uniq("j"), "order:" + uniq("o"), "project:" + uniq("p")]
     # On every node: one client on all four channels, and one per channel.
-    everyone, single = [], []
+    everyone, single, sub_epochs = [], [], {ch: set() for ch in chans}
     for node in c:
         a = await node.connect(t, "alice")
         for ch in chans:
             sub = await a.subscribe(ch)
             assert sub["offset"] == 0, sub  # new channels, cluster-wide
+            sub_epochs[ch].add(sub["epoch"])
         everyone.append(a)
         for k, ch in enumerate(chans):
             s = await node.connect(t, "u%d" % k)
@@ -118,7 +119,9 @@ async def test_publish_on_node1_reaches_nodes_2_and_3_once_in_order(redis):
         results[ch].append(fence(c[0], t, ch))
         # Offsets assigned in Redis: 1..51, one epoch per channel.
         assert [r.offset for r in results[ch]] == list(range(1, 52)), ch
-        assert len({r.epoch for r in results[ch]}) == 1, ch
+        # One epoch per channel: the one every node's `subscribed` gave,
+        # so a client that saw offset 0 there can recover from it.
+        assert {r.epoch for r in results[ch]} == sub_epochs[ch], ch
 
     for a in everyone:
         got = await read_until_fences(a, chans)
@@ -459,3 +462,33 @@ async def test_node_started_without_redis_is_not_ready_until_redis_comes(redis):
     await cl.subscribe(ch)
     r = publish(c[0], t, ch, seq=0)
     check_event(await cl.next(), "n", ch, r.channels[0], {"seq": 0})
+
+
+# -- client events ---------------------------------------------------------
+
+@aio
+async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
+    c = redistest.cluster(3, redis, LIVEHUB_CLIENT_EVENTS="board:*")
+    t, ch = uniq(), "board:" + uniq("b")
+    alice = await c[0].connect(t, "alice")
+    bob = await c[1].connect(t, "bob")
+    a2 = await c[2].connect(t, "alice")  # the sender's other device
+    carol = await c[0].connect(t, "carol")  # on the sender's node
+    stranger = await c[1].connect(uniq(), "bob")  # another tenant, same channel name
+    for cl in (alice, bob, a2, carol, stranger):
+        await cl.subscribe(ch)
+    data = {"card": "c9", "user": "mallory"}
+    for ev, d in (("typing", data), ("fence", {})):
+        reply = await alice.request({"type": "publish", "channel": ch, "event": ev, "data": d,
+                                     "id": ev})
+        assert reply == {"type": "published", "channel": ch, "id": ev}, reply
+    want = [{"type": "client:" + ev, "channel": ch, "user": "alice",
+             "clientId": alice.connected["clientId"], "data": d}
+            for ev, d in (("typing", data), ("fence", {}))]
+    for cl in (bob, a2, carol):
+        got = [await cl.next(), await cl.next()]
+        assert got == want
+        assert await cl.barrier() == []
+    # Every node had both frames: none for the sender, none for the other tenant.
+    assert await alice.barrier() == []
+    assert await stranger.barrier() == []

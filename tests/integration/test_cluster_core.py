@@ -1,0 +1,237 @@
+"""Redis mode, the broker underneath (redis-core): History and idempotency
+across nodes, epochs that outlive a node, a stream that lost entries, the
+publish script reloaded after SCRIPT FLUSH, AUTH and SELECT from the URL,
+subscribes while Redis is down, the Redis stats. The issue's end-to-end list
+(delivery on three nodes, isolation, moved and killed clients, Redis down
+and back) is test_cluster.py's (redis-test).
+"""
+
+import grpc
+
+import redistest
+from hubtest import aio, check_event, hub_pb2, uniq
+
+
+def publish(hub, tenant, channel, etype="n", key="", **data):
+    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype,
+                                 idempotency_key=key)
+    req.data.update(data)
+    return hub.rpc("Publish", req)
+
+
+def history(hub, tenant, channel, limit=0, since=None):
+    req = hub_pb2.HistoryRequest(tenant_id=tenant, channel=channel, limit=limit)
+    if since is not None:
+        req.since.offset, req.since.epoch = since
+    return hub.rpc("History", req)
+
+
+@aio
+async def test_history_rpc_reads_the_stream_from_any_node(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    results = [publish(c[0], t, ch, seq=i).result for i in range(5)]
+    epoch = results[0].epoch
+    assert [r.offset for r in results] == [1, 2, 3, 4, 5]
+    # Node 2 never had a subscriber on the channel: it reads Redis.
+    h = history(c[1], t, ch)
+    assert (h.offset, h.epoch) == (5, epoch)
+    assert [(p.offset, p.epoch, p.type) for p in h.publications] == [
+        (i, epoch, "n") for i in range(1, 6)]
+    assert '"seq": 2' in h.publications[2].data_json.replace('":', '": ')
+    assert [p.offset for p in history(c[1], t, ch, limit=2).publications] == [4, 5]
+    got = history(c[1], t, ch, limit=2, since=(1, epoch))
+    assert got.recovered and [p.offset for p in got.publications] == [2, 3]
+    got = history(c[1], t, ch, since=(5, epoch))
+    assert got.recovered and list(got.publications) == []
+    got = history(c[1], t, ch, since=(2, "0123456789abcdef"))
+    assert not got.recovered and list(got.publications) == []
+    empty = history(c[1], t, "job:" + uniq("none"))
+    assert (empty.offset, list(empty.publications)) == (0, [])
+
+
+@aio
+async def test_idempotency_key_holds_across_nodes(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "board:" + uniq("b")
+    cl = await c[1].connect(t, "bob")
+    await cl.subscribe(ch)
+    first = publish(c[0], t, ch, key="k-1", seq=1)
+    again = publish(c[1], t, ch, key="k-1", seq=1)  # a retry through another node
+    assert not first.result.duplicate and again.result.duplicate
+    assert (again.result.offset, again.result.epoch) == (first.result.offset, first.result.epoch)
+    check_event(await cl.next(), "n", ch, first.result.channels[0], {"seq": 1})
+    assert await cl.barrier() == [], "the retry was delivered again"
+    e = c[1].rpc_error("Publish", hub_pb2.PublishRequest(
+        tenant_id=t, channel=ch, type="n", idempotency_key="k-1"))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+
+
+@aio
+async def test_epoch_and_offsets_outlive_the_node(redis):
+    c = redistest.cluster(1, redis)
+    t, ch = uniq(), "order:" + uniq("o")
+    a = await c[0].connect(t, "alice")
+    sub = await a.subscribe(ch)
+    r = [publish(c[0], t, ch, seq=i).result for i in range(3)]
+    assert r[0].epoch == sub["epoch"]
+    for i in range(3):
+        check_event(await a.next(), "n", ch, r[i].channels[0], {"seq": i})
+    c.stop(0)
+    node = c.replace(0)
+    # The restarted node knows the channel from Redis: same epoch, and a
+    # client that saw offset 1 recovers 2 and 3.
+    b = await node.connect(t, "alice")
+    m = await b.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 1, "epoch": r[0].epoch}})
+    assert (m["type"], m["offset"], m["epoch"], m["recovered"]) == ("subscribed", 3, r[0].epoch,
+                                                                   True), m
+    for i in (1, 2):
+        check_event(await b.next(), "n", ch, r[i].channels[0], {"seq": i})
+    r3 = publish(node, t, ch, seq=3).result
+    assert (r3.offset, r3.epoch) == (4, r[0].epoch)
+    check_event(await b.next(), "n", ch, r3.channels[0], {"seq": 3})
+    assert await b.barrier() == []
+
+
+@aio
+async def test_entries_missing_from_the_stream_give_recovered_false(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    r = [publish(c[0], t, ch, seq=i).result for i in range(4)]
+    # Entry 2 is gone (as if trimmed): a recovery from 1 cannot be whole.
+    redis.cli("XDEL", "livehub:{%s:%s}:stream" % (t, ch), "2-0")
+    b = await c[1].connect(t, "bob")
+    m = await b.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 1, "epoch": r[0].epoch}})
+    assert (m["offset"], m["epoch"], m["recovered"]) == (4, r[0].epoch, False), m
+    assert await b.barrier() == [], "something was replayed"
+    # From 2 on, the stream is whole again.
+    d = await c[1].connect(t, "dave")
+    m = await d.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 2, "epoch": r[0].epoch}})
+    assert m["recovered"] is True, m
+    for i in (2, 3):
+        check_event(await d.next(), "n", ch, r[i].channels[0], {"seq": i})
+    # Live events follow, once, on both.
+    r4 = publish(c[0], t, ch, seq=4).result
+    for cl in (b, d):
+        check_event(await cl.next(), "n", ch, r4.channels[0], {"seq": 4})
+        assert await cl.barrier() == []
+
+
+@aio
+async def test_publish_script_is_loaded_again_after_script_flush(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "board:" + uniq("b")
+    b = await c[1].connect(t, "bob")
+    await b.subscribe(ch)
+    r1 = publish(c[0], t, ch, seq=1).result
+    redis.cli("SCRIPT", "FLUSH")  # as after a Redis failover
+    r2 = publish(c[0], t, ch, seq=2).result
+    assert (r2.offset, r2.epoch) == (2, r1.epoch)
+    check_event(await b.next(), "n", ch, r1.channels[0], {"seq": 1})
+    check_event(await b.next(), "n", ch, r2.channels[0], {"seq": 2})
+
+
+@aio
+async def test_url_password_and_database_are_used():
+    r = redistest.RedisServer(password="s3cret-pw").start()
+    try:
+        url = "redis://:s3cret-pw@127.0.0.1:%d/2" % r.port
+        with redistest.cluster(2, r, LIVEHUB_REDIS_URL=url, LIVEHUB_REDIS_PREFIX="px") as c:
+            t, ch = uniq(), "board:" + uniq("b")
+            b = await c[1].connect(t, "bob")
+            await b.subscribe(ch)
+            res = publish(c[0], t, ch, seq=1).result
+            check_event(await b.next(), "n", ch, res.channels[0], {"seq": 1})
+            # The keys are in database 2, under the prefix.
+            key = "px:{%s:%s}:meta" % (t, ch)
+            assert r.pipeline([("SELECT", "2"), ("HGET", key, "top")])[1] == "1"
+            assert r.cli("EXISTS", key) == 0  # not in database 0
+            for node in c:
+                s = node.stats()
+                assert s.redis_up and s.node_id == node.node_id, s
+        # A wrong password: the node runs, not ready, and says why.
+        bad = "redis://:wrong@127.0.0.1:%d" % r.port
+        with redistest.cluster(1, r, LIVEHUB_REDIS_URL=bad) as c:
+            assert redistest.readyz(c[0]) == 503
+            e = c[0].rpc_error("Publish", hub_pb2.PublishRequest(
+                tenant_id="t", channel="board:1", type="n"))
+            assert e.code() == grpc.StatusCode.UNAVAILABLE
+            redistest.wait_until(lambda: "WRONGPASS" in c[0].stderr_text()
+                                 or "invalid password" in c[0].stderr_text(),
+                                 "the AUTH refusal is logged")
+            assert "wrong" not in c[0].stderr_text().replace("WRONGPASS", "")
+    finally:
+        redistest.close_clusters_on(r)
+        r.close()
+
+
+@aio
+async def test_subscribe_while_redis_is_down(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    a = await c[0].connect(t, "alice")
+    sub = await a.subscribe(ch)
+    r1 = publish(c[1], t, ch, seq=1).result
+    check_event(await a.next(), "n", ch, r1.channels[0], {"seq": 1})
+    redis.stop()
+    redistest.wait_until(lambda: redistest.readyz(c[0]) == 503, "/readyz 503")
+    # A node that knew the channel answers from what it saw; recovery
+    # cannot be checked, so it is not claimed.
+    b = await c[0].connect(t, "bob")
+    m = await b.request({"type": "subscribe", "channel": ch,
+                         "since": {"offset": 0, "epoch": sub["epoch"]}})
+    assert (m["type"], m["offset"], m["epoch"], m["recovered"]) == (
+        "subscribed", 1, sub["epoch"], False), m
+    # A channel nobody here knew: subscribed, at an unknown position.
+    d = await c[0].connect(t, "dave")
+    other = "job:" + uniq("k")
+    m = await d.request({"type": "subscribe", "channel": other})
+    assert (m["type"], m["offset"], m["epoch"]) == ("subscribed", 0, "0" * 16), m
+    redis.start()
+    redistest.wait_until(lambda: redistest.readyz(c[0]) == 200, "/readyz 200")
+    # Both now get what is published (the follows came back by themselves).
+    r2 = publish(c[1], t, other, seq=2).result
+    check_event(await d.next(), "n", other, r2.channels[0], {"seq": 2})
+
+
+@aio
+async def test_stats_and_metrics_of_redis_mode(redis):
+    c = redistest.cluster(2, redis)
+    t, ch = uniq(), "board:" + uniq("b")
+    a = await c[1].connect(t, "alice")
+    await a.subscribe(ch)
+    res = publish(c[0], t, ch, seq=1).result
+    check_event(await a.next(), "n", ch, res.channels[0], {"seq": 1})
+    s0, s1 = c[0].stats(), c[1].stats()
+    assert s0.redis_up and s0.node_id == "node1" and s0.redis_publishes == 1, s0
+    assert s0.redis_commands > 0 and s0.redis_reconnects == 0
+    # alice's node follows her channel and her $tenant and $user channels.
+    assert s1.redis_channels_followed == 3, s1
+    assert s1.redis_messages_received >= 1
+    status, body = redistest.http_get(c[1], "/metrics")
+    assert status == 200
+    assert 'livehub_node_info{node="node2"} 1' in body
+    assert "\nlivehub_redis_up 1\n" in body
+    assert "\nlivehub_redis_channels_followed 3\n" in body
+    await a.close()
+    await c[1].wait_stats(lambda s: s.redis_channels_followed == 0, "unfollowed")
+    redis.stop()
+    redistest.wait_until(lambda: not c[0].stats().redis_up, "redis_up false")
+    e = c[0].rpc_error("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n"))
+    assert e.code() == grpc.StatusCode.UNAVAILABLE
+    redis.start()
+    redistest.wait_until(lambda: c[0].stats().redis_up, "redis_up again")
+    s = c[0].stats()
+    assert s.redis_reconnects >= 1 and s.redis_publish_failures == 0, s
+
+
+@aio
+async def test_memory_mode_reports_no_redis(hub):
+    s = hub.stats()
+    assert (s.redis_up, s.node_id, s.redis_commands, s.redis_channels_followed) == (
+        False, "", 0, 0)
+    status, body = redistest.http_get(hub, "/metrics")
+    assert status == 200 and "livehub_redis_" not in body
