@@ -17,6 +17,16 @@ from hubtest import Closed, aio, hub_pb2, uniq
 TTL = "2"  # seconds: entries refreshed every ~0.7 s, a dead node's gone within 2 s
 ENV = {"LIVEHUB_PRESENCE_TTL": TTL, "LIVEHUB_PRESENCE_CHANNELS": "board:*",
        "LIVEHUB_TENANT_PRESENCE": "1"}
+QUIET = {"LIVEHUB_PRESENCE_TTL": TTL}  # no join/leave or online/offline frames
+
+
+def start(n, redis, env):
+    """n nodes, each connected to Redis (ready) before the test goes on:
+    a node that has just started may not have subscribed to P:ctl yet."""
+    c = redistest.cluster(n, redis, **env)
+    for node in c:
+        redistest.wait_until(lambda: redistest.readyz(node) == 200, "node ready")
+    return c
 
 
 def rpc_presence(hub, tenant, channel=""):
@@ -62,7 +72,7 @@ def events(msgs, etype):
 
 @aio
 async def test_presence_on_node2_lists_user_connected_on_node1(redis):
-    c = redistest.cluster(2, redis, **ENV)
+    c = start(2, redis, QUIET)
     t, ch = uniq(), "job:" + uniq("j")  # not an announcing channel
     alice = await c[0].connect(t, "alice")
     await alice.subscribe(ch)
@@ -92,7 +102,7 @@ async def test_presence_on_node2_lists_user_connected_on_node1(redis):
 
 @aio
 async def test_join_and_leave_events_cross_nodes_once_per_user(redis):
-    c = redistest.cluster(2, redis, **ENV)
+    c = start(2, redis, ENV)
     t, ch = uniq(), "board:" + uniq("b")
     bob = await c[1].connect(t, "bob")
     await bob.subscribe(ch)
@@ -129,7 +139,7 @@ async def test_join_and_leave_events_cross_nodes_once_per_user(redis):
 
 @aio
 async def test_sigkill_of_node1_drops_its_entries_within_the_ttl(redis):
-    c = redistest.cluster(2, redis, **ENV)
+    c = start(2, redis, ENV)
     t, ch = uniq(), "board:" + uniq("b")
     alice = await c[0].connect(t, "alice")
     await alice.subscribe(ch)
@@ -158,7 +168,7 @@ async def test_sigkill_of_node1_drops_its_entries_within_the_ttl(redis):
 
 @aio
 async def test_disconnect_user_closes_their_connections_on_every_node(redis):
-    c = redistest.cluster(3, redis, **ENV)
+    c = start(3, redis, QUIET)
     t = uniq()
     devices = [await c[k].connect(t, "alice") for k in (0, 1, 2, 2)]
     bob = await c[0].connect(t, "bob")
@@ -181,7 +191,7 @@ async def test_disconnect_user_closes_their_connections_on_every_node(redis):
 
 @aio
 async def test_subscribe_rpc_puts_user_on_channel_on_every_node(redis):
-    c = redistest.cluster(2, redis, **ENV)
+    c = start(2, redis, QUIET)
     t, ch = uniq(), "board:" + uniq("b")
     a1 = await c[0].connect(t, "alice")
     a2 = await c[1].connect(t, "alice")
@@ -212,7 +222,7 @@ async def test_subscribe_rpc_puts_user_on_channel_on_every_node(redis):
 
 @aio
 async def test_cluster_counts_in_getstats_and_metrics(redis):
-    c = redistest.cluster(3, redis, **ENV)
+    c = start(3, redis, QUIET)
     t = uniq()
     clients = [await c[k].connect(t, "u%d" % k) for k in (0, 1, 1, 2)]
     s = redistest.wait_until(
@@ -231,7 +241,7 @@ async def test_cluster_counts_in_getstats_and_metrics(redis):
 
 @aio
 async def test_redis_down_presence_answers_partial_and_rpc_unavailable(redis):
-    c = redistest.cluster(2, redis, **ENV)
+    c = start(2, redis, QUIET)
     t, ch = uniq(), "job:" + uniq("j")
     alice = await c[0].connect(t, "alice")
     await alice.subscribe(ch)
