@@ -424,6 +424,11 @@ out:
 	return rc;
 }
 
+size_t pcluster_queued(const struct pcluster *pc)
+{
+	return pc->nops;
+}
+
 void pcluster_flush(struct pcluster *pc)
 {
 	if (pc->nops == 0)
@@ -979,6 +984,7 @@ static void on_state(void *arg, bool up)
 void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 {
 	pc->now_ms = now_ms;
+	pcluster_flush(pc);
 	for (struct pending *pd = pc->pending, *next; pd; pd = next) {
 		next = pd->next;
 		if (now_ms >= pd->deadline)
@@ -1031,4 +1037,3 @@ void pcluster_free(struct pcluster *pc)
 	free(pc->ops);
 	free(pc);
 }
-

@@ -16,8 +16,10 @@
  * purged (and their users' counters lowered) by whichever script touches
  * the channel next, so a crashed node's connections vanish within the TTL.
  *
- * Writes are batched: joins and leaves queue here and go out once per
- * loop turn (pcluster_flush) as one EVAL of up to PCL_BATCH_OPS changes;
+ * Writes are batched: joins and leaves queue here and go out every
+ * PCL_TICK_MS (or as soon as PCL_BATCH_OPS are queued) as one EVAL of up
+ * to PCL_BATCH_OPS changes, so a reconnect storm costs Redis at most
+ * 1000/PCL_TICK_MS commands a second plus one per PCL_BATCH_OPS changes;
  * every TTL/3 the node re-writes (upserts) all of its entries with a new
  * expiry, in the same batches, and beats its heartbeat.
  *
@@ -39,6 +41,7 @@
 #define LH_PRESENCE_CLUSTER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "hub.h"
@@ -47,6 +50,7 @@
 
 #define PCL_BATCH_OPS   200  /* changes in one EVAL */
 #define PCL_CTL_WAIT_MS 2000 /* how long a control command waits for other nodes */
+#define PCL_TICK_MS     20   /* changes wait at most this long for their batch */
 
 struct broker;
 struct presence;
@@ -88,10 +92,13 @@ bool pcluster_up(const struct pcluster *pc);
 /* c joined (join) or left tenant channel name ("$tenant" included): queues
  * the change for the next flush. */
 void pcluster_member(struct pcluster *pc, struct hub_conn *c, const char *name, bool join);
-/* Sends the queued changes (once per loop turn). */
+/* Sends the queued changes. */
 void pcluster_flush(struct pcluster *pc);
-/* Timers: the refresh and heartbeat every TTL/3, control commands waiting
- * past PCL_CTL_WAIT_MS. now_ms: a monotonic clock. */
+/* Changes queued: the loop flushes as soon as a batch is full. */
+size_t pcluster_queued(const struct pcluster *pc);
+/* Every PCL_TICK_MS: sends the queued changes; the refresh and heartbeat
+ * every TTL/3; control commands waiting past PCL_CTL_WAIT_MS. now_ms: a
+ * monotonic clock. */
 void pcluster_tick(struct pcluster *pc, int64_t now_ms);
 /* Shutdown: removes every entry of this node and its heartbeat (best
  * effort: sent, not waited for). */

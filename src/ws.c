@@ -1719,7 +1719,7 @@ static void on_redis_state(void *arg, bool up)
  * Presence across nodes (Redis mode)
  * ------------------------------------------------------------------------ */
 
-#define WS_CLUSTER_TICK_US (100 * LWS_US_PER_MS)
+#define WS_CLUSTER_TICK_US (PCL_TICK_MS * LWS_US_PER_MS)
 
 static void each_session(void *arg, void (*fn)(struct hub_conn *c, void *fnarg), void *fnarg)
 {
@@ -1912,8 +1912,9 @@ int ws_run(struct ws *w)
 			rc = -1;
 			break;
 		}
-		/* Presence changes of this turn, in one batch. */
-		if (w->pcl)
+		/* Presence changes go in batches: every PCL_TICK_MS
+		 * (on_cluster_tick), or here as soon as one is full. */
+		if (w->pcl && pcluster_queued(w->pcl) >= PCL_BATCH_OPS)
 			pcluster_flush(w->pcl);
 	}
 	drain_some(w, true);
