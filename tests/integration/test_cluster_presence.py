@@ -107,6 +107,8 @@ async def test_join_and_leave_events_cross_nodes_once_per_user(redis):
     bob = await c[1].connect(t, "bob")
     await bob.subscribe(ch)
     watcher = await c[1].connect(t, "watcher")  # on $tenant: online/offline
+    # Their own user:online frames are out before alice comes.
+    wait_rpc_presence(c[0], t, "", (2, {"bob": 1, "watcher": 1}), "bob and watcher online")
     alice = await c[0].connect(t, "alice")
     online = await watcher.wait_for(lambda m: m.get("type") == "user:online" and m["user"] == "alice")
     assert online == {"type": "user:online", "channel": "$tenant", "user": "alice",
