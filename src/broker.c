@@ -46,9 +46,11 @@
 #include "mpsc.h"
 #include "publication.h"
 
-#define READ_CHUNK   16384
-#define CONNECT_MS   3000 /* a connection not made (or handshaken) by then is dropped */
-#define MAX_PUB_ARGS 16
+#define READ_CHUNK    16384
+#define CONNECT_MS    3000 /* a connection not made (or handshaken) by then is dropped */
+#define PING_EVERY_MS 1000 /* while up, each connection is PINGed this often */
+#define PING_DEAD_MS  5000 /* ... and dropped when a PING is unanswered this long */
+#define MAX_PUB_ARGS  16
 
 /* The publish script: one channel, atomically. KEYS: meta, stream, idem
  * ("" when no key). ARGV: frame prefix, frame suffix, history size, ttl s,
@@ -84,7 +86,7 @@ static const char publish_lua[] =
  * Messages between the threads
  * ------------------------------------------------------------------------ */
 
-enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW };
+enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW, J_LIMITS };
 
 /* Work for the broker thread. */
 struct job {
@@ -96,6 +98,7 @@ struct job {
 	void *arg;
 	void (*done)(void *arg, bool ok); /* J_FOLLOW */
 	struct publication *pub;          /* J_PUBLISH */
+	struct hist_limits *hist;         /* J_LIMITS: owned */
 	int idx;                          /* J_LISTEN: index in b->listeners */
 	char name[];                      /* J_LISTEN, J_FOLLOW, J_UNFOLLOW */
 };
@@ -140,7 +143,9 @@ struct rconn {
 	size_t outlen, outcap, outoff;
 	struct pending *fifo; /* ring */
 	size_t head, n, cap;
-	int handshake; /* replies still awaited before C_READY */
+	int handshake;        /* replies still awaited before C_READY */
+	int64_t ping_sent_ms; /* the PING awaiting its reply was sent then; 0: none */
+	int64_t ping_next_ms; /* when to send the next one */
 };
 
 /* A publication on its way: one script call per channel. */
@@ -183,7 +188,7 @@ struct broker {
 	struct broker_url url;
 	char prefix[BROKER_PREFIX_MAX];
 	char node[BROKER_NODE_MAX];
-	struct hist_limits hist;
+	struct hist_limits hist; /* broker thread after start (J_LIMITS) */
 	int backoff_min_ms, backoff_max_ms;
 	char sha[41];
 
@@ -215,14 +220,14 @@ struct broker {
 
 	/* Broker thread. */
 	struct rconn cmd, sub;
-	bool sharded;        /* SSUBSCRIBE/SPUBLISH exist */
-	bool was_up;         /* up was reported */
-	bool ever_up;        /* for the reconnect counter */
-	int confirming;      /* subscriptions of the current connection not confirmed */
-	bool resubscribed;   /* subscribe_all ran on the current connection */
-	int64_t retry_at_ms; /* when to connect again (C_DOWN) */
-	int64_t deadline_ms; /* connect + handshake deadline */
-	int attempt;         /* failed attempts in a row */
+	_Atomic bool sharded; /* SSUBSCRIBE/SPUBLISH exist (broker_publish_raw reads it) */
+	bool was_up;          /* up was reported */
+	bool ever_up;         /* for the reconnect counter */
+	int confirming;       /* subscriptions of the current connection not confirmed */
+	bool resubscribed;    /* subscribe_all ran on the current connection */
+	int64_t retry_at_ms;  /* when to connect again (C_DOWN) */
+	int64_t deadline_ms;  /* connect + handshake deadline */
+	int attempt;          /* failed attempts in a row */
 	uint64_t rng;
 	struct dict *follows; /* name -> struct follow */
 	char **listen_names;  /* copies of the listeners' names, by index */
@@ -363,6 +368,7 @@ static struct job *job_new(enum job_kind kind, const char *name)
 
 static void job_free(struct job *j)
 {
+	free(j->hist);
 	if (j->cmd)
 		redisFreeCommand(j->cmd);
 	free(j);
@@ -517,6 +523,7 @@ static void conn_reset(struct rconn *c)
 	c->rd = NULL;
 	c->outlen = c->outoff = 0;
 	c->handshake = 0;
+	c->ping_sent_ms = c->ping_next_ms = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -707,6 +714,36 @@ static void on_script(struct broker *b, struct pending *pd, redisReply *r)
 	memcpy(b->sha, r->str, 40);
 	b->sha[40] = '\0';
 	handshake_step(b, &b->cmd);
+}
+
+static void on_pong(struct broker *b, struct pending *pd, redisReply *r)
+{
+	if (r)
+		(pd->chan ? &b->sub : &b->cmd)->ping_sent_ms = 0;
+}
+
+/* While up, PINGs each connection every PING_EVERY_MS, so that a Redis that
+ * stopped answering (a hung host, a partition that keeps TCP open) is
+ * noticed within PING_DEAD_MS instead of TCP's hours. */
+static void keepalive(struct broker *b, int64_t now)
+{
+	if (!b->was_up)
+		return;
+	struct rconn *cs[2] = {&b->cmd, &b->sub};
+	for (int i = 0; i < 2; i++) {
+		struct rconn *c = cs[i];
+		if (c->ping_sent_ms && now - c->ping_sent_ms > PING_DEAD_MS) {
+			drop(b, "Redis did not answer PING within 5 s");
+			return;
+		}
+		if (!c->ping_sent_ms && now >= c->ping_next_ms) {
+			struct pending pd = {.on_reply = on_pong, .chan = i};
+			if (send_words(b, c, &pd, 1, "PING") == 0) {
+				c->ping_sent_ms = now;
+				c->ping_next_ms = now + PING_EVERY_MS;
+			}
+		}
+	}
 }
 
 static void on_internal(struct broker *b, struct pending *pd, redisReply *r)
@@ -1121,6 +1158,7 @@ static void run_job(struct broker *b, struct job *j)
 	case J_FOLLOW: do_follow(b, j); break;
 	case J_UNFOLLOW: do_unfollow(b, j->name); break;
 	case J_PUBLISH: do_publish(b, j->pub); break;
+	case J_LIMITS: b->hist = *j->hist; break;
 	}
 	job_free(j);
 }
@@ -1302,6 +1340,7 @@ static void *broker_main(void *arg)
 			try_connect(b);
 		if (!b->was_up && b->cmd.st != C_DOWN && now_ms() > b->deadline_ms)
 			drop(b, "connect or handshake timed out");
+		keepalive(b, now);
 		/* Replies first: a command queued now may go out in the same write. */
 		struct pollfd fds[3] = {{.fd = b->efd, .events = POLLIN}};
 		struct rconn *cs[2] = {&b->cmd, &b->sub};
@@ -1312,7 +1351,7 @@ static void *broker_main(void *arg)
 			                ? POLLOUT
 			                : POLLIN | (cs[i]->outlen > cs[i]->outoff ? POLLOUT : 0);
 		}
-		int timeout = -1;
+		int timeout = b->was_up ? PING_EVERY_MS / 4 : -1;
 		if (b->cmd.st == C_DOWN)
 			timeout = (int)(b->retry_at_ms - now_ms());
 		else if (!b->was_up)
@@ -1503,6 +1542,22 @@ void broker_unfollow(struct broker *b, const char *tenant, const char *name)
 		log_error("event=redis_unfollow_lost reason=\"out of memory\"");
 		return;
 	}
+	queue_job(b, j);
+}
+
+void broker_set_limits(struct broker *b, const struct hist_limits *hist, uint32_t idem_window_s)
+{
+	atomic_store(&b->idem_window_s, idem_window_s);
+	struct job *j = job_new(J_LIMITS, NULL);
+	struct hist_limits *copy = malloc(sizeof(*copy));
+	if (!j || !copy) {
+		free(j);
+		free(copy);
+		log_error("event=redis_reload_failed reason=\"out of memory\"");
+		return;
+	}
+	*copy = *hist;
+	j->hist = copy;
 	queue_job(b, j);
 }
 

@@ -136,6 +136,10 @@ typedef void (*broker_msg_fn)(void *arg, const char *tenant, const char *name, c
 /* Sets who receives channel messages (one receiver: the WebSocket front). */
 void broker_set_channel_fn(struct broker *b, broker_msg_fn fn, void *arg);
 
+/* Any thread. New history sizes/TTLs per kind and idempotency window for
+ * the publications handed over from now on (a SIGHUP reload). Copied. */
+void broker_set_limits(struct broker *b, const struct hist_limits *hist, uint32_t idem_window_s);
+
 /* Service thread. Starts following (SSUBSCRIBE) the channel. Counted:
  * every follow needs its unfollow. When done is not NULL, done(arg, ok) is
  * called on the service thread once the subscription is confirmed (ok) or

@@ -88,7 +88,6 @@ struct waiter {
 	struct waiter *next;
 	struct cchan *ch; /* a reference */
 	char conn_id[32];
-	bool fresh; /* the subscription is new: announce presence */
 	bool has_since;
 	uint64_t since;
 	char since_epoch[33];
@@ -277,8 +276,6 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 			}
 		}
 	}
-	if (w->fresh && w->channel[0] != '$' && cl->pres)
-		presence_on_subscribed(cl->pres, cl->h, c, w->channel);
 }
 
 static void waiter_done(struct waiter *w)
@@ -705,7 +702,6 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 		return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
 	}
 	snprintf(w->conn_id, sizeof(w->conn_id), "%s", hub_conn_id(c));
-	w->fresh = rc == 0;
 	w->has_since = req->has_since;
 	w->since = req->since_offset;
 	memcpy(w->since_epoch, req->since_epoch, sizeof(w->since_epoch));
@@ -718,6 +714,11 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 	ch->refs++;
 	ch->waits++;
 	metrics_inc(&lh_metrics.msg_in[MI_SUBSCRIBE], 1);
+	/* The join is announced now, not with the (maybe later) reply: an
+	 * unsubscribe sent meanwhile announces the leave after it. It goes to
+	 * the other connections only, so c's own frames keep their order. */
+	if (rc == 0 && req->channel[0] != '$' && cl->pres)
+		presence_on_subscribed(cl->pres, cl->h, c, req->channel);
 	*replied = true;
 	if (ch->state == CC_SYNCING) {
 		w->next = ch->waiters;
@@ -734,6 +735,11 @@ void cluster_publish_raw(struct cluster *cl, const char *tenant, const char *nam
 	if (broker_up(cl->b))
 		broker_publish_raw(cl->b, tenant, name, (const char *)f->mem + LH_FRAME_HEADROOM,
 		                   f->len);
+}
+
+void cluster_set_limits(struct cluster *cl, const struct hist_limits *hist)
+{
+	cl->hist = *hist;
 }
 
 void cluster_set_presence(struct cluster *cl, struct presence *pr)

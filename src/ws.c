@@ -1424,11 +1424,14 @@ static void apply_reload(struct ws *w)
 	w->auth = w->owned_auth = rl->auth;
 	forget_verified(w);
 	hub_set_limits(w->hub, &rl->lim);
+	if (w->broker) {
+		broker_set_limits(w->broker, &rl->lim.hist, rl->lim.idem_window_s);
+		cluster_set_limits(w->cluster, &rl->lim.hist);
+	}
 	free(rl);
 	log_info("event=reload_applied");
 }
 
-/* Applies pending presence settings (ws_reload_presence). */
 /* Redis mode: a client event delivered here goes to the other nodes. */
 static void relay_client_event(void *arg, const char *tenant, const char *name,
                                const struct frame *f)
@@ -1437,6 +1440,7 @@ static void relay_client_event(void *arg, const char *tenant, const char *name,
 	cluster_publish_raw(w->cluster, tenant, name, f);
 }
 
+/* Applies pending presence settings (ws_reload_presence). */
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);

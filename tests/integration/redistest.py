@@ -15,6 +15,8 @@ several livehub processes joined through it.
   not: the `redis` fixture stops every cluster started on it before it
   stops Redis. At the end each node still running gets SIGTERM and must
   exit with status 0, as with every hub the tests start.
+- `RedisServer(password=…)` requires AUTH (`.url` carries the password);
+  `.unix_url` is `unix:///…/redis.sock`, the same server on a Unix socket.
 
 Every process is stopped by its PID (never by name), also when a test
 fails, and gets SIGKILL if pytest itself dies (PR_SET_PDEATHSIG).
@@ -124,6 +126,7 @@ class RedisServer:
         self.password = password
         self.proc = None
         self.log_path = os.path.join(self.dir, "redis.log")
+        self.sock_path = os.path.join(self.dir, "redis.sock")
 
     @property
     def pid(self):
@@ -133,6 +136,10 @@ class RedisServer:
     def url(self):
         auth = ":%s@" % self.password if self.password else ""
         return "redis://%s127.0.0.1:%d" % (auth, self.port)
+
+    @property
+    def unix_url(self):
+        return "unix://" + self.sock_path
 
     @property
     def running(self):
@@ -150,7 +157,8 @@ class RedisServer:
             args = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port),
                     "--dir", self.dir, "--save", "", "--appendonly", "no",
                     "--daemonize", "no", "--protected-mode", "no",
-                    "--logfile", self.log_path, "--databases", "4"]
+                    "--logfile", self.log_path, "--databases", "4",
+                    "--unixsocket", self.sock_path, "--unixsocketperm", "700"]
             if self.password:
                 args += ["--requirepass", self.password]
             self.proc = subprocess.Popen(args, cwd=self.dir, stdin=subprocess.DEVNULL,

@@ -28,7 +28,7 @@ import grpc
 
 import opstest
 import redistest
-from hubtest import Closed, aio, check_event, hub_pb2, uniq
+from hubtest import aio, check_event, hub_pb2, uniq
 
 H = opstest.health_pb2
 
@@ -399,13 +399,22 @@ async def test_sigkill_of_a_node_loses_nothing_within_history(redis):
 
 @aio
 async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
-    c = redistest.cluster(2, redis)
-    t, ch = uniq(), "job:" + uniq("j")
-    clients = []
-    for node in c:
-        cl = await node.connect(t, "alice")
+    """Redis stops (what redis-core decided, docs/SCALING.md "Failure
+    behaviour"): WebSocket connections stay open and served; /readyz 503
+    and gRPC health NOT_SERVING on every node (/healthz stays 200);
+    publishes fail UNAVAILABLE "redis unavailable: …" since offsets come
+    from Redis; what does not need Redis keeps going on each node: client
+    events reach the same node's subscribers (and only them). Redis comes
+    back (empty: no persistence) and the nodes heal by themselves: ready
+    again, subscriptions re-established, cross-node delivery in a new epoch."""
+    c = redistest.cluster(2, redis, LIVEHUB_CLIENT_EVENTS="board:*")
+    t, ch = uniq(), "board:" + uniq("b")
+    alice = await c[0].connect(t, "alice")
+    carol = await c[0].connect(t, "carol")  # alice's node
+    bob = await c[1].connect(t, "bob")
+    clients = [alice, carol, bob]
+    for cl in clients:
         await cl.subscribe(ch)
-        clients.append(cl)
     r0 = publish(c[0], t, ch, seq=0)
     for cl in clients:
         check_event(await cl.next(), "n", ch, r0.channels[0], {"seq": 0})
@@ -418,12 +427,17 @@ async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
         redistest.wait_until(lambda: redistest.readyz(node) == 503, "/readyz 503 without Redis")
         assert health(node) == H.HealthCheckResponse.NOT_SERVING
         assert redistest.http_get(node, "/healthz")[0] == 200  # alive, just not ready
-    # A publish needs Redis (its offset is assigned there): UNAVAILABLE, said so.
-    req = hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n")
-    e = c[0].rpc_error("Publish", req)
-    assert e.code() == grpc.StatusCode.UNAVAILABLE, e
-    assert e.details().startswith("redis unavailable"), e.details()
-    # Local clients stay connected and served.
+        # A publish needs Redis (its offset is assigned there): UNAVAILABLE, said so.
+        for k in range(3):
+            e = node.rpc_error("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n"))
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+            assert e.details().startswith("redis unavailable"), e.details()
+    # Local delivery goes on: a client event reaches alice's node's subscribers.
+    reply = await alice.request({"type": "publish", "channel": ch, "event": "typing", "id": 1})
+    assert reply == {"type": "published", "channel": ch, "id": 1}, reply
+    assert await carol.next() == {"type": "client:typing", "channel": ch, "user": "alice",
+                                  "clientId": alice.connected["clientId"], "data": {}}
+    # Every connection is still open and answering.
     for cl in clients:
         assert await cl.barrier() == []
 
@@ -431,18 +445,20 @@ async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
     for node in c:
         redistest.wait_until(lambda: redistest.readyz(node) == 200, "/readyz 200 again")
         assert health(node) == H.HealthCheckResponse.SERVING
-    # The subscriptions come back by themselves: node 1 reaches node 2.
+    # The subscriptions came back by themselves: node 1 reaches node 2.
     r1 = publish(c[0], t, ch, seq=1)
     # Redis lost the channel's history, so its epoch changed: a client
-    # cannot mistake new offsets for the old ones.
+    # cannot mistake the new offsets for the old ones.
     assert r1.epoch != r0.epoch, (r0, r1)
+    # The next frame on node 2 is r1: the outage's client event never
+    # crossed (late) and no failed publish was delivered after all.
     for cl in clients:
         check_event(await cl.next(), "n", ch, r1.channels[0], {"seq": 1})
     r2 = publish(c[1], t, ch, seq=2)
     for cl in clients:
         check_event(await cl.next(), "n", ch, r2.channels[0], {"seq": 2})
         assert await cl.barrier() == []
-    # And a client still at the old epoch learns that it missed something.
+    # A client still at the old epoch learns that it missed something.
     d = await c[1].connect(t, "alice")
     m = await d.request({"type": "subscribe", "channel": ch, "since": since(r0.offset, r0.epoch)})
     assert m["recovered"] is False and m["epoch"] == r2.epoch and m["offset"] == r2.offset, m
@@ -492,3 +508,21 @@ async def test_client_events_cross_nodes_once_and_not_to_the_sender(redis):
     # Every node had both frames: none for the sender, none for the other tenant.
     assert await alice.barrier() == []
     assert await stranger.barrier() == []
+
+
+# -- connection settings ------------------------------------------
+
+@aio
+async def test_a_node_on_the_unix_socket_joins_the_others(redis):
+    c = redistest.cluster(1, redis)
+    c.add(LIVEHUB_REDIS_URL=redis.unix_url)
+    t, ch = uniq(), "job:" + uniq("j")
+    a = await c[1].connect(t, "alice")
+    b = await c[0].connect(t, "bob")
+    for cl in (a, b):
+        await cl.subscribe(ch)
+    for k, node in enumerate(c):
+        p = publish(node, t, ch, seq=k)
+        for cl in (a, b):
+            check_event(await cl.next(), "n", ch, p.channels[0], {"seq": k})
+

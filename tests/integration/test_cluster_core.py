@@ -235,3 +235,78 @@ async def test_memory_mode_reports_no_redis(hub):
         False, "", 0, 0)
     status, body = redistest.http_get(hub, "/metrics")
     assert status == 200 and "livehub_redis_" not in body
+
+
+@aio
+async def test_a_redis_that_stops_answering_is_noticed(redis):
+    import signal
+    c = redistest.cluster(1, redis)
+    t, ch = uniq(), "job:" + uniq("j")
+    a = await c[0].connect(t, "alice")
+    await a.subscribe(ch)
+    assert redistest.readyz(c[0]) == 200
+    redis.proc.send_signal(signal.SIGSTOP)  # TCP stays open, nothing answers
+    try:
+        redistest.wait_until(lambda: redistest.readyz(c[0]) == 503,
+                             "not ready once PINGs go unanswered")
+        assert "did not answer PING" in c[0].stderr_text()
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    redistest.wait_until(lambda: redistest.readyz(c[0]) == 200, "ready again")
+    r = publish(c[0], t, ch, seq=1).result
+    check_event(await a.next(), "n", ch, r.channels[0], {"seq": 1})
+
+
+@aio
+async def test_without_sharded_pubsub_plain_pubsub_is_used(tmp_path):
+    # A Redis 6 stand-in: SPUBLISH and SSUBSCRIBE are unknown commands.
+    wrapper = tmp_path / "redis6"
+    wrapper.write_text('#!/bin/sh\nexec %s "$@" --rename-command SPUBLISH "" '
+                       '--rename-command SSUBSCRIBE "" --rename-command SUNSUBSCRIBE ""\n'
+                       % redistest.REDIS_SERVER)
+    wrapper.chmod(0o755)
+    saved = redistest.REDIS_SERVER
+    redistest.REDIS_SERVER = str(wrapper)
+    try:
+        r = redistest.RedisServer().start()
+    finally:
+        redistest.REDIS_SERVER = saved
+    try:
+        with redistest.cluster(2, r) as c:
+            t, ch = uniq(), "board:" + uniq("b")
+            b = await c[1].connect(t, "bob")
+            await b.subscribe(ch)
+            name = "livehub:{%s:%s}" % (t, ch)
+            assert r.cli("PUBSUB", "NUMSUB", name) == [name, 1]
+            res = publish(c[0], t, ch, seq=1).result
+            check_event(await b.next(), "n", ch, res.channels[0], {"seq": 1})
+            assert "sharded=0" in c[0].stderr_text()
+    finally:
+        redistest.close_clusters_on(r)
+        r.close()
+
+
+@aio
+async def test_sighup_reload_reaches_the_publish_script(redis, tmp_path):
+    import json
+    import signal
+    import time
+    cfg = tmp_path / "livehub.json"
+    cfg.write_text(json.dumps({"history_kinds": "job:0"}))
+    c = redistest.cluster(1, redis, args=["--config", str(cfg)])
+    t, ch = uniq(), "job:" + uniq("j")
+    stream = "livehub:{%s:%s}:stream" % (t, ch)
+    publish(c[0], t, ch, seq=1)
+    assert redis.cli("EXISTS", stream) == 0  # kind job keeps no history
+    cfg.write_text(json.dumps({"history_kinds": "job:50/600"}))
+    c[0].proc.send_signal(signal.SIGHUP)
+    redistest.wait_until(lambda: "event=reload_applied" in c[0].stderr_text(), "reload applied")
+    # The reload reaches the broker thread through its queue, ahead of
+    # publications handed over after it; retry until it has.
+    deadline = time.monotonic() + 15
+    while redis.cli("EXISTS", stream) == 0:
+        assert time.monotonic() < deadline, "the new history size never applied"
+        publish(c[0], t, ch, seq=2)
+    assert redis.cli("XLEN", stream) >= 1
+    ttl = redis.cli("TTL", stream)
+    assert 300 < ttl <= 600, ttl
