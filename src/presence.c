@@ -37,6 +37,9 @@ struct presence {
 	int64_t rate, burst;
 	bool tenant_presence;
 	struct pcluster *cl; /* Redis mode: presence across nodes; borrowed */
+	/* Redis mode: how a Subscribe call subscribes a connection (borrowed). */
+	int (*subscriber)(void *arg, struct hub_conn *c, const char *channel);
+	void *subscriber_arg;
 };
 
 /* One writer (the service thread); relaxed loads elsewhere. */
@@ -189,6 +192,14 @@ void presence_free(struct presence *pr)
 void presence_set_cluster(struct presence *pr, struct pcluster *cl)
 {
 	pr->cl = cl;
+}
+
+void presence_set_subscriber(struct presence *pr,
+                             int (*fn)(void *arg, struct hub_conn *c, const char *channel),
+                             void *arg)
+{
+	pr->subscriber = fn;
+	pr->subscriber_arg = arg;
 }
 
 bool presence_tenant_on(const struct presence *pr)
@@ -742,10 +753,15 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 	int rc = cs.oom ? LH_ENOMEM : 0;
 	bool sub = cmd->kind == CMD_SUBSCRIBE;
 	struct frame *f = NULL;
+	/* Redis mode: the cluster subscribes, replies with Redis's position
+	 * and announces the join itself; the call's position is read from
+	 * Redis afterwards (presence_cluster.c). */
+	bool served = sub && pr->subscriber;
 	for (uint32_t i = 0; rc == 0 && i < cs.n; i++) {
 		struct hub_conn *c = cs.v[i];
-		int r = sub ? hub_subscribe(h, c, cmd->channel)
-		            : hub_unsubscribe(h, c, cmd->channel);
+		int r = served ? pr->subscriber(pr->subscriber_arg, c, cmd->channel)
+		        : sub  ? hub_subscribe(h, c, cmd->channel)
+		               : hub_unsubscribe(h, c, cmd->channel);
 		if (r == LH_EEXIST) {
 			cmd->already++;
 			continue;
@@ -761,6 +777,8 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 			break;
 		}
 		cmd->connections++;
+		if (served)
+			continue;
 		if (sub && !f) {
 			hub_channel_top(h, tenant, cmd->channel, &cmd->offset, cmd->epoch);
 			f = server_frame("subscribed", cmd, true);
@@ -775,7 +793,7 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 	}
 	if (f)
 		frame_unref(f);
-	if (sub && cmd->connections == 0)
+	if (sub && (served || cmd->connections == 0))
 		hub_channel_top(h, tenant, cmd->channel, &cmd->offset, cmd->epoch);
 	free(cs.v);
 	return rc;

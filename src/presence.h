@@ -70,6 +70,13 @@ void presence_free(struct presence *pr);
  * and the control commands come from) the cluster (presence_cluster.h).
  * cl is borrowed; NULL (the default) is one node. */
 void presence_set_cluster(struct presence *pr, struct pcluster *cl);
+/* Redis mode: fn subscribes a connection for a Subscribe call instead of
+ * hub_subscribe, and queues its `subscribed` frame (with Redis's position)
+ * and the presence join itself. Returns 0, LH_EEXIST (nothing sent),
+ * LH_ELIMIT or another LH_E*. */
+void presence_set_subscriber(struct presence *pr,
+                             int (*fn)(void *arg, struct hub_conn *c, const char *channel),
+                             void *arg);
 /* Whether "$tenant" gets user:online / user:offline. */
 bool presence_tenant_on(const struct presence *pr);
 /* Redis mode: fn(arg, tenant, channel, frame) is called with every client

@@ -709,6 +709,39 @@ static const char *op_name(enum command_kind k)
 	}
 }
 
+/* The channel's position in Redis for a Subscribe call (this node's idea
+ * of it may be behind: the channel may just have been followed). */
+static void on_position(void *arg, redisReply *r)
+{
+	struct publication *p = arg;
+	struct command *cmd = p->cmd;
+	if (is_array(r, 2) && is_str(r->element[0]) && r->element[0]->len == 16) {
+		memcpy(cmd->epoch, r->element[0]->str, 16);
+		cmd->epoch[16] = '\0';
+		cmd->offset = is_str(r->element[1]) ? strtoull(r->element[1]->str, NULL, 10) : 0;
+	} else if (!r || r->type == REDIS_REPLY_ERROR) {
+		reply_failed("position", r);
+	}
+	if (p->on_done)
+		p->on_done(p);
+}
+
+/* Answers p; a Subscribe call once its channel's position is read. */
+static void command_done(struct pcluster *pc, struct publication *p)
+{
+	if (p->status == 0 && p->cmd->kind == CMD_SUBSCRIBE) {
+		char key[KEY_MAX];
+		int n = snprintf(key, sizeof key, "%s:{%s:%s}:meta", pc->prefix, p->tenant,
+		                 p->cmd->channel);
+		const char *argv[4] = {"HMGET", key, "epoch", "top"};
+		size_t lens[4] = {5, (size_t)n, 5, 3};
+		if (n > 0 && n < KEY_MAX && broker_cmd(pc->b, on_position, p, 4, argv, lens) == 0)
+			return;
+	}
+	if (p->on_done)
+		p->on_done(p);
+}
+
 /* Answers p with what it has. */
 static void pending_finish(struct pcluster *pc, struct pending *pd)
 {
@@ -720,9 +753,8 @@ static void pending_finish(struct pcluster *pc, struct pending *pd)
 	struct publication *p = pd->p;
 	if (p->status == 0 && pd->expected < 0)
 		p->status = LH_EUNAVAILABLE;
-	if (p->on_done)
-		p->on_done(p);
 	free(pd);
+	command_done(pc, p);
 }
 
 static struct pending *pending_find(struct pcluster *pc, uint64_t id)

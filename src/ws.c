@@ -1441,6 +1441,13 @@ static void relay_client_event(void *arg, const char *tenant, const char *name,
 }
 
 /* Applies pending presence settings (ws_reload_presence). */
+/* Redis mode: a Subscribe call's subscription, with Redis's position. */
+static int subscribe_server(void *arg, struct hub_conn *c, const char *channel)
+{
+	struct ws *w = arg;
+	return cluster_subscribe_server(w->cluster, c, channel);
+}
+
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
@@ -1451,6 +1458,7 @@ static void apply_presence_reload(struct ws *w)
 	if (w->cluster) {
 		cluster_set_presence(w->cluster, pr);
 		presence_set_relay(pr, relay_client_event, w);
+		presence_set_subscriber(pr, subscribe_server, w);
 	}
 	presence_set_cluster(pr, w->pcl);
 }
@@ -1779,6 +1787,7 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		return -1;
 	cluster_set_presence(w->cluster, w->pres);
 	presence_set_relay(w->pres, relay_client_event, w);
+	presence_set_subscriber(w->pres, subscribe_server, w);
 	if (start_presence_cluster(w, cfg))
 		return -1;
 	if (broker_start(w->broker, ws_wake, w)) {

@@ -145,6 +145,8 @@ async def test_sigkill_of_node1_drops_its_entries_within_the_ttl(redis):
     t, ch = uniq(), "board:" + uniq("b")
     alice = await c[0].connect(t, "alice")
     await alice.subscribe(ch)
+    # Her user:online is out before bob comes (bob's replies come in order).
+    wait_rpc_presence(c[1], t, ch, (1, {"alice": 1}), "alice present")
     bob = await c[1].connect(t, "bob")
     await bob.subscribe(ch)
     wait_rpc_presence(c[1], t, ch, (2, {"alice": 1, "bob": 1}), "both present")
@@ -198,11 +200,17 @@ async def test_subscribe_rpc_puts_user_on_channel_on_every_node(redis):
     a1 = await c[0].connect(t, "alice")
     a2 = await c[1].connect(t, "alice")
     bob = await c[1].connect(t, "bob")
+    # The channel has a position in Redis that neither node follows yet.
+    for _ in range(3):
+        before = c[1].rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch,
+                                                            type="w")).result.channels[0]
+    assert before.offset == 3
     r = c[0].rpc("Subscribe", hub_pb2.SubscribeRequest(tenant_id=t, user_id="alice", channel=ch))
     assert (r.subscribed, r.already_subscribed, r.refused) == (2, 0, 0), r
+    assert (r.offset, r.epoch) == (3, before.epoch), r
     for a in (a1, a2):
         m = await a.wait_for(lambda m: m.get("type") == "subscribed")
-        assert m["channel"] == ch and "id" not in m, m
+        assert m == {"type": "subscribed", "channel": ch, "offset": 3, "epoch": before.epoch}, m
     # Both devices are on it: a publication on node 2 reaches both.
     pub = c[1].rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="x")).result
     for a in (a1, a2):
@@ -212,6 +220,8 @@ async def test_subscribe_rpc_puts_user_on_channel_on_every_node(redis):
     # Again: nothing changes anywhere.
     r = c[1].rpc("Subscribe", hub_pb2.SubscribeRequest(tenant_id=t, user_id="alice", channel=ch))
     assert (r.subscribed, r.already_subscribed) == (0, 2), r
+    assert (r.offset, r.epoch) == (pub.channels[0].offset, before.epoch), r
+    await a1.expect_nothing()
     r = c[1].rpc("Unsubscribe", hub_pb2.UnsubscribeRequest(tenant_id=t, user_id="alice", channel=ch))
     assert r.unsubscribed == 2, r
     for a in (a1, a2):
