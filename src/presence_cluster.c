@@ -166,7 +166,8 @@ struct pcluster {
 	int64_t now_ms;    /* the last tick's clock */
 	uint64_t next_id;
 	struct pending *pending;
-	bool was_up;
+	bool leaving;    /* shutting down: entries removed, nothing written again */
+	size_t inflight; /* writes (and fences) sent, not answered yet */
 	bool oom_logged;
 };
 
@@ -348,6 +349,8 @@ static int push_op(struct pcluster *pc, char kind, const char *tenant, const cha
 
 void pcluster_member(struct pcluster *pc, struct hub_conn *c, const char *name, bool join)
 {
+	if (pc->leaving)
+		return;
 	if (push_op(pc, join ? 'J' : 'L', hub_conn_tenant(c), name, hub_conn_id(c),
 	            hub_conn_user(c)) &&
 	    !pc->oom_logged) {
@@ -356,10 +359,18 @@ void pcluster_member(struct pcluster *pc, struct hub_conn *c, const char *name, 
 	}
 }
 
+static void on_fence(void *arg, redisReply *r)
+{
+	struct pcluster *pc = arg;
+	(void)r;
+	pc->inflight--;
+}
+
 static void on_batch(void *arg, redisReply *r)
 {
 	struct batch *bt = arg;
 	struct pcluster *pc = bt->pc;
+	pc->inflight--;
 	if (!is_array(r, 2) || !is_int(r->element[0])) {
 		reply_failed("write", r);
 	} else {
@@ -367,6 +378,15 @@ static void on_batch(void *arg, redisReply *r)
 		transitions(pc, r->element[1], bt->ops, bt->n, NULL, NULL);
 	}
 	free(bt);
+	/* Shutting down: the announcements just published go out on the
+	 * command connection, in order; a PING answered after them says they
+	 * have left, so the node may stop (pcluster_busy). */
+	if (pc->leaving) {
+		const char *argv[1] = {"PING"};
+		size_t lens[1] = {4};
+		if (broker_cmd(pc->b, on_fence, pc, 1, argv, lens) == 0)
+			pc->inflight++;
+	}
 }
 
 /* Sends ops[0..n) as one EVAL. Returns 0 or an LH_E* value (not sent). */
@@ -413,6 +433,7 @@ static int send_batch(struct pcluster *pc, const struct op *ops, size_t n)
 	rc = eval(pc, LUA_OPS, nkeys, nargs, argv, lens, on_batch, bt);
 	if (rc == 0) {
 		bt = NULL; /* on_batch frees it */
+		pc->inflight++;
 		stat_add(&stats.ops, n);
 		stat_add(&stats.batches, 1);
 	}
@@ -497,7 +518,8 @@ static void every_entry(struct pcluster *pc, char kind)
 
 static void on_beat(void *arg, redisReply *r)
 {
-	(void)arg;
+	struct pcluster *pc = arg;
+	pc->inflight--;
 	if (!is_array(r, 2) || !is_int(r->element[0]) || !is_int(r->element[1])) {
 		reply_failed("heartbeat", r);
 		return;
@@ -523,7 +545,10 @@ static int beat(struct pcluster *pc, bool leave)
 	size_t lens[10];
 	for (size_t i = 3; i < 10; i++)
 		lens[i] = strlen(argv[i]);
-	return eval(pc, LUA_BEAT, 3, 4, argv, lens, on_beat, pc);
+	int rc = eval(pc, LUA_BEAT, 3, 4, argv, lens, on_beat, pc);
+	if (rc == 0)
+		pc->inflight++;
+	return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -1022,7 +1047,7 @@ void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 		if (now_ms >= pd->deadline)
 			pending_finish(pc, pd);
 	}
-	if (now_ms < pc->next_beat || !broker_up(pc->b))
+	if (pc->leaving || now_ms < pc->next_beat || !broker_up(pc->b))
 		return;
 	pc->next_beat = now_ms + (pc->ttl_ms / 3 > 0 ? pc->ttl_ms / 3 : 1);
 	every_entry(pc, 'J');
@@ -1031,14 +1056,22 @@ void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 		stat_add(&stats.errors, 1);
 }
 
+bool pcluster_busy(const struct pcluster *pc)
+{
+	return pc->leaving && pc->inflight > 0 && broker_up(pc->b);
+}
+
 void pcluster_leave_all(struct pcluster *pc)
 {
-	if (!broker_up(pc->b))
+	if (pc->leaving)
 		return;
 	pc->nops = 0;
-	every_entry(pc, 'L');
-	pcluster_flush(pc);
-	beat(pc, true);
+	pc->leaving = true; /* before the flush: on_batch's fences */
+	if (broker_up(pc->b)) {
+		every_entry(pc, 'L');
+		pcluster_flush(pc);
+		beat(pc, true);
+	}
 }
 
 struct pcluster *pcluster_new(struct broker *b, const char *prefix, int ttl_s,

@@ -100,9 +100,13 @@ size_t pcluster_queued(const struct pcluster *pc);
  * every TTL/3; control commands waiting past PCL_CTL_WAIT_MS. now_ms: a
  * monotonic clock. */
 void pcluster_tick(struct pcluster *pc, int64_t now_ms);
-/* Shutdown: removes every entry of this node and its heartbeat (best
- * effort: sent, not waited for). */
+/* Shutdown: removes every entry of this node and its heartbeat, and
+ * publishes the leaves that follow; from then on nothing is written. */
 void pcluster_leave_all(struct pcluster *pc);
+/* After pcluster_leave_all: true until Redis has answered all of it (the
+ * announcements included), so the loop runs on (within the shutdown
+ * grace) before the broker stops. False when Redis is down. */
+bool pcluster_busy(const struct pcluster *pc);
 
 /* A client's presence request (access already checked): asks Redis and
  * queues the reply on c when it answers. Returns 0, or LH_EUNAVAILABLE

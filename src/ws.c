@@ -1932,7 +1932,9 @@ int ws_run(struct ws *w)
 	}
 	drain_some(w, true);
 	begin_shutdown(w);
-	while ((w->sessions || w->unauthed) && !w->deadline_passed) {
+	/* Also until Redis has this node's presence removal (leaves included). */
+	while ((w->sessions || w->unauthed || (w->pcl && pcluster_busy(w->pcl))) &&
+	       !w->deadline_passed) {
 		if (service_once(w) < 0)
 			break;
 	}

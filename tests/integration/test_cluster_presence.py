@@ -273,3 +273,28 @@ async def test_redis_down_presence_answers_partial_and_rpc_unavailable(redis):
     redis.start()
     redistest.wait_until(lambda: redistest.readyz(c[1]) == 200, "node 2 ready again")
     await wait_ws_presence(bob, ch, (2, {"alice": 1, "bob": 1}))
+
+
+@aio
+async def test_clean_stop_leaves_at_once(redis):
+    # A TTL far beyond the wait below: only the stopping node's own removal
+    # can make its users leave in time.
+    c = start(2, redis, dict(ENV, LIVEHUB_PRESENCE_TTL="300"))
+    t, ch = uniq(), "board:" + uniq("b")
+    alice = await c[0].connect(t, "alice")
+    await alice.subscribe(ch)
+    wait_rpc_presence(c[1], t, ch, (1, {"alice": 1}), "alice present")
+    bob = await c[1].connect(t, "bob")
+    await bob.subscribe(ch)
+    c.stop(0)
+    got = {}
+    while len(got) < 2:  # in either order
+        m = await bob.wait_for(lambda m: m.get("type") in ("presence:leave", "user:offline"))
+        got[m["type"]] = m
+    cid = alice.connected["clientId"]
+    assert got["presence:leave"] == {"type": "presence:leave", "channel": ch, "user": "alice",
+                                     "clientId": cid}, got
+    assert got["user:offline"] == {"type": "user:offline", "channel": "$tenant", "user": "alice",
+                                   "clientId": cid}, got
+    assert rpc_presence(c[1], t, ch) == (1, {"bob": 1})
+    assert redis.cli("EXISTS", "livehub:node:node1") == 0
