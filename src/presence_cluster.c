@@ -1,9 +1,10 @@
-/* presence_cluster: presence and control commands across nodes. See
+/* presence_cluster: presence entries, reads and the heartbeat across nodes
+ * (the control commands are presence_ctl.c). See
  * presence_cluster.h. */
 #include "presence_cluster.h"
+#include "presence_cluster_int.h"
 
 #include <hiredis/hiredis.h>
-#include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,7 @@
 
 #define TENANT_CHANNEL "$tenant"
 #define USER_PREFIX    "$user:"
-#define KEY_MAX        (BROKER_PREFIX_MAX + LH_TENANT_MAX + LH_CHANNEL_MAX + 32)
+#define KEY_MAX        PCL_KEY_MAX
 #define NODE_KEY_MAX   (BROKER_PREFIX_MAX + BROKER_NODE_MAX + 16)
 #define OP_ARGS        3 /* per change: kind, clientId, user */
 #define OP_KEYS        3 /* per change: presence, exp, users */
@@ -142,84 +143,12 @@ struct batch {
 	struct op ops[];
 };
 
-/* A control command waiting for the other nodes' acknowledgements. */
-struct pending {
-	struct pending *next;
-	struct pcluster *pc;
-	uint64_t id;
-	struct publication *p;
-	int expected;     /* other nodes that received it; -1 until PUBLISH answers */
-	int got;          /* acknowledgements counted */
-	int64_t deadline; /* monotonic ms */
-};
-
-struct pcluster {
-	struct broker *b;
-	struct pcluster_env env;
-	char prefix[BROKER_PREFIX_MAX + 1];
-	char node[BROKER_NODE_MAX + 1];
-	char ctl[BROKER_PREFIX_MAX + 8];
-	int64_t ttl_ms;
-	struct op *ops; /* queued changes */
-	size_t nops, cap;
-	int64_t next_beat; /* monotonic ms; 0: at the next tick */
-	int64_t now_ms;    /* the last tick's clock */
-	uint64_t next_id;
-	struct pending *pending;
-	bool leaving;    /* shutting down: entries removed, nothing written again */
-	size_t inflight; /* writes (and fences) sent, not answered yet */
-	bool oom_logged;
-};
-
-static struct {
-	_Atomic uint64_t nodes, connections, ops, batches, expired, ctl_sent, ctl_applied, errors;
-} stats;
-
-static void stat_add(_Atomic uint64_t *v, uint64_t d)
-{
-	atomic_fetch_add_explicit(v, d, memory_order_relaxed);
-}
-
-void pcluster_stats_read(struct pcluster_stats *out)
-{
-	out->nodes = atomic_load_explicit(&stats.nodes, memory_order_relaxed);
-	out->connections = atomic_load_explicit(&stats.connections, memory_order_relaxed);
-	out->ops = atomic_load_explicit(&stats.ops, memory_order_relaxed);
-	out->batches = atomic_load_explicit(&stats.batches, memory_order_relaxed);
-	out->expired = atomic_load_explicit(&stats.expired, memory_order_relaxed);
-	out->ctl_sent = atomic_load_explicit(&stats.ctl_sent, memory_order_relaxed);
-	out->ctl_applied = atomic_load_explicit(&stats.ctl_applied, memory_order_relaxed);
-	out->errors = atomic_load_explicit(&stats.errors, memory_order_relaxed);
-}
-
-bool pcluster_up(const struct pcluster *pc)
-{
-	return broker_up(pc->b);
-}
-
-/* ------------------------------------------------------------------------
- * Replies
- * ------------------------------------------------------------------------ */
-
-static bool is_array(const redisReply *r, size_t n)
-{
-	return r && r->type == REDIS_REPLY_ARRAY && r->elements >= n;
-}
-
-static bool is_int(const redisReply *r)
-{
-	return r && r->type == REDIS_REPLY_INTEGER;
-}
-
-static bool is_str(const redisReply *r)
-{
-	return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS);
-}
+struct pcl_counters pcl_stats;
 
 /* Logs a reply that is not what a script returns (an error, NULL). */
-static void reply_failed(const char *what, const redisReply *r)
+void pcl_reply_failed(const char *what, const redisReply *r)
 {
-	stat_add(&stats.errors, 1);
+	pcl_stat_add(&pcl_stats.errors, 1);
 	if (!r)
 		log_warn("msg=\"cluster presence: redis unavailable\" op=%s", what);
 	else if (r->type == REDIS_REPLY_ERROR)
@@ -228,6 +157,23 @@ static void reply_failed(const char *what, const redisReply *r)
 	else
 		log_warn("msg=\"cluster presence: unexpected redis reply\" op=%s type=%d", what,
 		         r->type);
+}
+
+void pcluster_stats_read(struct pcluster_stats *out)
+{
+	out->nodes = atomic_load_explicit(&pcl_stats.nodes, memory_order_relaxed);
+	out->connections = atomic_load_explicit(&pcl_stats.connections, memory_order_relaxed);
+	out->ops = atomic_load_explicit(&pcl_stats.ops, memory_order_relaxed);
+	out->batches = atomic_load_explicit(&pcl_stats.batches, memory_order_relaxed);
+	out->expired = atomic_load_explicit(&pcl_stats.expired, memory_order_relaxed);
+	out->ctl_sent = atomic_load_explicit(&pcl_stats.ctl_sent, memory_order_relaxed);
+	out->ctl_applied = atomic_load_explicit(&pcl_stats.ctl_applied, memory_order_relaxed);
+	out->errors = atomic_load_explicit(&pcl_stats.errors, memory_order_relaxed);
+}
+
+bool pcluster_up(const struct pcluster *pc)
+{
+	return broker_up(pc->b);
 }
 
 /* ------------------------------------------------------------------------
@@ -302,7 +248,7 @@ static void transitions(struct pcluster *pc, const redisReply *list, const struc
 	for (size_t k = 0; k + 3 < list->elements; k += 4) {
 		const redisReply *kind = list->element[k], *i = list->element[k + 1],
 		                 *user = list->element[k + 2], *cid = list->element[k + 3];
-		if (!is_str(kind) || !is_int(i) || !is_str(user) || !is_str(cid) ||
+		if (!pcl_is_str(kind) || !pcl_is_int(i) || !pcl_is_str(user) || !pcl_is_str(cid) ||
 		    kind->len != 1 || user->len > LH_USER_MAX || cid->len > LH_CLIENT_ID_MAX)
 			continue;
 		const char *t = tenant, *c = channel;
@@ -371,10 +317,10 @@ static void on_batch(void *arg, redisReply *r)
 	struct batch *bt = arg;
 	struct pcluster *pc = bt->pc;
 	pc->inflight--;
-	if (!is_array(r, 2) || !is_int(r->element[0])) {
-		reply_failed("write", r);
+	if (!pcl_is_array(r, 2) || !pcl_is_int(r->element[0])) {
+		pcl_reply_failed("write", r);
 	} else {
-		stat_add(&stats.expired, (uint64_t)r->element[0]->integer);
+		pcl_stat_add(&pcl_stats.expired, (uint64_t)r->element[0]->integer);
 		transitions(pc, r->element[1], bt->ops, bt->n, NULL, NULL);
 	}
 	free(bt);
@@ -434,8 +380,8 @@ static int send_batch(struct pcluster *pc, const struct op *ops, size_t n)
 	if (rc == 0) {
 		bt = NULL; /* on_batch frees it */
 		pc->inflight++;
-		stat_add(&stats.ops, n);
-		stat_add(&stats.batches, 1);
+		pcl_stat_add(&pcl_stats.ops, n);
+		pcl_stat_add(&pcl_stats.batches, 1);
 	}
 out:
 	free(bt);
@@ -462,7 +408,7 @@ void pcluster_flush(struct pcluster *pc)
 			size_t n = pc->nops - i < PCL_BATCH_OPS ? pc->nops - i : PCL_BATCH_OPS;
 			int rc = send_batch(pc, pc->ops + i, n);
 			if (rc) {
-				stat_add(&stats.errors, 1);
+				pcl_stat_add(&pcl_stats.errors, 1);
 				if (rc != LH_EUNAVAILABLE)
 					log_warn("msg=\"cluster presence: cannot write changes\" "
 					         "error=%s",
@@ -520,12 +466,13 @@ static void on_beat(void *arg, redisReply *r)
 {
 	struct pcluster *pc = arg;
 	pc->inflight--;
-	if (!is_array(r, 2) || !is_int(r->element[0]) || !is_int(r->element[1])) {
-		reply_failed("heartbeat", r);
+	if (!pcl_is_array(r, 2) || !pcl_is_int(r->element[0]) || !pcl_is_int(r->element[1])) {
+		pcl_reply_failed("heartbeat", r);
 		return;
 	}
-	atomic_store_explicit(&stats.nodes, (uint64_t)r->element[0]->integer, memory_order_relaxed);
-	atomic_store_explicit(&stats.connections, (uint64_t)r->element[1]->integer,
+	atomic_store_explicit(&pcl_stats.nodes, (uint64_t)r->element[0]->integer,
+	                      memory_order_relaxed);
+	atomic_store_explicit(&pcl_stats.connections, (uint64_t)r->element[1]->integer,
 	                      memory_order_relaxed);
 }
 
@@ -578,7 +525,7 @@ static int cmp_entry(const void *a, const void *b)
  * Returns 0, LH_EIO (not an answer) or LH_ENOMEM. */
 static int read_result(const redisReply *r, struct command *cmd)
 {
-	if (!is_array(r, 4) || !is_int(r->element[0]) || !is_int(r->element[1]) ||
+	if (!pcl_is_array(r, 4) || !pcl_is_int(r->element[0]) || !pcl_is_int(r->element[1]) ||
 	    r->element[2]->type != REDIS_REPLY_ARRAY)
 		return LH_EIO;
 	const redisReply *users = r->element[2];
@@ -591,7 +538,7 @@ static int read_result(const redisReply *r, struct command *cmd)
 		return LH_ENOMEM;
 	for (size_t i = 0; i < n; i++) {
 		const redisReply *u = users->element[2 * i], *c = users->element[2 * i + 1];
-		if (!is_str(u) || !is_str(c))
+		if (!pcl_is_str(u) || !pcl_is_str(c))
 			continue;
 		long long count = strtoll(c->str, NULL, 10);
 		if (count <= 0)
@@ -646,7 +593,7 @@ static void answer_client(struct read *rd, const redisReply *r)
 	if (rc == LH_ENOMEM) {
 		f = presence_frame_error(rd->id, rd->id_len, "out of memory");
 	} else if (rc) {
-		reply_failed("read", r);
+		pcl_reply_failed("read", r);
 		f = presence_local_frame(pc->env.hub, rd->tenant, rd->channel, rd->id, rd->id_len,
 		                         true);
 	} else {
@@ -663,15 +610,15 @@ static void on_read(void *arg, redisReply *r)
 {
 	struct read *rd = arg;
 	struct pcluster *pc = rd->pc;
-	if (is_array(r, 4) && is_int(r->element[0])) {
-		stat_add(&stats.expired, (uint64_t)r->element[0]->integer);
+	if (pcl_is_array(r, 4) && pcl_is_int(r->element[0])) {
+		pcl_stat_add(&pcl_stats.expired, (uint64_t)r->element[0]->integer);
 		transitions(pc, r->element[3], NULL, 0, rd->tenant, rd->channel);
 	}
 	if (rd->p) {
 		struct command *cmd = rd->p->cmd;
 		int rc = read_result(r, cmd);
 		if (rc == LH_EIO)
-			reply_failed("read", r);
+			pcl_reply_failed("read", r);
 		rd->p->status = rc == LH_EIO ? LH_EUNAVAILABLE : rc;
 		if (rd->p->on_done)
 			rd->p->on_done(rd->p);
@@ -721,143 +668,8 @@ int pcluster_request(struct pcluster *pc, struct hub_conn *c, const struct wsp_r
 }
 
 /* ------------------------------------------------------------------------
- * Control commands across nodes (P:ctl)
+ * Control commands
  * ------------------------------------------------------------------------ */
-
-static const char *op_name(enum command_kind k)
-{
-	switch (k) {
-	case CMD_DISCONNECT: return "disconnect";
-	case CMD_SUBSCRIBE: return "subscribe";
-	case CMD_UNSUBSCRIBE: return "unsubscribe";
-	default: return NULL;
-	}
-}
-
-/* The channel's position in Redis for a Subscribe call (this node's idea
- * of it may be behind: the channel may just have been followed). */
-static void on_position(void *arg, redisReply *r)
-{
-	struct publication *p = arg;
-	struct command *cmd = p->cmd;
-	if (is_array(r, 2) && is_str(r->element[0]) && r->element[0]->len == 16) {
-		memcpy(cmd->epoch, r->element[0]->str, 16);
-		cmd->epoch[16] = '\0';
-		cmd->offset = is_str(r->element[1]) ? strtoull(r->element[1]->str, NULL, 10) : 0;
-	} else if (!r || r->type == REDIS_REPLY_ERROR) {
-		reply_failed("position", r);
-	}
-	if (p->on_done)
-		p->on_done(p);
-}
-
-/* Answers p; a Subscribe call once its channel's position is read. */
-static void command_done(struct pcluster *pc, struct publication *p)
-{
-	if (p->status == 0 && p->cmd->kind == CMD_SUBSCRIBE) {
-		char key[KEY_MAX];
-		int n = snprintf(key, sizeof key, "%s:{%s:%s}:meta", pc->prefix, p->tenant,
-		                 p->cmd->channel);
-		const char *argv[4] = {"HMGET", key, "epoch", "top"};
-		size_t lens[4] = {5, (size_t)n, 5, 3};
-		if (n > 0 && n < KEY_MAX && broker_cmd(pc->b, on_position, p, 4, argv, lens) == 0)
-			return;
-	}
-	if (p->on_done)
-		p->on_done(p);
-}
-
-/* Answers p with what it has. */
-static void pending_finish(struct pcluster *pc, struct pending *pd)
-{
-	for (struct pending **pp = &pc->pending; *pp; pp = &(*pp)->next)
-		if (*pp == pd) {
-			*pp = pd->next;
-			break;
-		}
-	struct publication *p = pd->p;
-	if (p->status == 0 && pd->expected < 0)
-		p->status = LH_EUNAVAILABLE;
-	free(pd);
-	command_done(pc, p);
-}
-
-static struct pending *pending_find(struct pcluster *pc, uint64_t id)
-{
-	for (struct pending *pd = pc->pending; pd; pd = pd->next)
-		if (pd->id == id)
-			return pd;
-	return NULL;
-}
-
-static void pending_check(struct pcluster *pc, struct pending *pd)
-{
-	if (pd->expected >= 0 && pd->got >= pd->expected)
-		pending_finish(pc, pd);
-}
-
-/* Which command a PUBLISH answer is for (the command may have been
- * answered already, after PCL_CTL_WAIT_MS). */
-struct ref {
-	struct pcluster *pc;
-	uint64_t id;
-};
-
-/* PUBLISH answered: how many nodes listen on P:ctl, this one included. */
-static void on_published(void *arg, redisReply *r)
-{
-	struct ref *ref = arg;
-	struct pcluster *pc = ref->pc;
-	struct pending *pd = pending_find(pc, ref->id);
-	free(ref);
-	if (!pd)
-		return;
-	if (!is_int(r)) {
-		reply_failed("control", r);
-		pending_finish(pc, pd); /* expected < 0: UNAVAILABLE */
-		return;
-	}
-	pd->expected = r->integer > 0 ? (int)r->integer - 1 : 0;
-	pending_check(pc, pd);
-}
-
-/* {"node":…,"op":…,"req":N,"tenant":…,…} for cmd. */
-static char *ctl_message(struct pcluster *pc, uint64_t id, const char *tenant,
-                         const struct command *cmd)
-{
-	json_t *o = json_pack("{s:s,s:s,s:I,s:s}", "node", pc->node, "op", op_name(cmd->kind),
-	                      "req", (json_int_t)id, "tenant", tenant);
-	if (!o)
-		return NULL;
-	int bad = 0;
-	if (cmd->user[0])
-		bad |= json_object_set_new(o, "user", json_string(cmd->user));
-	if (cmd->kind == CMD_DISCONNECT) {
-		if (cmd->client_id[0])
-			bad |= json_object_set_new(o, "client", json_string(cmd->client_id));
-		bad |= json_object_set_new(o, "reason", json_string(cmd->reason));
-		bad |= json_object_set_new(o, "code", json_integer(cmd->close_code));
-	} else {
-		bad |= json_object_set_new(o, "channel", json_string(cmd->channel));
-	}
-	char *s = bad ? NULL : json_dumps(o, JSON_COMPACT);
-	json_decref(o);
-	return s;
-}
-
-static int ctl_publish(struct pcluster *pc, const char *msg, broker_reply_fn fn, void *arg)
-{
-	const char *argv[3] = {"PUBLISH", pc->ctl, msg};
-	size_t lens[3] = {7, strlen(pc->ctl), strlen(msg)};
-	return broker_cmd(pc->b, fn, arg, 3, argv, lens);
-}
-
-static void on_ignored(void *arg, redisReply *r)
-{
-	(void)arg;
-	if (!r || r->type == REDIS_REPLY_ERROR)
-		reply_failed("control", r);
-}
 
 /* A read for a Presence call. */
 static bool command_presence(struct pcluster *pc, struct publication *p)
@@ -884,147 +696,9 @@ static bool command_presence(struct pcluster *pc, struct publication *p)
 
 bool pcluster_command(struct pcluster *pc, struct publication *p)
 {
-	struct command *cmd = p->cmd;
-	if (cmd->kind == CMD_PRESENCE)
+	if (p->cmd->kind == CMD_PRESENCE)
 		return command_presence(pc, p);
-	if (!op_name(cmd->kind))
-		return false;
-	/* Here first, exactly as on one node. */
-	p->status = presence_run(*pc->env.pres, pc->env.hub, p->tenant, cmd);
-	if (p->status) {
-		if (p->on_done)
-			p->on_done(p);
-		return true;
-	}
-	struct pending *pd = calloc(1, sizeof *pd);
-	struct ref *ref = malloc(sizeof *ref);
-	uint64_t id = pc->next_id + 1;
-	char *msg = pd && ref ? ctl_message(pc, id, p->tenant, cmd) : NULL;
-	if (!msg) {
-		free(pd);
-		free(ref);
-		p->status = LH_ENOMEM;
-		if (p->on_done)
-			p->on_done(p);
-		return true;
-	}
-	/* Waiting before it is sent: an answer may come at any time after. */
-	pc->next_id = id;
-	*ref = (struct ref){pc, id};
-	*pd = (struct pending){.next = pc->pending,
-	                       .pc = pc,
-	                       .id = id,
-	                       .p = p,
-	                       .expected = -1,
-	                       .deadline = pc->now_ms + PCL_CTL_WAIT_MS};
-	pc->pending = pd;
-	int rc = ctl_publish(pc, msg, on_published, ref);
-	free(msg);
-	if (rc) {
-		free(ref);
-		pending_finish(pc, pd); /* expected < 0: UNAVAILABLE */
-		return true;
-	}
-	stat_add(&stats.ctl_sent, 1);
-	return true;
-}
-
-/* Copies string field key of o into buf (cap bytes); "" when absent.
- * Returns false when present but not a string or too long. */
-static bool get_str(json_t *o, const char *key, char *buf, size_t cap)
-{
-	json_t *v = json_object_get(o, key);
-	buf[0] = '\0';
-	if (!v)
-		return true;
-	if (!json_is_string(v) || json_string_length(v) >= cap)
-		return false;
-	memcpy(buf, json_string_value(v), json_string_length(v) + 1);
-	return true;
-}
-
-/* Another node's command: applied here, then acknowledged with counts. */
-static void apply_remote(struct pcluster *pc, json_t *o, const char *op, const char *from)
-{
-	char tenant[LH_TENANT_MAX + 1];
-	struct command cmd;
-	memset(&cmd, 0, sizeof cmd);
-	json_t *req = json_object_get(o, "req");
-	cmd.kind = strcmp(op, "disconnect") == 0    ? CMD_DISCONNECT
-	           : strcmp(op, "subscribe") == 0   ? CMD_SUBSCRIBE
-	           : strcmp(op, "unsubscribe") == 0 ? CMD_UNSUBSCRIBE
-	                                            : 0;
-	if (!cmd.kind || !json_is_integer(req) || !get_str(o, "tenant", tenant, sizeof tenant) ||
-	    !get_str(o, "user", cmd.user, sizeof cmd.user) ||
-	    !get_str(o, "channel", cmd.channel, sizeof cmd.channel) ||
-	    !get_str(o, "client", cmd.client_id, sizeof cmd.client_id) ||
-	    !get_str(o, "reason", cmd.reason, sizeof cmd.reason)) {
-		log_warn("msg=\"cluster control: malformed command ignored\" from=%s", from);
-		return;
-	}
-	json_t *code = json_object_get(o, "code");
-	cmd.close_code = json_is_integer(code) && json_integer_value(code) == LH_CLOSE_RECONNECT
-	                         ? LH_CLOSE_RECONNECT
-	                         : LH_CLOSE_GOODBYE;
-	int rc = presence_run(*pc->env.pres, pc->env.hub, tenant, &cmd);
-	command_clear(&cmd);
-	stat_add(&stats.ctl_applied, 1);
-	if (rc)
-		log_warn("msg=\"cluster control: command failed here\" op=%s error=%s", op,
-		         lh_strerror(rc));
-	json_t *ack = json_pack("{s:s,s:s,s:s,s:O,s:i,s:i,s:i}", "node", pc->node, "op", "ack",
-	                        "to", from, "req", req, "n", (int)cmd.connections, "already",
-	                        (int)cmd.already, "refused", (int)cmd.refused);
-	char *s = ack ? json_dumps(ack, JSON_COMPACT) : NULL;
-	json_decref(ack);
-	if (!s || ctl_publish(pc, s, on_ignored, NULL))
-		log_warn("msg=\"cluster control: cannot acknowledge\" op=%s", op);
-	free(s);
-}
-
-/* An acknowledgement for one of our commands. */
-static void apply_ack(struct pcluster *pc, json_t *o)
-{
-	json_t *req = json_object_get(o, "req");
-	if (!json_is_integer(req))
-		return;
-	struct pending *pd = pending_find(pc, (uint64_t)json_integer_value(req));
-	if (!pd)
-		return; /* answered already (timed out) */
-	struct command *cmd = pd->p->cmd;
-	json_t *n = json_object_get(o, "n"), *already = json_object_get(o, "already"),
-	       *refused = json_object_get(o, "refused");
-	if (json_is_integer(n) && json_integer_value(n) > 0)
-		cmd->connections += (uint32_t)json_integer_value(n);
-	if (json_is_integer(already) && json_integer_value(already) > 0)
-		cmd->already += (uint32_t)json_integer_value(already);
-	if (json_is_integer(refused) && json_integer_value(refused) > 0)
-		cmd->refused += (uint32_t)json_integer_value(refused);
-	pd->got++;
-	pending_check(pc, pd);
-}
-
-static void on_ctl(void *arg, const char *msg, size_t len)
-{
-	struct pcluster *pc = arg;
-	json_error_t jerr;
-	json_t *o = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &jerr);
-	json_t *node = o ? json_object_get(o, "node") : NULL,
-	       *op = o ? json_object_get(o, "op") : NULL;
-	if (!json_is_string(node) || !json_is_string(op))
-		goto out;
-	const char *from = json_string_value(node), *what = json_string_value(op);
-	if (strcmp(from, pc->node) == 0)
-		goto out; /* our own: applied before it was sent */
-	if (strcmp(what, "ack") == 0) {
-		json_t *to = json_object_get(o, "to");
-		if (json_is_string(to) && strcmp(json_string_value(to), pc->node) == 0)
-			apply_ack(pc, o);
-	} else if (strlen(from) < BROKER_NODE_MAX) {
-		apply_remote(pc, o, what, from);
-	}
-out:
-	json_decref(o);
+	return pcl_ctl_command(pc, p);
 }
 
 /* ------------------------------------------------------------------------
@@ -1042,18 +716,14 @@ void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 {
 	pc->now_ms = now_ms;
 	pcluster_flush(pc);
-	for (struct pending *pd = pc->pending, *next; pd; pd = next) {
-		next = pd->next;
-		if (now_ms >= pd->deadline)
-			pending_finish(pc, pd);
-	}
+	pcl_ctl_expire(pc, now_ms);
 	if (pc->leaving || now_ms < pc->next_beat || !broker_up(pc->b))
 		return;
 	pc->next_beat = now_ms + (pc->ttl_ms / 3 > 0 ? pc->ttl_ms / 3 : 1);
 	every_entry(pc, 'J');
 	pcluster_flush(pc);
 	if (beat(pc, false))
-		stat_add(&stats.errors, 1);
+		pcl_stat_add(&pcl_stats.errors, 1);
 }
 
 bool pcluster_busy(const struct pcluster *pc)
@@ -1086,7 +756,7 @@ struct pcluster *pcluster_new(struct broker *b, const char *prefix, int ttl_s,
 	snprintf(pc->prefix, sizeof pc->prefix, "%s", prefix);
 	snprintf(pc->node, sizeof pc->node, "%s", broker_node_id(b));
 	snprintf(pc->ctl, sizeof pc->ctl, "%s:ctl", pc->prefix);
-	if (broker_listen(b, pc->ctl, on_ctl, pc) || broker_on_state(b, on_state, pc)) {
+	if (broker_listen(b, pc->ctl, pcl_ctl_on_message, pc) || broker_on_state(b, on_state, pc)) {
 		free(pc);
 		return NULL;
 	}
@@ -1097,8 +767,7 @@ void pcluster_free(struct pcluster *pc)
 {
 	if (!pc)
 		return;
-	while (pc->pending)
-		pending_finish(pc, pc->pending);
+	pcl_ctl_free(pc);
 	free(pc->ops);
 	free(pc);
 }

@@ -35,6 +35,9 @@
  * counts; the call is answered with the sum when every node that received
  * it answered, or after PCL_CTL_WAIT_MS with what came.
  *
+ * Code: presence_cluster.c (entries, reads, heartbeat) and presence_ctl.c
+ * (control commands), sharing presence_cluster_int.h.
+ *
  * Threads: service thread only, except pcluster_stats_read().
  */
 #ifndef LH_PRESENCE_CLUSTER_H
