@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/cluster.sh [--reps N] [--nodes "mem 1 2 3"] [--scenarios "broadcast jobs"] [--duration S]
-#                  [--conns N] [--jobs-rate R] [--hub-cpus LIST] [--lg-cpus LIST]
+#                  [--conns N] [--bcast-rate R] [--jobs-rate R] [--hub-cpus LIST] [--lg-cpus LIST]
 #
 # livehub scaled out over Redis (issue 7): for each node count, a fresh
 # redis-server (own port and directory, no persistence) and N livehub nodes
@@ -29,7 +29,8 @@ NODES="mem 1 2 3"
 SCENARIOS="broadcast jobs"
 DURATION=10
 CONNS=6000
-JOBS_RATE=2000
+BCAST_RATE=8
+JOBS_RATE=3000
 HUB_CPUS=0
 LG_CPUS=1
 [ "$(nproc)" -ge 2 ] || LG_CPUS=0
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
 	--scenarios) SCENARIOS=$2; shift ;;
 	--duration) DURATION=$2; shift ;;
 	--conns) CONNS=$2; shift ;;
+	--bcast-rate) BCAST_RATE=$2; shift ;;
 	--jobs-rate) JOBS_RATE=$2; shift ;;
 	--hub-cpus) HUB_CPUS=$2; shift ;;
 	--lg-cpus) LG_CPUS=$2; shift ;;
@@ -164,7 +166,7 @@ scenario_args() {
 	case $1 in
 	# Every publication goes to every connection ($tenant): each node
 	# receives each publication once from Redis and fans it out locally.
-	broadcast) echo "--conns $CONNS --foreign $foreign --rate 4 --duration $DURATION --payload 64" ;;
+	broadcast) echo "--conns $CONNS --foreign $foreign --rate $BCAST_RATE --duration $DURATION --payload 64" ;;
 	# One job channel per connection: each publication has one subscriber,
 	# on one node; only that node subscribes to its channel in Redis.
 	jobs) echo "--conns $CONNS --foreign $foreign --rate $JOBS_RATE --duration $DURATION --payload 64" ;;

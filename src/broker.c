@@ -197,6 +197,7 @@ struct broker {
 	_Atomic bool stop;
 	_Atomic uint32_t idem_window_s;
 	_Atomic uint32_t pubs; /* publications taken, on_done not run yet */
+	_Atomic bool tried;    /* the first connection attempt has ended (up or not) */
 	uint32_t max_pubs;
 	struct mpsc jobs;
 	struct mpsc events;
@@ -274,7 +275,7 @@ static void set_error(struct broker *b, const char *what, const char *detail)
 void broker_last_error(struct broker *b, char *buf, size_t cap)
 {
 	pthread_mutex_lock(&b->err_lock);
-	snprintf(buf, cap, "%s", b->last_error[0] ? b->last_error : "not connected yet");
+	snprintf(buf, cap, "%s", b->last_error[0] ? b->last_error : "not connected to Redis yet");
 	pthread_mutex_unlock(&b->err_lock);
 }
 
@@ -552,6 +553,7 @@ static void set_up(struct broker *b, bool up)
 		post(b, e);
 	}
 	if (up) {
+		atomic_store(&b->tried, true);
 		if (b->ever_up)
 			atomic_fetch_add(&b->st_reconnects, 1);
 		b->ever_up = true;
@@ -575,6 +577,7 @@ static void drop(struct broker *b, const char *why)
 	if (logged)
 		log_warn("event=redis_down node=%s reason=\"%s\"", b->node, why);
 	set_error(b, "", why);
+	atomic_store(&b->tried, true);
 	conn_reset(&b->cmd);
 	conn_reset(&b->sub);
 	set_up(b, false);
@@ -1676,6 +1679,13 @@ int broker_start(struct broker *b, void (*wake)(void *), void *wake_arg)
 		return LH_EIO;
 	b->started = true;
 	return 0;
+}
+
+bool broker_wait_first(struct broker *b, int timeout_ms)
+{
+	for (int waited = 0; !atomic_load(&b->tried) && waited < timeout_ms; waited += 5)
+		nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
+	return atomic_load(&b->up);
 }
 
 void broker_stop(struct broker *b)

@@ -107,6 +107,10 @@ struct broker *broker_new(const struct broker_config *cfg);
 /* Starts the broker thread. wake(arg) is called from the broker thread when
  * callbacks are ready for broker_service(). Returns 0 or LH_EIO. */
 int broker_start(struct broker *b, void (*wake)(void *), void *wake_arg);
+/* Waits (at most timeout_ms) until the first connection attempt has ended;
+ * returns whether Redis is up. For start-up, before the service loop runs
+ * (callbacks owed meanwhile run at its first turn). */
+bool broker_wait_first(struct broker *b, int timeout_ms);
 /* Service thread: runs every callback that is ready (replies, messages,
  * state changes, finished publications). Cheap when there is none. */
 void broker_service(struct broker *b);

@@ -1794,8 +1794,12 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		log_error("msg=\"cannot start the Redis broker thread\"");
 		return -1;
 	}
-	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker),
-	         cfg->redis_prefix);
+	/* Most starts find Redis at once: then the node is ready when it says
+	 * so. Without it, the node starts anyway (not ready) and keeps trying. */
+	bool up = broker_wait_first(w->broker, 2000);
+	atomic_store(&lh_metrics.redis_down, !up); /* E_STATE may say so again: same value */
+	log_info("event=redis_mode node=%s prefix=%s redis_up=%d", broker_node_id(w->broker),
+	         cfg->redis_prefix, up);
 	return 0;
 }
 
