@@ -24,6 +24,7 @@ static const char *op_name(enum command_kind k)
 	case CMD_DISCONNECT: return "disconnect";
 	case CMD_SUBSCRIBE: return "subscribe";
 	case CMD_UNSUBSCRIBE: return "unsubscribe";
+	case CMD_LIST_CHANNELS: return "list";
 	default: return NULL;
 	}
 }
@@ -46,9 +47,42 @@ static void on_position(void *arg, redisReply *r)
 		p->on_done(p);
 }
 
+static int cmp_entry(const void *a, const void *b)
+{
+	return strcmp(((const struct command_entry *)a)->name,
+	              ((const struct command_entry *)b)->name);
+}
+
+/* ListChannels: every node's first `limit` channels by name, merged: the
+ * cluster's first `limit` are all among them (a channel has no more
+ * channels before it on one node than in the cluster), with every node's
+ * subscribers summed. */
+static void list_merge(struct command *cmd)
+{
+	if (cmd->nentries > 1)
+		qsort(cmd->entries, cmd->nentries, sizeof(*cmd->entries), cmp_entry);
+	size_t n = 0;
+	for (size_t i = 0; i < cmd->nentries; i++) {
+		if (n > 0 && strcmp(cmd->entries[n - 1].name, cmd->entries[i].name) == 0) {
+			cmd->entries[n - 1].count += cmd->entries[i].count;
+			free(cmd->entries[i].name);
+			continue;
+		}
+		cmd->entries[n++] = cmd->entries[i];
+	}
+	cmd->nentries = n;
+	uint32_t limit = cmd->limit ? cmd->limit : LH_LIST_LIMIT_DEF;
+	while (cmd->nentries > limit) {
+		free(cmd->entries[--cmd->nentries].name);
+		cmd->truncated = true;
+	}
+}
+
 /* Answers p; a Subscribe call once its channel's position is read. */
 static void command_done(struct pcluster *pc, struct publication *p)
 {
+	if (p->status == 0 && p->cmd->kind == CMD_LIST_CHANNELS)
+		list_merge(p->cmd);
 	if (p->status == 0 && p->cmd->kind == CMD_SUBSCRIBE) {
 		char key[PCL_KEY_MAX];
 		int n = snprintf(key, sizeof key, "%s:{%s:%s}:meta", pc->prefix, p->tenant,
@@ -133,6 +167,9 @@ static char *ctl_message(struct pcluster *pc, uint64_t id, const char *tenant,
 			bad |= json_object_set_new(o, "client", json_string(cmd->client_id));
 		bad |= json_object_set_new(o, "reason", json_string(cmd->reason));
 		bad |= json_object_set_new(o, "code", json_integer(cmd->close_code));
+	} else if (cmd->kind == CMD_LIST_CHANNELS) {
+		bad |= json_object_set_new(o, "prefix", json_string(cmd->channel));
+		bad |= json_object_set_new(o, "limit", json_integer(cmd->limit));
 	} else {
 		bad |= json_object_set_new(o, "channel", json_string(cmd->channel));
 	}
@@ -170,19 +207,36 @@ static bool get_str(json_t *o, const char *key, char *buf, size_t cap)
 }
 
 /* Another node's command: applied here, then acknowledged with counts. */
+/* The channels of a ListChannels answer, [[name, subscribers], ...]. */
+static json_t *list_json(const struct command *cmd)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < cmd->nentries; i++)
+		if (json_array_append_new(a, json_pack("[s,i]", cmd->entries[i].name,
+		                                       (int)cmd->entries[i].count))) {
+			json_decref(a);
+			return NULL;
+		}
+	return a;
+}
+
+/* Another node's command: applied here, then acknowledged with counts
+ * (and, for ListChannels, this node's channels). */
 static void apply_remote(struct pcluster *pc, json_t *o, const char *op, const char *from)
 {
 	char tenant[LH_TENANT_MAX + 1];
 	struct command cmd;
 	memset(&cmd, 0, sizeof cmd);
-	json_t *req = json_object_get(o, "req");
+	json_t *req = json_object_get(o, "req"), *limit = json_object_get(o, "limit");
 	cmd.kind = strcmp(op, "disconnect") == 0    ? CMD_DISCONNECT
 	           : strcmp(op, "subscribe") == 0   ? CMD_SUBSCRIBE
 	           : strcmp(op, "unsubscribe") == 0 ? CMD_UNSUBSCRIBE
+	           : strcmp(op, "list") == 0        ? CMD_LIST_CHANNELS
 	                                            : 0;
 	if (!cmd.kind || !json_is_integer(req) || !get_str(o, "tenant", tenant, sizeof tenant) ||
 	    !get_str(o, "user", cmd.user, sizeof cmd.user) ||
-	    !get_str(o, "channel", cmd.channel, sizeof cmd.channel) ||
+	    !get_str(o, cmd.kind == CMD_LIST_CHANNELS ? "prefix" : "channel", cmd.channel,
+	             sizeof cmd.channel) ||
 	    !get_str(o, "client", cmd.client_id, sizeof cmd.client_id) ||
 	    !get_str(o, "reason", cmd.reason, sizeof cmd.reason)) {
 		log_warn("msg=\"cluster control: malformed command ignored\" from=%s", from);
@@ -192,20 +246,55 @@ static void apply_remote(struct pcluster *pc, json_t *o, const char *op, const c
 	cmd.close_code = json_is_integer(code) && json_integer_value(code) == LH_CLOSE_RECONNECT
 	                         ? LH_CLOSE_RECONNECT
 	                         : LH_CLOSE_GOODBYE;
+	if (json_is_integer(limit) && json_integer_value(limit) > 0 &&
+	    json_integer_value(limit) <= LH_LIST_LIMIT_MAX)
+		cmd.limit = (uint32_t)json_integer_value(limit);
 	int rc = presence_run(*pc->env.pres, pc->env.hub, tenant, &cmd);
-	command_clear(&cmd);
 	pcl_stat_add(&pcl_stats.ctl_applied, 1);
 	if (rc)
 		log_warn("msg=\"cluster control: command failed here\" op=%s error=%s", op,
 		         lh_strerror(rc));
-	json_t *ack = json_pack("{s:s,s:s,s:s,s:O,s:i,s:i,s:i}", "node", pc->node, "op", "ack",
-	                        "to", from, "req", req, "n", (int)cmd.connections, "already",
-	                        (int)cmd.already, "refused", (int)cmd.refused);
+	json_t *ack =
+	        json_pack("{s:s,s:s,s:s,s:O,s:i,s:i,s:i,s:b}", "node", pc->node, "op", "ack", "to",
+	                  from, "req", req, "n", (int)cmd.connections, "already", (int)cmd.already,
+	                  "refused", (int)cmd.refused, "truncated", cmd.truncated);
+	if (ack && cmd.kind == CMD_LIST_CHANNELS &&
+	    json_object_set_new(ack, "channels", list_json(&cmd))) {
+		json_decref(ack);
+		ack = NULL;
+	}
+	command_clear(&cmd);
 	char *s = ack ? json_dumps(ack, JSON_COMPACT) : NULL;
 	json_decref(ack);
 	if (!s || ctl_publish(pc, s, on_ignored, NULL))
 		log_warn("msg=\"cluster control: cannot acknowledge\" op=%s", op);
 	free(s);
+}
+
+/* Appends another node's channels ([[name, subscribers], ...]) to cmd's
+ * entries (merged when the call is answered). Returns 0 or LH_ENOMEM. */
+static int ack_channels(struct command *cmd, json_t *a)
+{
+	size_t n = json_array_size(a);
+	if (n == 0 || n > LH_LIST_LIMIT_MAX)
+		return 0;
+	struct command_entry *v = realloc(cmd->entries, (cmd->nentries + n) * sizeof(*v));
+	if (!v)
+		return LH_ENOMEM;
+	cmd->entries = v;
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_array_get(a, i), *name = json_array_get(e, 0),
+		       *count = json_array_get(e, 1);
+		if (!json_is_string(name) || !json_is_integer(count) ||
+		    json_string_length(name) > LH_CHANNEL_MAX || json_integer_value(count) < 0)
+			continue;
+		char *copy = strdup(json_string_value(name));
+		if (!copy)
+			return LH_ENOMEM;
+		cmd->entries[cmd->nentries].name = copy;
+		cmd->entries[cmd->nentries++].count = (uint32_t)json_integer_value(count);
+	}
+	return 0;
 }
 
 /* An acknowledgement for one of our commands. */
@@ -226,6 +315,10 @@ static void apply_ack(struct pcluster *pc, json_t *o)
 		cmd->already += (uint32_t)json_integer_value(already);
 	if (json_is_integer(refused) && json_integer_value(refused) > 0)
 		cmd->refused += (uint32_t)json_integer_value(refused);
+	if (json_is_true(json_object_get(o, "truncated")))
+		cmd->truncated = true;
+	if (cmd->kind == CMD_LIST_CHANNELS && ack_channels(cmd, json_object_get(o, "channels")))
+		pd->p->status = LH_ENOMEM;
 	pd->got++;
 	pending_check(pc, pd);
 }

@@ -723,6 +723,9 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 		if (p->cmd->kind == CMD_PRESENCE)
 			fail(err, RPC_UNAVAILABLE,
 			     "redis unavailable: cluster presence cannot be read; retry");
+		else if (p->cmd->kind == CMD_LIST_CHANNELS)
+			fail(err, RPC_UNAVAILABLE,
+			     "redis unavailable: the other nodes cannot be asked; retry");
 		else
 			fail(err, RPC_UNAVAILABLE,
 			     "redis unavailable: applied on this node only (%u connections); the "

@@ -230,6 +230,31 @@ async def test_subscribe_rpc_puts_user_on_channel_on_every_node(redis):
     await bob.expect_nothing()
 
 
+@aio
+async def test_list_channels_gathers_every_node(redis):
+    c = start(3, redis, QUIET)
+    t = uniq()
+    on = {0: ["board:1", "board:2"], 1: ["board:2", "board:3", "job:9"], 2: ["board:4"]}
+    for k, chans in on.items():
+        cl = await c[k].connect(t, "u%d" % k)
+        for ch in chans:
+            await cl.subscribe(ch)
+    other = await c[2].connect(uniq(), "x")
+    await other.subscribe("board:0")  # another tenant: never listed
+
+    def listing(node, prefix="", limit=0):
+        r = node.rpc("ListChannels", hub_pb2.ListChannelsRequest(tenant_id=t, prefix=prefix,
+                                                                 limit=limit))
+        return [(ch.channel, ch.subscribers) for ch in r.channels], r.truncated
+
+    want = [("board:1", 1), ("board:2", 2), ("board:3", 1), ("board:4", 1)]
+    assert listing(c[2], "board:") == (want, False)
+    assert listing(c[0], "") == (want + [("job:9", 1)], False)
+    # The first 2 by name of the cluster, from nodes that each had more.
+    assert listing(c[1], "board:", 2) == (want[:2], True)
+    assert listing(c[0], "nothing:") == ([], False)
+
+
 # -- counts and failure -------------------------------------------------------
 
 @aio
