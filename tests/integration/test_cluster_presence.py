@@ -8,6 +8,7 @@ expire within the test.
 """
 
 import asyncio
+import os
 
 import grpc
 
@@ -270,6 +271,19 @@ async def test_cluster_counts_in_getstats_and_metrics(redis):
     assert status == 200
     lines = dict(ln.split(" ", 1) for ln in body.splitlines() if ln and not ln.startswith("#"))
     assert lines["livehub_cluster_nodes"] == "3", body
+    assert lines["livehub_cluster_connections"] == "4", body
+    # Every cluster presence metric and GetStats field (63-70) is documented.
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "docs")
+    ops = open(os.path.join(root, "OPERATIONS.md")).read()
+    api = open(os.path.join(root, "API.md")).read()
+    names = {n.split("{")[0] for n in lines
+             if n.startswith(("livehub_cluster_", "livehub_presence_")) and n != "livehub_presence_events_total"}
+    assert len(names) == 7, names
+    for n in names:
+        assert "`%s`" % n in ops, "docs/OPERATIONS.md does not document %s" % n
+    for f in hub_pb2.GetStatsResponse.DESCRIPTOR.fields:
+        if 63 <= f.number <= 70:
+            assert "`%s` (%d)" % (f.name, f.number) in api, "docs/API.md: GetStats %s" % f.name
     c.stop(2)  # a clean stop leaves at once, no TTL wait needed
     redistest.wait_until(lambda: (c[0].stats().cluster_nodes, c[0].stats().cluster_connections)
                          == (2, 3), "node 3 left")
