@@ -212,6 +212,7 @@ struct broker {
 	_Atomic uint64_t st_received, st_followed, st_commands;
 
 	/* Service thread. */
+	struct mpsc_node *backlog; /* events taken, not run yet (broker_service_some) */
 	struct listener *listeners;
 	size_t nlisteners;
 	struct state_cb *states;
@@ -1442,12 +1443,25 @@ static void run_event(struct broker *b, struct ev *e)
 
 void broker_service(struct broker *b)
 {
-	struct mpsc_node *n = mpsc_take(&b->events, NULL);
-	while (n) {
-		struct mpsc_node *next = n->next;
-		run_event(b, (struct ev *)n);
-		n = next;
+	broker_service_some(b, SIZE_MAX);
+}
+
+bool broker_service_some(struct broker *b, size_t max)
+{
+	/* Events taken but not run yet wait in backlog, oldest first; new ones
+	 * are taken only once it is empty, so order holds. */
+	if (!b->backlog)
+		b->backlog = mpsc_take(&b->events, NULL);
+	size_t n = 0;
+	while (b->backlog && n < max) {
+		struct mpsc_node *e = b->backlog;
+		b->backlog = e->next;
+		run_event(b, (struct ev *)e);
+		n++;
+		if (!b->backlog && n < max)
+			b->backlog = mpsc_take(&b->events, NULL);
 	}
+	return b->backlog != NULL;
 }
 
 int broker_cmd(struct broker *b, broker_reply_fn fn, void *arg, int argc, const char **argv,

@@ -114,6 +114,10 @@ bool broker_wait_first(struct broker *b, int timeout_ms);
 /* Service thread: runs every callback that is ready (replies, messages,
  * state changes, finished publications). Cheap when there is none. */
 void broker_service(struct broker *b);
+/* Service thread: runs at most max callbacks, oldest first; returns true
+ * when more are waiting (the caller runs them at its next turn, after its
+ * writes, so that a burst from Redis cannot fill every send queue at once). */
+bool broker_service_some(struct broker *b, size_t max);
 /* Stops and joins the broker thread; callbacks still owed are run with a
  * NULL reply (publications fail with LH_EUNAVAILABLE) on the calling
  * thread, which must be the service thread (or the service thread must be

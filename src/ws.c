@@ -61,6 +61,7 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_CLOSE_SLOW_CONSUMER 4000
 #define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
 #define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_BROKER_EVENTS       1024          /* Redis messages and replies run per loop turn */
 #define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
 #define WS_FD_RESERVE          100           /* fds kept for gRPC, listeners, files */
 #define WS_RETRY_GLOBAL_S      5             /* Retry-After of a 503 (global limit) */
@@ -1556,8 +1557,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-		if (ws_of(wsi)->broker)
-			broker_service(ws_of(wsi)->broker);
+		if (ws_of(wsi)->broker && broker_service_some(ws_of(wsi)->broker, WS_BROKER_EVENTS))
+			lws_cancel_service(ws_of(wsi)->ctx); /* the rest at the next turn */
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
