@@ -86,7 +86,7 @@ static const char publish_lua[] =
  * Messages between the threads
  * ------------------------------------------------------------------------ */
 
-enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW };
+enum job_kind { J_CMD, J_LISTEN, J_FOLLOW, J_UNFOLLOW, J_PUBLISH, J_RAW, J_LIMITS };
 
 /* Work for the broker thread. */
 struct job {
@@ -98,6 +98,7 @@ struct job {
 	void *arg;
 	void (*done)(void *arg, bool ok); /* J_FOLLOW */
 	struct publication *pub;          /* J_PUBLISH */
+	struct hist_limits *hist;         /* J_LIMITS: owned */
 	int idx;                          /* J_LISTEN: index in b->listeners */
 	char name[];                      /* J_LISTEN, J_FOLLOW, J_UNFOLLOW */
 };
@@ -187,7 +188,7 @@ struct broker {
 	struct broker_url url;
 	char prefix[BROKER_PREFIX_MAX];
 	char node[BROKER_NODE_MAX];
-	struct hist_limits hist;
+	struct hist_limits hist; /* broker thread after start (J_LIMITS) */
 	int backoff_min_ms, backoff_max_ms;
 	char sha[41];
 
@@ -196,6 +197,7 @@ struct broker {
 	_Atomic bool stop;
 	_Atomic uint32_t idem_window_s;
 	_Atomic uint32_t pubs; /* publications taken, on_done not run yet */
+	_Atomic bool tried;    /* the first connection attempt has ended (up or not) */
 	uint32_t max_pubs;
 	struct mpsc jobs;
 	struct mpsc events;
@@ -210,6 +212,7 @@ struct broker {
 	_Atomic uint64_t st_received, st_followed, st_commands;
 
 	/* Service thread. */
+	struct mpsc_node *backlog; /* events taken, not run yet (broker_service_some) */
 	struct listener *listeners;
 	size_t nlisteners;
 	struct state_cb *states;
@@ -273,7 +276,7 @@ static void set_error(struct broker *b, const char *what, const char *detail)
 void broker_last_error(struct broker *b, char *buf, size_t cap)
 {
 	pthread_mutex_lock(&b->err_lock);
-	snprintf(buf, cap, "%s", b->last_error[0] ? b->last_error : "not connected yet");
+	snprintf(buf, cap, "%s", b->last_error[0] ? b->last_error : "not connected to Redis yet");
 	pthread_mutex_unlock(&b->err_lock);
 }
 
@@ -367,6 +370,7 @@ static struct job *job_new(enum job_kind kind, const char *name)
 
 static void job_free(struct job *j)
 {
+	free(j->hist);
 	if (j->cmd)
 		redisFreeCommand(j->cmd);
 	free(j);
@@ -550,6 +554,7 @@ static void set_up(struct broker *b, bool up)
 		post(b, e);
 	}
 	if (up) {
+		atomic_store(&b->tried, true);
 		if (b->ever_up)
 			atomic_fetch_add(&b->st_reconnects, 1);
 		b->ever_up = true;
@@ -573,6 +578,7 @@ static void drop(struct broker *b, const char *why)
 	if (logged)
 		log_warn("event=redis_down node=%s reason=\"%s\"", b->node, why);
 	set_error(b, "", why);
+	atomic_store(&b->tried, true);
 	conn_reset(&b->cmd);
 	conn_reset(&b->sub);
 	set_up(b, false);
@@ -1156,6 +1162,7 @@ static void run_job(struct broker *b, struct job *j)
 	case J_FOLLOW: do_follow(b, j); break;
 	case J_UNFOLLOW: do_unfollow(b, j->name); break;
 	case J_PUBLISH: do_publish(b, j->pub); break;
+	case J_LIMITS: b->hist = *j->hist; break;
 	}
 	job_free(j);
 }
@@ -1436,12 +1443,25 @@ static void run_event(struct broker *b, struct ev *e)
 
 void broker_service(struct broker *b)
 {
-	struct mpsc_node *n = mpsc_take(&b->events, NULL);
-	while (n) {
-		struct mpsc_node *next = n->next;
-		run_event(b, (struct ev *)n);
-		n = next;
+	broker_service_some(b, SIZE_MAX);
+}
+
+bool broker_service_some(struct broker *b, size_t max)
+{
+	/* Events taken but not run yet wait in backlog, oldest first; new ones
+	 * are taken only once it is empty, so order holds. */
+	if (!b->backlog)
+		b->backlog = mpsc_take(&b->events, NULL);
+	size_t n = 0;
+	while (b->backlog && n < max) {
+		struct mpsc_node *e = b->backlog;
+		b->backlog = e->next;
+		run_event(b, (struct ev *)e);
+		n++;
+		if (!b->backlog && n < max)
+			b->backlog = mpsc_take(&b->events, NULL);
 	}
+	return b->backlog != NULL;
 }
 
 int broker_cmd(struct broker *b, broker_reply_fn fn, void *arg, int argc, const char **argv,
@@ -1539,6 +1559,22 @@ void broker_unfollow(struct broker *b, const char *tenant, const char *name)
 		log_error("event=redis_unfollow_lost reason=\"out of memory\"");
 		return;
 	}
+	queue_job(b, j);
+}
+
+void broker_set_limits(struct broker *b, const struct hist_limits *hist, uint32_t idem_window_s)
+{
+	atomic_store(&b->idem_window_s, idem_window_s);
+	struct job *j = job_new(J_LIMITS, NULL);
+	struct hist_limits *copy = malloc(sizeof(*copy));
+	if (!j || !copy) {
+		free(j);
+		free(copy);
+		log_error("event=redis_reload_failed reason=\"out of memory\"");
+		return;
+	}
+	*copy = *hist;
+	j->hist = copy;
 	queue_job(b, j);
 }
 
@@ -1657,6 +1693,13 @@ int broker_start(struct broker *b, void (*wake)(void *), void *wake_arg)
 		return LH_EIO;
 	b->started = true;
 	return 0;
+}
+
+bool broker_wait_first(struct broker *b, int timeout_ms)
+{
+	for (int waited = 0; !atomic_load(&b->tried) && waited < timeout_ms; waited += 5)
+		nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
+	return atomic_load(&b->up);
 }
 
 void broker_stop(struct broker *b)

@@ -107,9 +107,17 @@ struct broker *broker_new(const struct broker_config *cfg);
 /* Starts the broker thread. wake(arg) is called from the broker thread when
  * callbacks are ready for broker_service(). Returns 0 or LH_EIO. */
 int broker_start(struct broker *b, void (*wake)(void *), void *wake_arg);
+/* Waits (at most timeout_ms) until the first connection attempt has ended;
+ * returns whether Redis is up. For start-up, before the service loop runs
+ * (callbacks owed meanwhile run at its first turn). */
+bool broker_wait_first(struct broker *b, int timeout_ms);
 /* Service thread: runs every callback that is ready (replies, messages,
  * state changes, finished publications). Cheap when there is none. */
 void broker_service(struct broker *b);
+/* Service thread: runs at most max callbacks, oldest first; returns true
+ * when more are waiting (the caller runs them at its next turn, after its
+ * writes, so that a burst from Redis cannot fill every send queue at once). */
+bool broker_service_some(struct broker *b, size_t max);
 /* Stops and joins the broker thread; callbacks still owed are run with a
  * NULL reply (publications fail with LH_EUNAVAILABLE) on the calling
  * thread, which must be the service thread (or the service thread must be
@@ -135,6 +143,10 @@ typedef void (*broker_msg_fn)(void *arg, const char *tenant, const char *name, c
                               size_t len);
 /* Sets who receives channel messages (one receiver: the WebSocket front). */
 void broker_set_channel_fn(struct broker *b, broker_msg_fn fn, void *arg);
+
+/* Any thread. New history sizes/TTLs per kind and idempotency window for
+ * the publications handed over from now on (a SIGHUP reload). Copied. */
+void broker_set_limits(struct broker *b, const struct hist_limits *hist, uint32_t idem_window_s);
 
 /* Service thread. Starts following (SSUBSCRIBE) the channel. Counted:
  * every follow needs its unfollow. When done is not NULL, done(arg, ok) is

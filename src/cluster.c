@@ -66,8 +66,17 @@ struct held {
 	char msg[];
 };
 
+/* A connection that has seen the channel's events up to upto already (it
+ * recovered here with a since ahead of what this node had delivered). */
+struct skip {
+	char conn_id[32];
+	uint64_t upto;
+};
+
 struct cchan {
 	struct cluster *cl;
+	struct skip *skips; /* few; dropped once top reaches them */
+	size_t nskips;
 	enum cstate state;
 	bool dead;      /* unfollowed: dropped from the table, freed at refs 0 */
 	bool known;     /* top/epoch came from Redis once */
@@ -88,7 +97,6 @@ struct waiter {
 	struct waiter *next;
 	struct cchan *ch; /* a reference */
 	char conn_id[32];
-	bool fresh; /* the subscription is new: announce presence */
 	bool has_since;
 	uint64_t since;
 	char since_epoch[33];
@@ -151,7 +159,29 @@ static void chan_unref(struct cchan *ch)
 	if (--ch->refs > 0)
 		return;
 	held_free(ch);
+	free(ch->skips);
 	free(ch);
+}
+
+static bool skip_conn(void *arg, const struct hub_conn *c)
+{
+	const struct cchan *ch = arg;
+	const char *id = hub_conn_id(c);
+	for (size_t i = 0; i < ch->nskips; i++)
+		if (ch->top <= ch->skips[i].upto && strcmp(ch->skips[i].conn_id, id) == 0)
+			return true;
+	return false;
+}
+
+/* Forgets the skips the channel's top has reached (all of them when its
+ * epoch changed: offsets start again). */
+static void skips_trim(struct cchan *ch, bool all)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < ch->nskips; i++)
+		if (!all && ch->skips[i].upto > ch->top)
+			ch->skips[k++] = ch->skips[i];
+	ch->nskips = k;
 }
 
 /* ------------------------------------------------------------------------
@@ -172,8 +202,10 @@ static void deliver(struct cchan *ch, const char *msg, size_t len)
 		bool same = strcmp(m.epoch, ch->epoch) == 0;
 		if (same && m.offset <= ch->top)
 			return; /* already delivered, or older than a subscribe's position */
-		if (!same)
+		if (!same) {
 			memcpy(ch->epoch, m.epoch, sizeof(ch->epoch)); /* the channel restarted */
+			skips_trim(ch, true);
+		}
 		ch->top = m.offset;
 	}
 	struct frame *f = frame_from(m.frame, m.frame_len);
@@ -181,9 +213,19 @@ static void deliver(struct cchan *ch, const char *msg, size_t len)
 		log_error("event=redis_deliver_failed reason=\"out of memory\"");
 		return;
 	}
-	if (m.kind == 'E' && m.conflate_key)
-		f->key = hub_conflate_key(m.conflate_key, ch->tenant, ch->name);
-	hub_deliver(cl->h, ch->tenant, ch->name, f);
+	if (m.kind == 'E') {
+		if (m.conflate_key)
+			f->key = hub_conflate_key(m.conflate_key, ch->tenant, ch->name);
+		struct broker_frame bf;
+		int64_t ts = broker_frame_parts(m.frame, m.frame_len, &bf) == 0 ? bf.ts_ms : 0;
+		hub_deliver_event(cl->h, ch->tenant, ch->name, f, m.offset,
+		                  strtoull(ch->epoch, NULL, 16), ts, ch->nskips ? skip_conn : NULL,
+		                  ch);
+		if (ch->nskips)
+			skips_trim(ch, false);
+	} else {
+		hub_deliver(cl->h, ch->tenant, ch->name, f);
+	}
 	frame_unref(f);
 }
 
@@ -251,11 +293,13 @@ static void waiter_request(const struct waiter *w, struct wsp_request *req)
 /* Queues the subscribed reply (and the replayed frames) on the waiter's
  * connection, if it is still open. */
 static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const char *epoch,
-                   bool recovered, redisReply *entries)
+                   bool recovered, redisReply *entries, const struct hub_position *cached)
 {
 	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
 	if (!c)
 		return;
+	if (w->has_since)
+		hub_count_recovery(cl->h, recovered);
 	static struct wsp_request req; /* large; the service thread's only */
 	waiter_request(w, &req);
 	struct frame *f = wsp_subscribed_at(&req, top, epoch, recovered);
@@ -277,8 +321,26 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 			}
 		}
 	}
-	if (w->fresh && w->channel[0] != '$' && cl->pres)
-		presence_on_subscribed(cl->pres, cl->h, c, w->channel);
+	if (recovered && cached)
+		hub_replay(cl->h, c, cached);
+}
+
+/* Answers w from the node's cache of the channel (hub_deliver_event) when
+ * it holds every event after w->since up to the channel's top. */
+static bool answer_cached(struct cluster *cl, struct waiter *w)
+{
+	struct cchan *ch = w->ch;
+	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	if (!c)
+		return false;
+	struct hub_since since = {.given = true, .offset = w->since};
+	memcpy(since.epoch, w->since_epoch, sizeof(since.epoch));
+	struct hub_position pos;
+	if (hub_channel_recover(cl->h, c, w->channel, &since, &pos) || !pos.recovered ||
+	    pos.offset != ch->top || strcmp(pos.epoch, ch->epoch) != 0)
+		return false;
+	answer(cl, w, pos.offset, pos.epoch, true, NULL, &pos);
+	return true;
 }
 
 static void waiter_done(struct waiter *w)
@@ -335,9 +397,26 @@ static void on_range(void *arg, redisReply *r)
 		bool ok = covers(entries, w->since, w->top, &n);
 		if (ok && entries)
 			entries->elements = n; /* entries past top come live (held) */
-		answer(cl, w, w->top, ch->epoch, ok, entries);
+		answer(cl, w, w->top, ch->epoch, ok, entries, NULL);
 	}
 	waiter_done(w);
+}
+
+/* The client is ahead of this node: it saw since on another node, and the
+ * events up to it are still on their way here. Nothing was missed: it is
+ * answered at since, recovered, and the events up to since skip its
+ * connection when they come. */
+static bool ahead(struct cchan *ch, struct waiter *w)
+{
+	struct skip *s = realloc(ch->skips, (ch->nskips + 1) * sizeof(*s));
+	if (!s)
+		return false;
+	ch->skips = s;
+	s = &ch->skips[ch->nskips++];
+	snprintf(s->conn_id, sizeof(s->conn_id), "%s", w->conn_id);
+	s->upto = w->since;
+	answer(ch->cl, w, w->since, ch->epoch, true, NULL, NULL);
+	return true;
 }
 
 /* Answers w from the channel's known position, reading the stream first
@@ -348,6 +427,10 @@ static void resolve(struct cluster *cl, struct waiter *w)
 	w->top = ch->top;
 	bool same = w->has_since && strcmp(w->since_epoch, ch->epoch) == 0;
 	if (ch->state == CC_READY && same && w->since < ch->top) {
+		if (answer_cached(cl, w)) {
+			waiter_done(w);
+			return;
+		}
 		char meta[512], stream[512], since[24];
 		broker_key(cl->b, meta, sizeof(meta), ch->tenant, ch->name, ":meta");
 		broker_key(cl->b, stream, sizeof(stream), ch->tenant, ch->name, ":stream");
@@ -356,8 +439,12 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		if (broker_cmd(cl->b, on_range, w, 7, argv, NULL) == 0)
 			return;
 	}
+	if (ch->state == CC_READY && same && w->since > ch->top && ahead(ch, w)) {
+		waiter_done(w);
+		return;
+	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
-	answer(cl, w, ch->top, ch->epoch, recovered, NULL);
+	answer(cl, w, ch->top, ch->epoch, recovered, NULL, NULL);
 	waiter_done(w);
 }
 
@@ -381,6 +468,8 @@ static void on_meta(void *arg, redisReply *r)
 			                  : 0;
 			ch->known = true;
 			ch->state = CC_READY;
+			hub_channel_sync(cl->h, ch->tenant, ch->name, ch->top,
+			                 strtoull(ch->epoch, NULL, 16));
 		} else {
 			if (r && r->type == REDIS_REPLY_ERROR)
 				log_warn("event=redis_meta_failed channel=%s reply=\"%s\"",
@@ -468,6 +557,8 @@ static void on_first(void *arg, const char *tenant, const char *name)
 	}
 }
 
+static void chan_drop(struct cchan *ch);
+
 static void on_last(void *arg, const char *tenant, const char *name)
 {
 	struct cluster *cl = arg;
@@ -477,6 +568,13 @@ static void on_last(void *arg, const char *tenant, const char *name)
 	if (!ch)
 		return;
 	broker_unfollow(cl->b, tenant, name);
+	chan_drop(ch);
+}
+
+/* Marks ch (out of the table) dead and drops the table's reference;
+ * callbacks still owed to it find it dead. */
+static void chan_drop(struct cchan *ch)
+{
 	ch->dead = true;
 	held_free(ch);
 	/* Waiters of a channel nobody is on any more have nobody to answer. */
@@ -705,7 +803,6 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 		return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
 	}
 	snprintf(w->conn_id, sizeof(w->conn_id), "%s", hub_conn_id(c));
-	w->fresh = rc == 0;
 	w->has_since = req->has_since;
 	w->since = req->since_offset;
 	memcpy(w->since_epoch, req->since_epoch, sizeof(w->since_epoch));
@@ -718,6 +815,11 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 	ch->refs++;
 	ch->waits++;
 	metrics_inc(&lh_metrics.msg_in[MI_SUBSCRIBE], 1);
+	/* The join is announced now, not with the (maybe later) reply: an
+	 * unsubscribe sent meanwhile announces the leave after it. It goes to
+	 * the other connections only, so c's own frames keep their order. */
+	if (rc == 0 && req->channel[0] != '$' && cl->pres)
+		presence_on_subscribed(cl->pres, cl->h, c, req->channel);
 	*replied = true;
 	if (ch->state == CC_SYNCING) {
 		w->next = ch->waiters;
@@ -734,6 +836,11 @@ void cluster_publish_raw(struct cluster *cl, const char *tenant, const char *nam
 	if (broker_up(cl->b))
 		broker_publish_raw(cl->b, tenant, name, (const char *)f->mem + LH_FRAME_HEADROOM,
 		                   f->len);
+}
+
+void cluster_set_limits(struct cluster *cl, const struct hist_limits *hist)
+{
+	cl->hist = *hist;
 }
 
 void cluster_set_presence(struct cluster *cl, struct presence *pr)
@@ -778,10 +885,8 @@ void cluster_free(struct cluster *cl)
 		size_t pos = 0;
 		struct dict_entry de;
 		while (dict_next(cl->chans, &pos, &de)) {
-			struct cchan *ch = de.val;
 			dict_del(cl->chans, de.key, de.len);
-			ch->dead = true;
-			chan_unref(ch);
+			chan_drop(de.val);
 		}
 	}
 	dict_free(cl->chans);

@@ -41,6 +41,8 @@ struct hist_limits;
 struct cluster *cluster_new(struct hub *h, struct broker *b, const struct hist_limits *hist);
 /* Clears the hooks and frees. Call after every connection is closed. */
 void cluster_free(struct cluster *cl);
+/* New history limits (SIGHUP): the TTL of meta keys a subscribe creates. */
+void cluster_set_limits(struct cluster *cl, const struct hist_limits *hist);
 /* Presence glue for subscribe replies (may change on SIGHUP). */
 void cluster_set_presence(struct cluster *cl, struct presence *pr);
 

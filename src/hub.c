@@ -608,7 +608,7 @@ static struct chan *implicit_chan(const struct hub_conn *c, const char *name)
 /* Fills pos with ch's top offset and epoch and, when since is given,
  * whether its history covers everything after since->offset. */
 static void chan_position(struct hub *h, struct chan *ch, const struct hub_since *since,
-                          struct hub_position *pos)
+                          struct hub_position *pos, bool count)
 {
 	chan_trim(h, ch, wall_ms());
 	pos->offset = ch->next - 1;
@@ -627,7 +627,8 @@ static void chan_position(struct hub *h, struct chan *ch, const struct hub_since
 		pos->from = first;
 		pos->replay = n;
 	}
-	stat_add(pos->recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
+	if (count)
+		stat_add(pos->recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
 }
 
 int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
@@ -643,7 +644,7 @@ int hub_subscribe_since(struct hub *h, struct hub_conn *c, const char *name,
 	}
 	if (rc != 0 && rc != LH_EEXIST)
 		return rc;
-	chan_position(h, ch, since, pos);
+	chan_position(h, ch, since, pos, true);
 	return rc;
 }
 
@@ -1081,6 +1082,66 @@ uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name)
 	return x ? x : 1;
 }
 
+void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint64_t top,
+                      uint64_t epoch)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return;
+	if (ch->epoch != epoch || ch->next != top + 1) {
+		hist_clear(&h->pool, &ch->hist);
+		hist_stats(h);
+	}
+	ch->epoch = epoch;
+	ch->next = top + 1;
+}
+
+size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg)
+{
+	struct chan *ch = chan_find(h, tenant, name);
+	if (!ch)
+		return 0;
+	/* The cache holds a contiguous run of one epoch, like a history. */
+	if (ch->epoch != epoch || offset != ch->next) {
+		hist_clear(&h->pool, &ch->hist);
+		ch->epoch = epoch;
+	}
+	ch->next = offset + 1;
+	chan_limits(h, ch);
+	if (ch->hsize > 0) {
+		hist_push(&h->pool, &ch->hist, f, offset, ts_ms, ch->hsize);
+		chan_trim(h, ch, wall_ms());
+	}
+	if (ts_ms > ch->last_ms)
+		ch->last_ms = ts_ms;
+	if (!skip)
+		return hub_deliver(h, tenant, name, f);
+	uint32_t n = 0;
+	for (uint32_t s = 0; s < ch->nsubs; s++)
+		if (!skip(skip_arg, ch->subs[s].conn) && enqueue(h, ch->subs[s].conn, f) == 0)
+			n++;
+	stat_add(&h->st.messages_delivered, n);
+	return n;
+}
+
+int hub_channel_recover(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos)
+{
+	struct chan *ch =
+	        name[0] == '$' ? implicit_chan(c, name) : chan_find(h, hub_conn_tenant(c), name);
+	if (!ch)
+		return LH_ENOENT;
+	chan_position(h, ch, since, pos, false);
+	return 0;
+}
+
+void hub_count_recovery(struct hub *h, bool recovered)
+{
+	stat_add(recovered ? &h->st.recoveries : &h->st.recovery_misses, 1);
+}
+
 size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f)
 {
 	struct chan *ch = chan_find(h, tenant, name);
@@ -1133,7 +1194,7 @@ static void history_select(struct hub *h, struct chan *ch, struct publication *p
 	memcpy(since.epoch, p->hist_since_epoch, sizeof(since.epoch));
 	since.epoch[sizeof(since.epoch) - 1] = '\0';
 	struct hub_position pos;
-	chan_position(h, ch, &since, &pos);
+	chan_position(h, ch, &since, &pos, true);
 	hdr->offset = pos.offset;
 	memcpy(hdr->epoch, pos.epoch, sizeof(hdr->epoch));
 	hdr->recovered = pos.recovered;

@@ -293,6 +293,28 @@ void hub_set_cluster(struct hub *h, const struct hub_cluster *cl, void *arg);
  * and epoch in it; or a client event / presence frame of another node).
  * Returns how many connections it was queued on. */
 size_t hub_deliver(struct hub *h, const char *tenant, const char *name, struct frame *f);
+/* Redis mode: sets the channel's position to Redis's (top offset, epoch),
+ * emptying its history cache unless it continues it. No-op when the
+ * channel does not exist. */
+void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint64_t top,
+                      uint64_t epoch);
+/* Redis mode: hub_deliver for an event frame at offset in epoch (its
+ * publish time ts_ms), which also advances the channel's position and
+ * keeps the frame in the channel's history, bounded as in memory mode: a
+ * cache of Redis's stream, so that most recoveries need no read. An offset
+ * that does not follow the channel's top, or another epoch, empties the
+ * cache first. When skip is not NULL, connections it returns true for do
+ * not get the frame (they have it already). */
+size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, struct frame *f,
+                         uint64_t offset, uint64_t epoch, int64_t ts_ms,
+                         bool (*skip)(void *arg, const struct hub_conn *c), void *skip_arg);
+/* Redis mode: like hub_subscribe_since's position and recovery for c's
+ * channel name (explicit, or c's implicit ones), subscribing nothing and
+ * counting nothing. Returns 0 or LH_ENOENT (no such channel here). */
+int hub_channel_recover(struct hub *h, struct hub_conn *c, const char *name,
+                        const struct hub_since *since, struct hub_position *pos);
+/* Counts a recovery answered recovered or not (GetStats 45/46). */
+void hub_count_recovery(struct hub *h, bool recovered);
 /* The conflation key hub_publish gives a frame of a publication with key on
  * (tenant, name), so that frames delivered by hub_deliver conflate alike. */
 uint64_t hub_conflate_key(uint64_t key, const char *tenant, const char *name);

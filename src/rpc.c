@@ -139,7 +139,7 @@ struct call {
 
 struct rpc {
 	struct hub *hub;
-	struct broker *broker; /* Redis mode (stats only), else NULL */
+	struct broker *broker; /* Redis mode: unary publishes and stats; else NULL */
 	struct handoff *q;
 	grpc_server *server;
 	grpc_completion_queue *cq;
@@ -598,6 +598,27 @@ static int push_lazy(struct rpc *r, struct publication *p)
 	return rc < 0 ? rc : 0;
 }
 
+/* Redis mode: a unary publish goes straight to the broker thread, which
+ * runs the publish script (the service thread only sees its on_done).
+ * After a successful broker_publish, c belongs to on_done. */
+static void publish_redis(struct call *c)
+{
+	int rc = broker_publish(c->r->broker, &c->pub);
+	if (rc == 0)
+		return;
+	char msg[200], why[160];
+	if (rc == LH_EFULL) {
+		reply_error(c, RPC_RESOURCE_EXHAUSTED,
+		            "too many publications waiting for Redis; retry with backoff");
+	} else if (rc == LH_EUNAVAILABLE) {
+		broker_last_error(c->r->broker, why, sizeof why);
+		snprintf(msg, sizeof msg, "redis unavailable: %s", why);
+		reply_error(c, RPC_UNAVAILABLE, msg);
+	} else {
+		reply_error(c, RPC_INTERNAL, "out of memory");
+	}
+}
+
 /* Validates the request and hands its publication to the service thread.
  * After a successful handoff_push, c belongs to the publication's on_done
  * and this thread must not touch it. */
@@ -615,6 +636,10 @@ static void handle_publish(struct call *c, const ProtobufCMessage *req)
 	c->pub.on_done = on_published;
 	c->pub.owner = c;
 	c->state = CALL_PUBLISHING;
+	if (r->broker) {
+		publish_redis(c);
+		return;
+	}
 	/* While rpc_stop drains, calls that got in are still published: the
 	 * service thread keeps taking the queue until gRPC has stopped. */
 	if (push_lazy(r, &c->pub) == 0)

@@ -60,6 +60,7 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_CLOSE_SLOW_CONSUMER 4000
 #define WS_KILL_GRACE_S        5             /* a killed connection that never becomes writable */
 #define WS_BATCH_FRAMES        4096          /* messages in one batched frame, at most */
+#define WS_BROKER_EVENTS       1024          /* Redis messages and replies run per loop turn */
 #define WS_TX_PACKET           (1024 * 1024) /* largest single send() lws may make */
 #define WS_FD_RESERVE          100           /* fds kept for gRPC, listeners, files */
 #define WS_RETRY_GLOBAL_S      5             /* Retry-After of a 503 (global limit) */
@@ -1405,11 +1406,14 @@ static void apply_reload(struct ws *w)
 	w->auth = w->owned_auth = rl->auth;
 	forget_verified(w);
 	hub_set_limits(w->hub, &rl->lim);
+	if (w->broker) {
+		broker_set_limits(w->broker, &rl->lim.hist, rl->lim.idem_window_s);
+		cluster_set_limits(w->cluster, &rl->lim.hist);
+	}
 	free(rl);
 	log_info("event=reload_applied");
 }
 
-/* Applies pending presence settings (ws_reload_presence). */
 /* Redis mode: a client event delivered here goes to the other nodes. */
 static void relay_client_event(void *arg, const char *tenant, const char *name,
                                const struct frame *f)
@@ -1418,6 +1422,7 @@ static void relay_client_event(void *arg, const char *tenant, const char *name,
 	cluster_publish_raw(w->cluster, tenant, name, f);
 }
 
+/* Applies pending presence settings (ws_reload_presence). */
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
@@ -1524,8 +1529,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-		if (ws_of(wsi)->broker)
-			broker_service(ws_of(wsi)->broker);
+		if (ws_of(wsi)->broker && broker_service_some(ws_of(wsi)->broker, WS_BROKER_EVENTS))
+			lws_cancel_service(ws_of(wsi)->ctx); /* the rest at the next turn */
 		apply_reload(ws_of(wsi));
 		apply_presence_reload(ws_of(wsi));
 		apply_edge_reload(ws_of(wsi));
@@ -1721,8 +1726,12 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		log_error("msg=\"cannot start the Redis broker thread\"");
 		return -1;
 	}
-	log_info("event=redis_mode node=%s prefix=%s", broker_node_id(w->broker),
-	         cfg->redis_prefix);
+	/* Most starts find Redis at once: then the node is ready when it says
+	 * so. Without it, the node starts anyway (not ready) and keeps trying. */
+	bool up = broker_wait_first(w->broker, 2000);
+	atomic_store(&lh_metrics.redis_down, !up); /* E_STATE may say so again: same value */
+	log_info("event=redis_mode node=%s prefix=%s redis_up=%d", broker_node_id(w->broker),
+	         cfg->redis_prefix, up);
 	return 0;
 }
 

@@ -832,6 +832,152 @@ static void test_many_connections(void **state)
  * dict
  * ------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------
+ * Redis mode hooks (hub_set_cluster) and the delivery of events from Redis
+ * ------------------------------------------------------------------------ */
+
+struct hooks_log {
+	char calls[16][64];
+	int n;
+	int published, histories;
+};
+
+static struct hooks_log hlog;
+
+static void log_call(const char *what, const char *tenant, const char *name)
+{
+	if (hlog.n < 16)
+		snprintf(hlog.calls[hlog.n++], sizeof(hlog.calls[0]), "%s %s/%s", what, tenant,
+		         name);
+}
+
+static void hk_first(void *arg, const char *tenant, const char *name)
+{
+	log_call("first", tenant, name);
+}
+
+static void hk_last(void *arg, const char *tenant, const char *name)
+{
+	log_call("last", tenant, name);
+}
+
+static void hk_publish(void *arg, struct publication *p)
+{
+	hlog.published++;
+	p->status = 0;
+	if (p->on_done)
+		p->on_done(p);
+}
+
+static void hk_history(void *arg, struct publication *p)
+{
+	hlog.histories++;
+	p->status = 0;
+	if (p->on_done)
+		p->on_done(p);
+}
+
+static const struct hub_cluster test_hooks = {hk_first, hk_last, hk_publish, hk_history};
+
+static struct frame *event_at(uint64_t off)
+{
+	char text[160];
+	int n = snprintf(text, sizeof text,
+	                 "{\"type\":\"x\",\"channel\":\"job:1\",\"offset\":%llu,"
+	                 "\"epoch\":\"00000000000000aa\",\"ts\":1,\"data\":{}}",
+	                 (unsigned long long)off);
+	return frame_from(text, (size_t)n);
+}
+
+static void deliver_at(struct hub *h, uint64_t off, uint64_t epoch)
+{
+	struct frame *f = event_at(off);
+	assert_non_null(f);
+	hub_deliver_event(h, "acme", "job:1", f, off, epoch, now_ms(), NULL, NULL);
+	frame_unref(f);
+}
+
+static void test_cluster_hooks_and_cache(void **state)
+{
+	memset(&hlog, 0, sizeof(hlog));
+	struct hub_limits lim = {.max_subs_per_conn = 8,
+	                         .sendq_max_frames = 100,
+	                         .sendq_max_bytes = UINT64_MAX,
+	                         .hist = {.size = 10, .ttl_s = 0, .max_bytes = 1 << 20}};
+	struct hub *h = hub_new(&lim, &fake_tr);
+	assert_non_null(h);
+	hub_set_cluster(h, &test_hooks, NULL);
+	struct fake fa = {0};
+	struct hub_conn *a = hub_conn_open(h, "acme", "alice", &fa);
+	assert_int_equal(hlog.n, 2); /* $tenant and $user:alice */
+	assert_string_equal(hlog.calls[0], "first acme/$tenant");
+	assert_string_equal(hlog.calls[1], "first acme/$user:alice");
+	assert_int_equal(hub_subscribe(h, a, "job:1"), 0);
+	assert_string_equal(hlog.calls[2], "first acme/job:1");
+
+	/* Publications and History go to the hooks, not to the hub. */
+	struct publication p;
+	make_pub(&p, "acme", "x", "job:1", NULL, "{}");
+	p.on_done = on_done;
+	hub_publish(h, &p);
+	p.kind = PUB_HISTORY;
+	hub_publish(h, &p);
+	assert_int_equal(hlog.published, 1);
+	assert_int_equal(hlog.histories, 1);
+	assert_int_equal(hub_conn_queued(a), 0);
+
+	/* Redis's position, then its events: delivered and cached. */
+	hub_channel_sync(h, "acme", "job:1", 4, 0xaa);
+	for (uint64_t off = 5; off <= 7; off++)
+		deliver_at(h, off, 0xaa);
+	assert_int_equal(hub_conn_queued(a), 3);
+	drain(a);
+	struct hub_since since = {.given = true, .offset = 5};
+	snprintf(since.epoch, sizeof since.epoch, "00000000000000aa");
+	struct hub_position pos;
+	assert_int_equal(hub_channel_recover(h, a, "job:1", &since, &pos), 0);
+	assert_true(pos.recovered);
+	assert_int_equal(pos.offset, 7);
+	assert_string_equal(pos.epoch, "00000000000000aa");
+	assert_int_equal(pos.replay, 2);
+	hub_replay(h, a, &pos);
+	assert_int_equal(hub_conn_queued(a), 2);
+	drain(a);
+	/* Before the first cached event: not held. */
+	since.offset = 3;
+	assert_int_equal(hub_channel_recover(h, a, "job:1", &since, &pos), 0);
+	assert_false(pos.recovered);
+
+	/* A gap empties the cache; so does a sync that does not continue it. */
+	deliver_at(h, 9, 0xaa);
+	since.offset = 7;
+	assert_int_equal(hub_channel_recover(h, a, "job:1", &since, &pos), 0);
+	assert_false(pos.recovered);
+	assert_int_equal(pos.offset, 9);
+	since.offset = 8; /* 9 is held: a client that saw 8 elsewhere recovers */
+	assert_int_equal(hub_channel_recover(h, a, "job:1", &since, &pos), 0);
+	assert_true(pos.recovered);
+	assert_int_equal(pos.replay, 1);
+	hub_channel_sync(h, "acme", "job:1", 20, 0xbb);
+	assert_int_equal(hub_channel_recover(h, a, "job:1", NULL, &pos), 0);
+	assert_int_equal(pos.offset, 20);
+	assert_string_equal(pos.epoch, "00000000000000bb");
+	assert_int_equal(hub_channel_recover(h, a, "job:2", NULL, &pos), LH_ENOENT);
+	/* Raw frames (client events of other nodes) go to everyone on it. */
+	struct frame *f = frame_from("{}", 2);
+	assert_int_equal(hub_deliver(h, "acme", "job:1", f), 1);
+	assert_int_equal(hub_deliver(h, "acme", "job:9", f), 0);
+	frame_unref(f);
+	drain(a);
+
+	assert_int_equal(hub_unsubscribe(h, a, "job:1"), 0);
+	assert_string_equal(hlog.calls[3], "last acme/job:1");
+	hub_conn_close(h, a);
+	assert_int_equal(hlog.n, 6);
+	hub_set_cluster(h, NULL, NULL);
+	hub_free(h);
+}
+
 static void test_dict_basic(void **state)
 {
 	struct dict *d = dict_new(42);
@@ -927,6 +1073,7 @@ int main(void)
 	        cmocka_unit_test(test_slow_consumer),
 	        cmocka_unit_test(test_stats),
 	        cmocka_unit_test(test_many_connections),
+	        cmocka_unit_test(test_cluster_hooks_and_cache),
 	        cmocka_unit_test(test_dict_basic),
 	        cmocka_unit_test(test_dict_many),
 	};
