@@ -273,6 +273,15 @@ static void transitions(struct pcluster *pc, const redisReply *list, const struc
  * Writing changes
  * ------------------------------------------------------------------------ */
 
+/* Copies a (validated, bounded) name; cut at cap - 1 bytes. A refresh
+ * copies four per entry: no printf here. */
+static void copy_name(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 static int push_op(struct pcluster *pc, char kind, const char *tenant, const char *channel,
                    const char *cid, const char *user)
 {
@@ -286,10 +295,10 @@ static int push_op(struct pcluster *pc, char kind, const char *tenant, const cha
 	}
 	struct op *o = &pc->ops[pc->nops++];
 	o->kind = kind;
-	snprintf(o->tenant, sizeof o->tenant, "%s", tenant);
-	snprintf(o->channel, sizeof o->channel, "%s", channel);
-	snprintf(o->cid, sizeof o->cid, "%s", cid);
-	snprintf(o->user, sizeof o->user, "%s", user);
+	copy_name(o->tenant, sizeof o->tenant, tenant);
+	copy_name(o->channel, sizeof o->channel, channel);
+	copy_name(o->cid, sizeof o->cid, cid);
+	copy_name(o->user, sizeof o->user, user);
 	return 0;
 }
 
@@ -393,31 +402,36 @@ out:
 
 size_t pcluster_queued(const struct pcluster *pc)
 {
-	return pc->nops;
+	return pc->nops - pc->head;
 }
 
 void pcluster_flush(struct pcluster *pc)
 {
-	if (pc->nops == 0)
-		return;
 	/* Down: the changes are dropped; the refresh after the reconnect
 	 * writes every entry this node has, and entries of connections gone
 	 * meanwhile expire. */
-	if (broker_up(pc->b)) {
-		for (size_t i = 0; i < pc->nops; i += PCL_BATCH_OPS) {
-			size_t n = pc->nops - i < PCL_BATCH_OPS ? pc->nops - i : PCL_BATCH_OPS;
-			int rc = send_batch(pc, pc->ops + i, n);
-			if (rc) {
-				pcl_stat_add(&pcl_stats.errors, 1);
-				if (rc != LH_EUNAVAILABLE)
-					log_warn("msg=\"cluster presence: cannot write changes\" "
-					         "error=%s",
-					         lh_strerror(rc));
-				break;
-			}
+	if (!broker_up(pc->b))
+		pc->head = pc->nops;
+	/* At most PCL_FLUSH_BATCHES per call, so that a big node's refresh
+	 * (tens of thousands of entries) is spread over several loop turns
+	 * instead of stalling one; changes keep their order. */
+	for (int k = 0; k < PCL_FLUSH_BATCHES && pc->head < pc->nops; k++) {
+		size_t left = pc->nops - pc->head;
+		size_t n = left < PCL_BATCH_OPS ? left : PCL_BATCH_OPS;
+		int rc = send_batch(pc, pc->ops + pc->head, n);
+		if (rc) {
+			pcl_stat_add(&pcl_stats.errors, 1);
+			if (rc != LH_EUNAVAILABLE)
+				log_warn("msg=\"cluster presence: cannot write changes\" error=%s",
+				         lh_strerror(rc));
+			pc->head = pc->nops;
+			break;
 		}
+		pc->head += n;
 	}
-	pc->nops = 0;
+	if (pc->head < pc->nops)
+		return;
+	pc->head = pc->nops = 0;
 	if (pc->cap > 4096) { /* after a refresh of a big node: give the memory back */
 		free(pc->ops);
 		pc->ops = NULL;
@@ -717,7 +731,8 @@ void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 	pc->now_ms = now_ms;
 	pcluster_flush(pc);
 	pcl_ctl_expire(pc, now_ms);
-	if (pc->leaving || now_ms < pc->next_beat || !broker_up(pc->b))
+	/* A refresh waits for the last one's backlog to be sent. */
+	if (pc->leaving || now_ms < pc->next_beat || !broker_up(pc->b) || pcluster_queued(pc) > 0)
 		return;
 	pc->next_beat = now_ms + (pc->ttl_ms / 3 > 0 ? pc->ttl_ms / 3 : 1);
 	every_entry(pc, 'J');
@@ -728,15 +743,15 @@ void pcluster_tick(struct pcluster *pc, int64_t now_ms)
 
 bool pcluster_busy(const struct pcluster *pc)
 {
-	return pc->leaving && pc->inflight > 0 && broker_up(pc->b);
+	return pc->leaving && (pc->inflight > 0 || pcluster_queued(pc) > 0) && broker_up(pc->b);
 }
 
 void pcluster_leave_all(struct pcluster *pc)
 {
 	if (pc->leaving)
 		return;
-	pc->nops = 0;
-	pc->leaving = true; /* before the flush: on_batch's fences */
+	pc->head = pc->nops = 0; /* a refresh still queued is moot */
+	pc->leaving = true;      /* before the flush: on_batch's fences */
 	if (broker_up(pc->b)) {
 		every_entry(pc, 'L');
 		pcluster_flush(pc);

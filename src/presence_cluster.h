@@ -51,9 +51,10 @@
 #include "publication.h"
 #include "ws_protocol.h"
 
-#define PCL_BATCH_OPS   200  /* changes in one EVAL */
-#define PCL_CTL_WAIT_MS 2000 /* how long a control command waits for other nodes */
-#define PCL_TICK_MS     20   /* changes wait at most this long for their batch */
+#define PCL_BATCH_OPS     200  /* changes in one EVAL */
+#define PCL_FLUSH_BATCHES 4    /* EVALs sent per flush at most (the rest wait a tick) */
+#define PCL_CTL_WAIT_MS   2000 /* how long a control command waits for other nodes */
+#define PCL_TICK_MS       20   /* changes wait at most this long for their batch */
 
 struct broker;
 struct presence;
@@ -97,7 +98,8 @@ bool pcluster_up(const struct pcluster *pc);
 void pcluster_member(struct pcluster *pc, struct hub_conn *c, const char *name, bool join);
 /* Sends the queued changes. */
 void pcluster_flush(struct pcluster *pc);
-/* Changes queued: the loop flushes as soon as a batch is full. */
+/* Changes queued and not sent yet: the loop flushes as soon as a batch is
+ * full. */
 size_t pcluster_queued(const struct pcluster *pc);
 /* Every PCL_TICK_MS: sends the queued changes; the refresh and heartbeat
  * every TTL/3; control commands waiting past PCL_CTL_WAIT_MS. now_ms: a

@@ -37,8 +37,8 @@ struct pcluster {
 	char node[BROKER_NODE_MAX + 1];
 	char ctl[BROKER_PREFIX_MAX + 8];
 	int64_t ttl_ms;
-	struct op *ops; /* queued changes (presence_cluster.c) */
-	size_t nops, cap;
+	struct op *ops; /* queued changes (presence_cluster.c): ops[head..nops) */
+	size_t head, nops, cap;
 	int64_t next_beat; /* monotonic ms; 0: at the next tick */
 	int64_t now_ms;    /* the last tick's clock */
 	uint64_t next_id;
