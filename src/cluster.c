@@ -395,8 +395,15 @@ static void on_range(void *arg, redisReply *r)
 			entries = r->element[2];
 		size_t n = 0;
 		bool ok = covers(entries, w->since, w->top, &n);
-		if (ok && entries)
-			entries->elements = n; /* entries past top come live (held) */
+		if (ok && entries) {
+			/* Entries past top come live (held): freed here, since
+			 * freeReplyObject only frees the first `elements`. */
+			for (size_t i = n; i < entries->elements; i++) {
+				freeReplyObject(entries->element[i]);
+				entries->element[i] = NULL;
+			}
+			entries->elements = n;
+		}
 		answer(cl, w, w->top, ch->epoch, ok, entries, NULL);
 	}
 	waiter_done(w);
