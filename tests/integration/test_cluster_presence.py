@@ -337,3 +337,32 @@ async def test_clean_stop_leaves_at_once(redis):
                                    "clientId": cid}, got
     assert rpc_presence(c[1], t, ch) == (1, {"bob": 1})
     assert redis.cli("EXISTS", "livehub:node:node1") == 0
+
+
+@aio
+async def test_sighup_keeps_presence_across_nodes(redis, tmp_path):
+    """A reload replaces the presence settings: the new ones are wired to
+    the cluster again (announcements, Subscribe with Redis's position)."""
+    import json
+    import signal
+    cfg = tmp_path / "livehub.json"
+    cfg.write_text(json.dumps({"presence_channels": "room:*"}))
+    c = start(2, redis, dict(QUIET, LIVEHUB_CONFIG=str(cfg)))
+    t = uniq()
+    cfg.write_text(json.dumps({"presence_channels": "board:*"}))
+    for node in c:
+        node.proc.send_signal(signal.SIGHUP)
+    for node in c:
+        redistest.wait_until(lambda: "event=reload_applied" in node.stderr_text(), "reloaded")
+    ch = "board:" + uniq("b")
+    bob = await c[1].connect(t, "bob")
+    await bob.subscribe(ch)
+    alice = await c[0].connect(t, "alice")
+    await alice.subscribe(ch)
+    join = await bob.wait_for(lambda m: m.get("type") == "presence:join")
+    assert join["user"] == "alice", join
+    pub = c[1].rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="job:x", type="w"))
+    r = c[0].rpc("Subscribe", hub_pb2.SubscribeRequest(tenant_id=t, user_id="alice",
+                                                       channel="job:x"))
+    assert (r.subscribed, r.offset, r.epoch) == (1, 1, pub.result.channels[0].epoch), r
+    wait_rpc_presence(c[1], t, ch, (2, {"alice": 1, "bob": 1}), "both present")
