@@ -69,6 +69,17 @@ def events(msgs, etype):
     return [m for m in msgs if m.get("type") == etype]
 
 
+async def collect(client, etype, n):
+    """The users of etype frames until n distinct users came (frames from
+    other nodes travel on pub/sub and may come after a barrier), plus any
+    that are already queued behind them: a duplicate shows up twice."""
+    got = []
+    while len(set(got)) < n:
+        got.append((await client.wait_for(lambda m: m.get("type") == etype))["user"])
+    got += [m["user"] for m in events(await client.barrier(), etype)]
+    return got
+
+
 # -- presence reads -----------------------------------------------------------
 
 @aio
@@ -366,3 +377,26 @@ async def test_sighup_keeps_presence_across_nodes(redis, tmp_path):
                                                        channel="job:x"))
     assert (r.subscribed, r.offset, r.epoch) == (1, 1, pub.result.channels[0].epoch), r
     wait_rpc_presence(c[1], t, ch, (2, {"alice": 1, "bob": 1}), "both present")
+
+
+@aio
+async def test_concurrent_devices_give_one_join_and_one_leave_per_user(redis):
+    c = start(3, redis, ENV)
+    t, ch = uniq(), "board:" + uniq("b")
+    watcher = await c[0].connect(t, "watcher")
+    await watcher.subscribe(ch)
+    users = ["u%d" % i for i in range(10)]
+    # Each user has a device on every node; all subscribe at once.
+    devices = await asyncio.gather(*(c[k].connect(t, u) for u in users for k in range(3)))
+    await asyncio.gather(*(d.send({"type": "subscribe", "channel": ch}) for d in devices))
+    want = {u: 3 for u in users}
+    want["watcher"] = 1
+    wait_rpc_presence(c[1], t, ch, (31, want), "every device present")
+    assert sorted(await collect(watcher, "presence:join", len(users))) == users
+    # All go at once: one leave per user, when their last device went.
+    await asyncio.gather(*(d.close() for d in devices))
+    wait_rpc_presence(c[2], t, ch, (1, {"watcher": 1}), "every device gone")
+    assert sorted(await collect(watcher, "presence:leave", len(users))) == users
+    key = "livehub:{%s:%s}:presence" % (t, ch)
+    assert redis.cli("HGETALL", key + ":users") == ["watcher", "1"]
+    assert redis.cli("ZCARD", key + ":exp") == 1
