@@ -1674,7 +1674,7 @@ struct broker *broker_new(const struct broker_config *cfg)
 	b->cmd = (struct rconn){.name = "cmd", .fd = -1};
 	b->sub = (struct rconn){.name = "sub", .fd = -1};
 	b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	b->follows = dict_new(rng_next(&b->rng));
+	b->follows = dict_new(rng_next(&b->rng), offsetof(struct follow, name));
 	if (b->efd < 0 || !b->follows || pthread_mutex_init(&b->err_lock, NULL) != 0) {
 		if (b->efd >= 0)
 			close(b->efd);

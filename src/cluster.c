@@ -120,6 +120,18 @@ struct cluster {
 	struct hist_limits hist;
 };
 
+/* An open connection, by its id (the lookup of asynchronous replies). */
+struct cconn {
+	struct hub_conn *c;
+	char id[32];
+};
+
+static struct hub_conn *conn_find(struct cluster *cl, const char *id)
+{
+	struct cconn *cc = dict_get(cl->conns, id, strlen(id));
+	return cc ? cc->c : NULL;
+}
+
 static uint64_t next_rand(struct cluster *cl)
 {
 	uint64_t z = (cl->rng += 0x9e3779b97f4a7c15ULL);
@@ -166,7 +178,8 @@ static void chan_unref(struct cchan *ch)
 static bool skip_conn(void *arg, const struct hub_conn *c)
 {
 	const struct cchan *ch = arg;
-	const char *id = hub_conn_id(c);
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
 	for (size_t i = 0; i < ch->nskips; i++)
 		if (ch->top <= ch->skips[i].upto && strcmp(ch->skips[i].conn_id, id) == 0)
 			return true;
@@ -293,9 +306,10 @@ static void waiter_request(const struct waiter *w, struct wsp_request *req)
 /* Queues the subscribed reply (and the replayed frames) on the waiter's
  * connection, if it is still open. */
 static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const char *epoch,
-                   bool recovered, redisReply *entries, const struct hub_position *cached)
+                   bool recovered, const redisReply *entries, size_t nentries,
+                   const struct hub_position *cached)
 {
-	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	struct hub_conn *c = conn_find(cl, w->conn_id);
 	if (!c)
 		return;
 	if (w->has_since)
@@ -311,7 +325,7 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 	hub_conn_send(cl->h, c, f);
 	frame_unref(f);
 	if (recovered && entries) {
-		for (size_t i = 0; i < entries->elements; i++) {
+		for (size_t i = 0; i < nentries && i < entries->elements; i++) {
 			redisReply *fv = entries->element[i]->element[1];
 			redisReply *v = fv->element[1];
 			struct frame *e = frame_from(v->str, v->len);
@@ -330,7 +344,7 @@ static void answer(struct cluster *cl, struct waiter *w, uint64_t top, const cha
 static bool answer_cached(struct cluster *cl, struct waiter *w)
 {
 	struct cchan *ch = w->ch;
-	struct hub_conn *c = dict_get(cl->conns, w->conn_id, strlen(w->conn_id));
+	struct hub_conn *c = conn_find(cl, w->conn_id);
 	if (!c)
 		return false;
 	struct hub_since since = {.given = true, .offset = w->since};
@@ -339,7 +353,7 @@ static bool answer_cached(struct cluster *cl, struct waiter *w)
 	if (hub_channel_recover(cl->h, c, w->channel, &since, &pos) || !pos.recovered ||
 	    pos.offset != ch->top || strcmp(pos.epoch, ch->epoch) != 0)
 		return false;
-	answer(cl, w, pos.offset, pos.epoch, true, NULL, &pos);
+	answer(cl, w, pos.offset, pos.epoch, true, NULL, 0, &pos);
 	return true;
 }
 
@@ -395,16 +409,8 @@ static void on_range(void *arg, redisReply *r)
 			entries = r->element[2];
 		size_t n = 0;
 		bool ok = covers(entries, w->since, w->top, &n);
-		if (ok && entries) {
-			/* Entries past top come live (held): freed here, since
-			 * freeReplyObject only frees the first `elements`. */
-			for (size_t i = n; i < entries->elements; i++) {
-				freeReplyObject(entries->element[i]);
-				entries->element[i] = NULL;
-			}
-			entries->elements = n;
-		}
-		answer(cl, w, w->top, ch->epoch, ok, entries, NULL);
+		/* Entries past top come live (held): the first n are replayed. */
+		answer(cl, w, w->top, ch->epoch, ok, entries, n, NULL);
 	}
 	waiter_done(w);
 }
@@ -422,7 +428,7 @@ static bool ahead(struct cchan *ch, struct waiter *w)
 	s = &ch->skips[ch->nskips++];
 	snprintf(s->conn_id, sizeof(s->conn_id), "%s", w->conn_id);
 	s->upto = w->since;
-	answer(ch->cl, w, w->since, ch->epoch, true, NULL, NULL);
+	answer(ch->cl, w, w->since, ch->epoch, true, NULL, 0, NULL);
 	return true;
 }
 
@@ -451,7 +457,7 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
-	answer(cl, w, ch->top, ch->epoch, recovered, NULL, NULL);
+	answer(cl, w, ch->top, ch->epoch, recovered, NULL, 0, NULL);
 	waiter_done(w);
 }
 
@@ -762,15 +768,24 @@ static void history(void *arg, struct publication *p)
 
 void cluster_conn_open(struct cluster *cl, struct hub_conn *c)
 {
-	const char *id = hub_conn_id(c);
-	if (dict_put(cl->conns, id, strlen(id), c) != 0)
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
+	struct cconn *cc = malloc(sizeof(*cc));
+	if (cc) {
+		cc->c = c;
+		snprintf(cc->id, sizeof(cc->id), "%s", id);
+	}
+	if (!cc || dict_put(cl->conns, cc->id, strlen(cc->id), cc) != 0) {
+		free(cc);
 		log_error("event=redis_conn_track_failed client=%s", id);
+	}
 }
 
 void cluster_conn_close(struct cluster *cl, struct hub_conn *c)
 {
-	const char *id = hub_conn_id(c);
-	dict_del(cl->conns, id, strlen(id));
+	char buf[HUB_CONN_ID_MAX];
+	const char *id = hub_conn_id(c, buf);
+	free(dict_del(cl->conns, id, strlen(id)));
 }
 
 static struct frame *subscribe_error(int rc, const struct wsp_request *req)
@@ -808,7 +823,7 @@ static struct frame *subscribe_reply(struct cluster *cl, struct hub_conn *c,
 		free(w);
 		return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
 	}
-	snprintf(w->conn_id, sizeof(w->conn_id), "%s", hub_conn_id(c));
+	hub_conn_id(c, w->conn_id);
 	w->has_since = req->has_since;
 	w->since = req->since_offset;
 	memcpy(w->since_epoch, req->since_epoch, sizeof(w->since_epoch));
@@ -895,8 +910,8 @@ struct cluster *cluster_new(struct hub *h, struct broker *b, const struct hist_l
 	cl->b = b;
 	cl->rng = (uint64_t)(uintptr_t)cl ^ 0x5bd1e995ULL;
 	cl->rng ^= (uint64_t)metrics_now_us();
-	cl->chans = dict_new(next_rand(cl));
-	cl->conns = dict_new(next_rand(cl));
+	cl->chans = dict_new(next_rand(cl), offsetof(struct cchan, key));
+	cl->conns = dict_new(next_rand(cl), offsetof(struct cconn, id));
 	if (!cl->chans || !cl->conns) {
 		cluster_free(cl);
 		return NULL;
@@ -926,6 +941,14 @@ void cluster_free(struct cluster *cl)
 		}
 	}
 	dict_free(cl->chans);
+	if (cl->conns) {
+		size_t pos = 0;
+		struct dict_entry de;
+		while (dict_next(cl->conns, &pos, &de)) {
+			dict_del(cl->conns, de.key, de.len);
+			free(de.val);
+		}
+	}
 	dict_free(cl->conns);
 	free(cl);
 }

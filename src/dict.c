@@ -8,9 +8,11 @@
 
 #define MIN_CAP 8
 
-/* A slot is empty (key NULL), a tombstone (key == TOMB) or an entry. */
+/* A slot is empty (val NULL), a tombstone (val == TOMB) or an entry. The
+ * key is not stored: it lies inside the value, key_off bytes in, so a slot
+ * is 16 bytes instead of 24 (the hub's channel table has about two slots per
+ * connection: docs/PERFORMANCE.md, "Memory per connection"). */
 struct slot {
-	const char *key;
 	void *val;
 	uint32_t len;
 	uint32_t hash;
@@ -21,11 +23,12 @@ struct dict {
 	size_t cap;   /* a power of two */
 	size_t count; /* entries */
 	size_t used;  /* entries + tombstones */
+	size_t key_off;
 	uint64_t seed;
 };
 
-static const char tomb_mark;
-#define TOMB (&tomb_mark)
+static char tomb_mark;
+#define TOMB ((void *)&tomb_mark)
 
 static uint64_t fmix64(uint64_t x)
 {
@@ -58,10 +61,15 @@ static uint32_t hash_bytes(const char *s, size_t n, uint64_t seed)
 
 static bool is_entry(const struct slot *s)
 {
-	return s->key && s->key != TOMB;
+	return s->val && s->val != TOMB;
 }
 
-struct dict *dict_new(uint64_t seed)
+static const char *key_of(const struct dict *d, const struct slot *s)
+{
+	return (const char *)s->val + d->key_off;
+}
+
+struct dict *dict_new(uint64_t seed, size_t key_off)
 {
 	struct dict *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -72,6 +80,7 @@ struct dict *dict_new(uint64_t seed)
 		return NULL;
 	}
 	d->cap = MIN_CAP;
+	d->key_off = key_off;
 	d->seed = seed;
 	return d;
 }
@@ -90,10 +99,10 @@ static size_t probe(const struct dict *d, const char *key, size_t len, uint32_t 
 	size_t mask = d->cap - 1;
 	for (size_t i = hash & mask;; i = (i + 1) & mask) {
 		const struct slot *s = &d->slots[i];
-		if (!s->key)
+		if (!s->val)
 			return i;
-		if (s->key != TOMB && s->hash == hash && s->len == len &&
-		    memcmp(s->key, key, len) == 0)
+		if (s->val != TOMB && s->hash == hash && s->len == len &&
+		    memcmp(key_of(d, s), key, len) == 0)
 			return i;
 	}
 }
@@ -103,7 +112,7 @@ void *dict_get(const struct dict *d, const char *key, size_t len)
 	if (len > UINT32_MAX)
 		return NULL;
 	const struct slot *s = &d->slots[probe(d, key, len, hash_bytes(key, len, d->seed))];
-	return s->key ? s->val : NULL;
+	return s->val;
 }
 
 /* Moves every entry into a table of newcap slots, dropping tombstones. */
@@ -118,7 +127,7 @@ static int rehash(struct dict *d, size_t newcap)
 		if (!is_entry(s))
 			continue;
 		size_t j = s->hash & mask;
-		while (ns[j].key)
+		while (ns[j].val)
 			j = (j + 1) & mask;
 		ns[j] = *s;
 	}
@@ -147,10 +156,10 @@ static int make_room(struct dict *d)
 
 int dict_put(struct dict *d, const char *key, size_t len, void *val)
 {
-	if (!val || !key || len > UINT32_MAX)
+	if (!val || !key || len > UINT32_MAX || key != (const char *)val + d->key_off)
 		return LH_EINVAL;
 	uint32_t hash = hash_bytes(key, len, d->seed);
-	if (d->slots[probe(d, key, len, hash)].key)
+	if (d->slots[probe(d, key, len, hash)].val)
 		return LH_EEXIST;
 	int rc = make_room(d);
 	if (rc)
@@ -161,9 +170,8 @@ int dict_put(struct dict *d, const char *key, size_t len, void *val)
 	while (is_entry(&d->slots[i]))
 		i = (i + 1) & mask;
 	struct slot *s = &d->slots[i];
-	if (!s->key)
+	if (!s->val)
 		d->used++;
-	s->key = key;
 	s->len = (uint32_t)len;
 	s->hash = hash;
 	s->val = val;
@@ -178,17 +186,16 @@ void *dict_del(struct dict *d, const char *key, size_t len)
 	size_t mask = d->cap - 1;
 	size_t i = probe(d, key, len, hash_bytes(key, len, d->seed));
 	struct slot *s = &d->slots[i];
-	if (!s->key)
+	if (!s->val)
 		return NULL;
 	void *val = s->val;
-	s->key = TOMB;
-	s->val = NULL;
+	s->val = TOMB;
 	d->count--;
 	/* A tombstone right before an empty slot ends no probe that would not
 	 * end anyway: turn it, and the run of tombstones before it, empty. */
-	if (!d->slots[(i + 1) & mask].key) {
-		while (d->slots[i].key == TOMB) {
-			d->slots[i].key = NULL;
+	if (!d->slots[(i + 1) & mask].val) {
+		while (d->slots[i].val == TOMB) {
+			d->slots[i].val = NULL;
 			d->used--;
 			i = (i - 1) & mask;
 		}
@@ -206,7 +213,7 @@ bool dict_next(const struct dict *d, size_t *pos, struct dict_entry *e)
 	for (size_t i = *pos; i < d->cap; i++) {
 		const struct slot *s = &d->slots[i];
 		if (is_entry(s)) {
-			e->key = s->key;
+			e->key = key_of(d, s);
 			e->len = s->len;
 			e->val = s->val;
 			*pos = i + 1;

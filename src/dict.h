@@ -31,15 +31,18 @@ struct dict_entry {
 
 /* Returns an empty dict, or NULL when out of memory. seed varies the hash
  * (pass a random value so that keys chosen by clients cannot be made to
- * collide on purpose). */
-struct dict *dict_new(uint64_t seed);
+ * collide on purpose). Every key lives inside its value, key_off bytes in
+ * (the dict keeps only the value): dict_put's key must be val + key_off and
+ * stay unchanged while the entry is there. */
+struct dict *dict_new(uint64_t seed, size_t key_off);
 /* Frees the table (not the keys or values). NULL is a no-op. */
 void dict_free(struct dict *d);
 
 /* The value stored under key, or NULL. */
 void *dict_get(const struct dict *d, const char *key, size_t len);
 /* Adds key -> val. Returns 0, LH_EEXIST when key is already there (the old
- * value stays), LH_EINVAL when val is NULL or LH_ENOMEM. */
+ * value stays), LH_EINVAL when val is NULL or key is not val + key_off, or
+ * LH_ENOMEM. */
 int dict_put(struct dict *d, const char *key, size_t len, void *val);
 /* Removes key; returns its value, or NULL when it was not there. */
 void *dict_del(struct dict *d, const char *key, size_t len);

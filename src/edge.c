@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -227,7 +228,7 @@ struct ipcount *ipcount_new(uint64_t seed)
 	struct ipcount *t = calloc(1, sizeof *t);
 	if (!t)
 		return NULL;
-	t->d = dict_new(seed);
+	t->d = dict_new(seed, offsetof(struct ip_slot, ip));
 	if (!t->d) {
 		free(t);
 		return NULL;

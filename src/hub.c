@@ -10,14 +10,16 @@
  * connection's array is its "$tenant" channel, entry 1 its "$user:{user}"
  * channel, explicit subscriptions follow.
  *
- * Memory. A connection is about 140 bytes plus 16 per channel it is on (one
- * entry in the channel's array); the first three channel entries and the
- * first two queue slots live inside struct hub_conn. The tenant and user
- * strings are not copied per connection: they are read from the keys of the
- * connection's "$tenant" and "$user:" channels.
+ * Memory. A connection is 120 bytes plus 16 per channel it is on (one entry
+ * in the channel's array); the first three channel entries and the first
+ * queue slot live inside struct hub_conn. The tenant and user strings are
+ * not copied per connection: they are read from the keys of the
+ * connection's "$tenant" and "$user:" channels. A channel is ~70 bytes plus
+ * its key until something is published on it (struct chan_hist).
  */
 #include "hub.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -37,8 +39,10 @@
 #define SUB_USER            1 /* index of the user channel */
 #define SUB_FIRST           2 /* first explicit subscription */
 #define CONN_INLINE_SUBS    3
-#define CONN_INLINE_Q       2 /* a power of two, like every ring capacity */
-#define QUEUE_KEEP          8 /* ring slots kept when the queue drains */
+#define CONN_INLINE_Q       1  /* a power of two, like every ring capacity */
+#define QUEUE_KEEP          8  /* ring slots kept when the queue drains */
+#define ID_SEQ_BITS         36 /* the connection counter's share of hub_conn.idv */
+#define ID_PREFIX_MASK      0xfffffffULL
 #define CLOSE_SLOW_CONSUMER 4000
 #define CLOSE_INTERNAL      1011
 
@@ -56,38 +60,62 @@ struct csub {
 	uint32_t sidx;
 };
 
+/* What a channel needs once something is published on it: its history and
+ * its kind's bounds. Allocated at the first publication and given back by
+ * hub_sweep once the history is empty, so that the many channels nobody
+ * publishes on (a $user: channel per user, idle job: channels) do not carry
+ * it: 32 bytes of heap fewer for each (docs/PERFORMANCE.md). */
+struct chan_hist {
+	struct hist hist;
+	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
+	uint32_t lim_gen;       /* hub's lim_gen when hsize/httl_s were looked up */
+};
+
 struct chan {
 	struct sub *subs; /* &one while cap is 1, else heap */
 	uint32_t nsubs, cap;
-	uint64_t next;   /* offset of the next publication, from 1 */
-	uint64_t epoch;  /* random; shown as 16 hex digits */
-	int64_t last_ms; /* last publication, creation or loss of the last subscriber */
+	uint64_t next;        /* offset of the next publication, from 1 */
+	uint64_t epoch;       /* random; shown as 16 hex digits */
+	int64_t last_ms;      /* last publication, creation or loss of the last subscriber */
+	struct chan_hist *hx; /* NULL until the first publication (chan_limits) */
 	struct sub one;
-	uint16_t klen;          /* key bytes, without the NUL */
-	uint8_t tlen;           /* tenant bytes at the start of the key */
-	uint8_t kind;           /* enum chan_kind */
-	uint32_t hsize, httl_s; /* the kind's history bounds, as of lim_gen */
-	uint32_t lim_gen;       /* hub's lim_gen when hsize/httl_s were looked up */
-	struct hist hist;
+	uint16_t klen; /* key bytes, without the NUL */
+	uint8_t tlen;  /* tenant bytes at the start of the key */
+	uint8_t kind;  /* enum chan_kind */
 	/* "tenant\x1fname\0"; a CHAN_TENANT record appends "tenant\0" so that
 	 * hub_conn_tenant() has a NUL-terminated string to return. */
 	char key[];
 };
 
+/* The history of a channel without one: empty. */
+static const struct hist no_hist;
+
+/* ch's history, empty when it has none. */
+static const struct hist *chan_hist(const struct chan *ch)
+{
+	return ch->hx ? &ch->hx->hist : &no_hist;
+}
+
+/* 120 bytes, so that glibc gives it a 128-byte chunk: an idle connection
+ * is mostly this, its channels and what lws allocates (docs/PERFORMANCE.md,
+ * "Memory per connection"). Check the size when adding a field. */
 struct hub_conn {
 	void *tctx;
 	struct csub *subs; /* inl while subcap is CONN_INLINE_SUBS, else heap */
 	struct frame **q;  /* ring; qinl while qcap is CONN_INLINE_Q, else heap */
+	uint64_t qbytes;   /* payload bytes queued */
+	/* The id, formatted on demand (hub_conn_id): the hub's random 28-bit
+	 * prefix above ID_SEQ_BITS bits of its connection counter. */
+	uint64_t idv;
 	uint32_t nsubs, subcap;
 	uint32_t qhead, qlen, qcap;
-	uint32_t nkeyed; /* queued frames with a conflation key */
-	uint64_t qbytes; /* payload bytes queued */
-	bool dead;       /* killed: nothing more is queued */
-	bool pressed;    /* raised hub.pressure since its queue was last empty */
-	char id[23];     /* "c5f1e2a3-17" */
+	uint32_t nkeyed : 30; /* queued frames with a conflation key (< sendq_max_frames) */
+	uint32_t dead : 1;    /* killed: nothing more is queued */
+	uint32_t pressed : 1; /* raised hub.pressure since its queue was last empty */
 	struct csub inl[CONN_INLINE_SUBS];
 	struct frame *qinl[CONN_INLINE_Q];
 };
+_Static_assert(sizeof(struct hub_conn) <= 120, "struct hub_conn outgrew its 128-byte chunk");
 
 struct hub {
 	struct hub_limits lim;
@@ -95,9 +123,9 @@ struct hub {
 	struct dict *chans; /* key -> struct chan */
 	uint64_t rng;       /* splitmix64 state */
 	uint64_t conn_seq;
-	char id_prefix[9]; /* 'c', 7 hex digits, '-' */
-	uint32_t lim_gen;  /* raised by hub_set_limits */
-	bool pressure;     /* a queue crossed half its bound (hub_publish_some) */
+	uint32_t id_prefix; /* random, 28 bits: the 7 hex digits of every id */
+	uint32_t lim_gen;   /* raised by hub_set_limits */
+	bool pressure;      /* a queue crossed half its bound (hub_publish_some) */
 	struct hist_pool pool;
 	struct idem *idem;
 	struct hub_stats st;
@@ -236,7 +264,8 @@ static struct chan *chan_new(struct hub *h, const char *key, size_t klen, size_t
 {
 	enum chan_kind kind = kind_of(key + tlen + 1, klen - tlen - 1);
 	size_t extra = kind == CHAN_TENANT ? tlen + 1 : 0;
-	struct chan *ch = calloc(1, sizeof(*ch) + klen + 1 + extra);
+	/* The key starts inside the struct's tail padding. */
+	struct chan *ch = calloc(1, offsetof(struct chan, key) + klen + 1 + extra);
 	if (!ch)
 		return NULL;
 	memcpy(ch->key, key, klen);
@@ -268,8 +297,11 @@ static struct chan *chan_get(struct hub *h, const char *key, size_t klen, size_t
 static void chan_free(struct hub *h, struct chan *ch)
 {
 	dict_del(h->chans, ch->key, ch->klen);
-	hist_clear(&h->pool, &ch->hist);
-	hist_stats(h);
+	if (ch->hx) {
+		hist_clear(&h->pool, &ch->hx->hist);
+		hist_stats(h);
+		free(ch->hx);
+	}
 	if (ch->subs != &ch->one)
 		free(ch->subs);
 	free(ch);
@@ -427,15 +459,15 @@ static int64_t find_sub(const struct hub_conn *c, const struct chan *ch)
 	return -1;
 }
 
+/* Gives c the next id. When the counter has used its ID_SEQ_BITS bits the
+ * hub takes a new random prefix and counts from 1 again. */
 static void conn_set_id(struct hub *h, struct hub_conn *c)
 {
-	char *o = put(c->id, h->id_prefix, sizeof(h->id_prefix));
-	char tmp[24];
-	size_t n = (size_t)(put_u64(tmp, ++h->conn_seq) - tmp);
-	if (n > sizeof(c->id) - sizeof(h->id_prefix) - 1)
-		n = sizeof(c->id) - sizeof(h->id_prefix) - 1; /* past 10^13 connections */
-	o = put(o, tmp, n);
-	*o = '\0';
+	if (++h->conn_seq >> ID_SEQ_BITS) {
+		h->id_prefix = (uint32_t)(rng_next(h) & ID_PREFIX_MASK);
+		h->conn_seq = 1;
+	}
+	c->idv = (uint64_t)h->id_prefix << ID_SEQ_BITS | h->conn_seq;
 }
 
 /* Drops every queued frame and returns the ring to its inline slots. */
@@ -545,9 +577,15 @@ const char *hub_conn_user(const struct hub_conn *c)
 	return chan_name(c->subs[SUB_USER].ch) + USER_PREFIX_LEN;
 }
 
-const char *hub_conn_id(const struct hub_conn *c)
+const char *hub_conn_id(const struct hub_conn *c, char buf[HUB_CONN_ID_MAX])
 {
-	return c->id;
+	char *o = buf;
+	*o++ = 'c';
+	o = put_hex(o, c->idv >> ID_SEQ_BITS, 7);
+	*o++ = '-';
+	o = put_u64(o, c->idv & (((uint64_t)1 << ID_SEQ_BITS) - 1));
+	*o = '\0';
+	return buf;
 }
 
 /* Looks up the channel c calls name, validated with name_channel_ok.
@@ -622,7 +660,7 @@ static void chan_position(struct hub *h, struct chan *ch, const struct hub_since
 	const struct hist_entry *first = NULL;
 	uint32_t n = 0;
 	pos->recovered = strcmp(since->epoch, pos->epoch) == 0 &&
-	                 hist_range(&ch->hist, since->offset, pos->offset, &first, &n);
+	                 hist_range(chan_hist(ch), since->offset, pos->offset, &first, &n);
 	if (pos->recovered) {
 		pos->from = first;
 		pos->replay = n;
@@ -871,23 +909,32 @@ static uint64_t chan_conflate_key(uint64_t key, const struct chan *ch)
 	return x ? x : 1;
 }
 
-/* Brings ch's history bounds up to date with the hub's limits. */
-static void chan_limits(struct hub *h, struct chan *ch)
+/* Gives ch its history part if it has none and brings its history bounds
+ * up to date with the hub's limits. Returns it, or NULL when out of memory. */
+static struct chan_hist *chan_limits(struct hub *h, struct chan *ch)
 {
-	if (ch->lim_gen == h->lim_gen)
-		return;
-	hist_kind_of(&h->lim.hist, chan_name(ch), chan_name_len(ch), &ch->hsize, &ch->httl_s);
-	ch->lim_gen = h->lim_gen;
+	struct chan_hist *hx = ch->hx;
+	if (!hx) {
+		hx = calloc(1, sizeof(*hx));
+		if (!hx)
+			return NULL;
+		ch->hx = hx;
+	}
+	if (hx->lim_gen == h->lim_gen)
+		return hx;
+	hist_kind_of(&h->lim.hist, chan_name(ch), chan_name_len(ch), &hx->hsize, &hx->httl_s);
+	hx->lim_gen = h->lim_gen;
+	return hx;
 }
 
 /* Drops ch's history entries past its kind's size and TTL at now_ms. */
 static void chan_trim(struct hub *h, struct chan *ch, int64_t now_ms)
 {
-	if (!ch->hist.n)
+	if (!ch->hx || !ch->hx->hist.n)
 		return;
-	chan_limits(h, ch);
-	int64_t cutoff = ch->httl_s ? now_ms - (int64_t)ch->httl_s * 1000 : INT64_MIN;
-	hist_trim(&h->pool, &ch->hist, cutoff, ch->hsize);
+	struct chan_hist *hx = chan_limits(h, ch);
+	int64_t cutoff = hx->httl_s ? now_ms - (int64_t)hx->httl_s * 1000 : INT64_MIN;
+	hist_trim(&h->pool, &hx->hist, cutoff, hx->hsize);
 	hist_stats(h);
 }
 
@@ -936,16 +983,18 @@ static int publish_one(struct hub *h, struct publication *p, int i)
 		return LH_ENOMEM;
 	/* Nobody on the channel and no history: the offset still advances,
 	 * no frame is built. */
-	chan_limits(h, ch);
+	struct chan_hist *hx = chan_limits(h, ch);
+	if (!hx)
+		return LH_ENOMEM;
 	struct frame *f = NULL;
-	if ((ch->nsubs > 0 || ch->hsize > 0) && !(f = event_frame(p, ch)))
+	if ((ch->nsubs > 0 || hx->hsize > 0) && !(f = event_frame(p, ch)))
 		return LH_ENOMEM;
 	struct pub_position *pos = &p->pos[i];
 	pos->offset = ch->next++;
 	/* Out of memory for the history entry only makes a hole, which a
 	 * recovery across it reports as recovered:false. */
-	if (ch->hsize > 0) {
-		hist_push(&h->pool, &ch->hist, f, pos->offset, p->ts_ms, ch->hsize);
+	if (hx->hsize > 0) {
+		hist_push(&h->pool, &hx->hist, f, pos->offset, p->ts_ms, hx->hsize);
 		chan_trim(h, ch, p->ts_ms);
 	}
 	put_hex(pos->epoch, ch->epoch, 16);
@@ -1088,8 +1137,8 @@ void hub_channel_sync(struct hub *h, const char *tenant, const char *name, uint6
 	struct chan *ch = chan_find(h, tenant, name);
 	if (!ch)
 		return;
-	if (ch->epoch != epoch || ch->next != top + 1) {
-		hist_clear(&h->pool, &ch->hist);
+	if ((ch->epoch != epoch || ch->next != top + 1) && ch->hx) {
+		hist_clear(&h->pool, &ch->hx->hist);
 		hist_stats(h);
 	}
 	ch->epoch = epoch;
@@ -1105,13 +1154,15 @@ size_t hub_deliver_event(struct hub *h, const char *tenant, const char *name, st
 		return 0;
 	/* The cache holds a contiguous run of one epoch, like a history. */
 	if (ch->epoch != epoch || offset != ch->next) {
-		hist_clear(&h->pool, &ch->hist);
+		if (ch->hx)
+			hist_clear(&h->pool, &ch->hx->hist);
 		ch->epoch = epoch;
 	}
 	ch->next = offset + 1;
-	chan_limits(h, ch);
-	if (ch->hsize > 0) {
-		hist_push(&h->pool, &ch->hist, f, offset, ts_ms, ch->hsize);
+	/* Out of memory for the cache only makes a hole (a read instead). */
+	struct chan_hist *hx = chan_limits(h, ch);
+	if (hx && hx->hsize > 0) {
+		hist_push(&h->pool, &hx->hist, f, offset, ts_ms, hx->hsize);
 		chan_trim(h, ch, wall_ms());
 	}
 	if (ts_ms > ch->last_ms)
@@ -1198,8 +1249,8 @@ static void history_select(struct hub *h, struct chan *ch, struct publication *p
 	hdr->offset = pos.offset;
 	memcpy(hdr->epoch, pos.epoch, sizeof(hdr->epoch));
 	hdr->recovered = pos.recovered;
-	*first = ch->hist.head;
-	*n = ch->hist.n;
+	*first = chan_hist(ch)->head;
+	*n = chan_hist(ch)->n;
 	if (since.given) {
 		*first = pos.from;
 		*n = pos.replay;
@@ -1301,7 +1352,7 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 	h->lim = *lim;
 	h->tr = *tr;
 	h->rng = seed_random();
-	h->chans = dict_new(rng_next(h));
+	h->chans = dict_new(rng_next(h), offsetof(struct chan, key));
 	if (!h->chans) {
 		free(h);
 		return NULL;
@@ -1314,9 +1365,7 @@ struct hub *hub_new(const struct hub_limits *lim, const struct hub_transport *tr
 		free(h);
 		return NULL;
 	}
-	h->id_prefix[0] = 'c';
-	put_hex(h->id_prefix + 1, rng_next(h), 7);
-	h->id_prefix[8] = '-';
+	h->id_prefix = (uint32_t)(rng_next(h) & ID_PREFIX_MASK);
 	return h;
 }
 
@@ -1340,8 +1389,12 @@ void hub_sweep(struct hub *h, int64_t now_ms, int64_t idle_ms)
 	while (dict_next(h->chans, &pos, &e)) {
 		struct chan *ch = e.val;
 		chan_trim(h, ch, now_ms);
-		if (ch->nsubs == 0 && ch->hist.n == 0 && now_ms - ch->last_ms > idle_ms)
+		if (ch->nsubs == 0 && chan_hist(ch)->n == 0 && now_ms - ch->last_ms > idle_ms) {
 			chan_free(h, ch);
+		} else if (ch->hx && ch->hx->hist.n == 0) {
+			free(ch->hx); /* nothing refers to an empty history */
+			ch->hx = NULL;
+		}
 	}
 	idem_expire(h->idem, now_ms - (int64_t)h->lim.idem_window_s * 1000);
 	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);

@@ -98,8 +98,11 @@ void hub_conn_close(struct hub *h, struct hub_conn *c);
 
 const char *hub_conn_tenant(const struct hub_conn *c);
 const char *hub_conn_user(const struct hub_conn *c);
-/* The connection's process-unique id, e.g. "c4f2a9-17". */
-const char *hub_conn_id(const struct hub_conn *c);
+/* Bytes of a connection id with its NUL ("c" 7 hex "-" up to 11 digits). */
+#define HUB_CONN_ID_MAX 24
+/* Writes the connection's process-unique id, e.g. "c4f2a9e1-17", into buf
+ * and returns buf. Formatted on demand: not stored per connection. */
+const char *hub_conn_id(const struct hub_conn *c, char buf[HUB_CONN_ID_MAX]);
 
 /* Subscribes c to the channel its client calls name (not reserved).
  * Returns 0, LH_EEXIST (already subscribed), LH_EINVAL (bad name),

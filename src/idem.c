@@ -1,6 +1,7 @@
 /* idem: idempotency keys of publish calls. See idem.h. */
 #include "idem.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,7 +42,7 @@ struct idem *idem_new(uint64_t seed)
 	struct idem *t = calloc(1, sizeof(*t));
 	if (!t)
 		return NULL;
-	t->d = dict_new(seed);
+	t->d = dict_new(seed, offsetof(struct idem_entry, key));
 	if (!t->d) {
 		free(t);
 		return NULL;

@@ -293,7 +293,8 @@ static struct frame *member_frame_of(const char *type, const char *name, const c
 
 static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
 {
-	return member_frame_of(type, name, hub_conn_user(c), hub_conn_id(c));
+	char cid[HUB_CONN_ID_MAX];
+	return member_frame_of(type, name, hub_conn_user(c), hub_conn_id(c, cid));
 }
 
 /* Like fan_out, the connection left out named by its id. */
@@ -307,7 +308,8 @@ struct fanout_id {
 static void send_one_id(struct hub_conn *c, void *arg)
 {
 	struct fanout_id *fo = arg;
-	if (strcmp(hub_conn_id(c), fo->except) != 0 && hub_conn_send(fo->h, c, fo->f) == 0)
+	char cid[HUB_CONN_ID_MAX];
+	if (strcmp(hub_conn_id(c, cid), fo->except) != 0 && hub_conn_send(fo->h, c, fo->f) == 0)
 		fo->n++;
 }
 
@@ -608,11 +610,12 @@ static bool bucket_take(const struct presence *pr, struct presence_bucket *b, in
 static struct frame *client_event_frame(const struct hub_conn *c, const struct wsp_request *req)
 {
 	struct strbuf sb = STRBUF_INIT;
+	char cid[HUB_CONN_ID_MAX];
 	sb_adds(&sb, "{\"type\":\"" CLIENT_EVENT_PREFIX);
 	sb_adds(&sb, req->event); /* name_type_ok: nothing to escape */
 	sb_add_key_str(&sb, "\",\"channel\":", req->channel);
 	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c));
+	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
 	sb_adds(&sb, ",\"data\":");
 	if (req->data)
 		sb_add(&sb, req->data, req->data_len);
@@ -671,7 +674,8 @@ static void disconnect_one(struct hub_conn *c, void *arg)
 {
 	struct target *t = arg;
 	struct command *cmd = t->cmd;
-	if (cmd->client_id[0] && strcmp(hub_conn_id(c), cmd->client_id) != 0)
+	char cid[HUB_CONN_ID_MAX];
+	if (cmd->client_id[0] && strcmp(hub_conn_id(c, cid), cmd->client_id) != 0)
 		return;
 	const char *reason = cmd->reason[0] ? cmd->reason : "DISCONNECTED";
 	if (hub_conn_kill(t->h, c, cmd->close_code, reason))

@@ -306,7 +306,8 @@ void pcluster_member(struct pcluster *pc, struct hub_conn *c, const char *name, 
 {
 	if (pc->leaving)
 		return;
-	if (push_op(pc, join ? 'J' : 'L', hub_conn_tenant(c), name, hub_conn_id(c),
+	char cid[HUB_CONN_ID_MAX];
+	if (push_op(pc, join ? 'J' : 'L', hub_conn_tenant(c), name, hub_conn_id(c, cid),
 	            hub_conn_user(c)) &&
 	    !pc->oom_logged) {
 		pc->oom_logged = true;
@@ -452,19 +453,20 @@ struct conn_walk {
 	struct pcluster *pc;
 	struct hub_conn *c;
 	char kind;
+	char cid[HUB_CONN_ID_MAX]; /* c's id, formatted once */
 };
 
 static void channel_op(const char *name, void *arg)
 {
 	struct conn_walk *cw = arg;
-	push_op(cw->pc, cw->kind, hub_conn_tenant(cw->c), name, hub_conn_id(cw->c),
-	        hub_conn_user(cw->c));
+	push_op(cw->pc, cw->kind, hub_conn_tenant(cw->c), name, cw->cid, hub_conn_user(cw->c));
 }
 
 static void conn_ops(struct hub_conn *c, void *arg)
 {
 	struct walk *w = arg;
-	struct conn_walk cw = {w->pc, c, w->kind};
+	struct conn_walk cw = {w->pc, c, w->kind, {0}};
+	hub_conn_id(c, cw.cid);
 	channel_op(TENANT_CHANNEL, &cw);
 	hub_conn_each_channel(c, channel_op, &cw);
 }
@@ -579,7 +581,8 @@ struct find {
 static void find_one(struct hub_conn *c, void *arg)
 {
 	struct find *f = arg;
-	if (!f->c && strcmp(hub_conn_id(c), f->cid) == 0)
+	char cid[HUB_CONN_ID_MAX];
+	if (!f->c && strcmp(hub_conn_id(c, cid), f->cid) == 0)
 		f->c = c;
 }
 
@@ -670,7 +673,8 @@ int pcluster_request(struct pcluster *pc, struct hub_conn *c, const struct wsp_r
 	snprintf(rd->tenant, sizeof rd->tenant, "%s", hub_conn_tenant(c));
 	snprintf(rd->channel, sizeof rd->channel, "%s", req->channel);
 	snprintf(rd->user, sizeof rd->user, "%s", hub_conn_user(c));
-	snprintf(rd->cid, sizeof rd->cid, "%s", hub_conn_id(c));
+	char cid[HUB_CONN_ID_MAX];
+	snprintf(rd->cid, sizeof rd->cid, "%s", hub_conn_id(c, cid));
 	memcpy(rd->id, req->id, req->id_len);
 	rd->id_len = req->id_len;
 	/* This node's queued changes first, so the answer includes them. */

@@ -91,26 +91,28 @@ struct rxbuf {
 
 /* Per WebSocket connection, allocated by lws (per_session_data_size) and
  * zeroed; valid from ESTABLISHED to CLOSED. Kept small: idle connections
- * are the bulk of the memory. */
+ * are the bulk of the memory. At most 104 bytes, so that glibc gives it a
+ * 112-byte chunk (docs/PERFORMANCE.md, "Memory per connection"). */
 struct session {
 	struct lws *wsi;
 	struct hub_conn *conn;       /* NULL until ESTABLISHED succeeded */
 	struct rxbuf *rx;            /* only while a message spans fragments */
 	struct session *prev, *next; /* ws->sessions */
 	struct auth_rights *rights;  /* owned; NULL: the token restricts nothing */
-	const char *close_reason;    /* static text, with close_code */
-	int close_code;              /* nonzero: close at the next write */
-	struct ip_slot *ip;          /* its client address's count in ws->ips */
-	struct rate rate;            /* the message rate limit's bucket */
-	unsigned char why;           /* enum metrics_close, when close_code does not tell */
-	bool killing;                /* libuv: closing; the close frame goes at the next write */
-	bool told_slow;              /* the SLOW_CONSUMER error frame has been written */
-	/* An owned copy of a close reason the hub gave (tr_kill). */
-	char *reason_buf;
-	/* The client-event rate limit (presence.h). */
-	struct presence_bucket events;
-	bool awaiting_auth; /* connected without a token: only `auth` may come */
+	/* With close_code: static text, or a copy this session owns when
+	 * reason_owned (a reason the hub gave, tr_kill); see set_close(). */
+	const char *close_reason;
+	struct ip_slot *ip;            /* its client address's count in ws->ips */
+	struct presence_bucket events; /* the client-event rate limit (presence.h) */
+	struct rate rate;              /* the message rate limit's bucket */
+	int close_code;                /* nonzero: close at the next write */
+	unsigned char why;             /* enum metrics_close, when close_code does not tell */
+	bool killing : 1;              /* libuv: closing; the close frame goes at the next write */
+	bool told_slow : 1;            /* the SLOW_CONSUMER error frame has been written */
+	bool awaiting_auth : 1;        /* connected without a token: only `auth` may come */
+	bool reason_owned : 1;         /* close_reason is a copy to free */
 };
+_Static_assert(sizeof(struct session) <= 104, "struct session outgrew its 112-byte chunk");
 
 /* What CONFIRM_UPGRADE verified, for ESTABLISHED of the same wsi with the
  * same token: lws calls the two back to back, and verifying a token twice
@@ -211,6 +213,19 @@ static struct ws *ws_of(struct lws *wsi)
 	return lws_context_user(lws_get_context(wsi));
 }
 
+/* Sets the code and reason of s's close frame. An owned reason (malloc'd)
+ * becomes s's, freed when replaced or at CLOSED. */
+static void set_close(struct session *s, int code, const char *reason, bool owned)
+{
+	if (reason != s->close_reason) {
+		if (s->reason_owned)
+			free((char *)s->close_reason);
+		s->close_reason = reason;
+		s->reason_owned = owned;
+	}
+	s->close_code = code;
+}
+
 /* Sets the close frame's code and reason and has lws send it and close the
  * connection. With lws' poll loop, returning -1 from the callback does
  * that. Under libuv it does not: Debian's lws 4.1.6 is built with _DEBUG,
@@ -227,8 +242,7 @@ static int close_now(struct ws *w, struct session *s, int code, const char *reas
 		                 strlen(reason));
 		return -1;
 	}
-	s->close_code = code;
-	s->close_reason = reason;
+	set_close(s, code, reason, false);
 	s->killing = true;
 	lws_callback_on_writable(s->wsi);
 	/* A peer that stopped reading may never make it writable again. */
@@ -258,10 +272,8 @@ static int send_close(struct session *s)
  * write, and asks for that write. */
 static void close_later(struct session *s, int code, const char *reason)
 {
-	if (!s->close_code) {
-		s->close_code = code;
-		s->close_reason = reason;
-	}
+	if (!s->close_code)
+		set_close(s, code, reason, false);
 	lws_callback_on_writable(s->wsi);
 }
 
@@ -329,9 +341,8 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
 	/* The reason may be a Disconnect call's, gone when this returns; a
 	 * close already pending keeps its own reason. */
 	if (!s->close_code) {
-		free(s->reason_buf);
-		s->reason_buf = strndup(reason, 123);
-		reason = s->reason_buf ? s->reason_buf : "DISCONNECTED";
+		char *copy = strndup(reason, 123);
+		set_close(s, close_code, copy ? copy : "DISCONNECTED", copy != NULL);
 	}
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
@@ -813,11 +824,12 @@ static int open_session(struct ws *w, struct session *s, struct auth_identity *i
 	schedule_expiry(w, s, id->exp);
 	presence_on_open(w->pres, w->hub, s->conn);
 	metrics_inc(&lh_metrics.conn_opened, 1);
-	log_info("event=connect client=%s tenant=%s user=%s", hub_conn_id(s->conn), id->tenant,
-	         id->user);
+	char cid[HUB_CONN_ID_MAX];
+	hub_conn_id(s->conn, cid);
+	log_info("event=connect client=%s tenant=%s user=%s", cid, id->tenant, id->user);
 	/* From here on CLOSED must follow, so failures close from the writer. */
-	struct frame *f = wsp_connected_req(hub_conn_id(s->conn), id->tenant, id->user,
-	                                    w->ping_interval_s, w->ping_timeout_s, req);
+	struct frame *f = wsp_connected_req(cid, id->tenant, id->user, w->ping_interval_s,
+	                                    w->ping_timeout_s, req);
 	if (!f) {
 		close_later(s, 1011, "SERVER_ERROR");
 		return 0;
@@ -1024,7 +1036,8 @@ static struct frame *do_refresh(struct ws *w, struct session *s, const struct ws
 	if (rc) {
 		bool expired = rc == LH_EEXPIRED;
 		metrics_inc(&lh_metrics.auth_failed[metrics_auth_reason(why)], 1);
-		log_info("event=refresh_refused client=%s reason=\"%s\"", hub_conn_id(s->conn),
+		char cid[HUB_CONN_ID_MAX];
+		log_info("event=refresh_refused client=%s reason=\"%s\"", hub_conn_id(s->conn, cid),
 		         why);
 		s->why = MC_AUTH;
 		close_later(s, expired ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
@@ -1359,7 +1372,8 @@ static void on_closed(struct ws *w, struct session *s)
 		presence_on_close(w->pres, w->hub, s->conn);
 	enum metrics_close why = close_reason_of(s);
 	metrics_inc(&lh_metrics.conn_closed[why], 1);
-	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn),
+	char cid[HUB_CONN_ID_MAX];
+	log_info("event=disconnect client=%s reason=%s close_code=%d", hub_conn_id(s->conn, cid),
 	         metrics_close_name(why), s->close_code);
 	session_unlink(&w->sessions, s);
 	if (w->cluster)
@@ -1367,8 +1381,10 @@ static void on_closed(struct ws *w, struct session *s)
 	hub_conn_close(w->hub, s->conn);
 	s->conn = NULL;
 	/* Read by the close frame, which has gone out by now. */
-	free(s->reason_buf);
-	s->reason_buf = NULL;
+	if (s->reason_owned)
+		free((char *)s->close_reason);
+	s->close_reason = NULL;
+	s->reason_owned = false;
 }
 
 /* Publishes what the gRPC threads handed over, oldest first, at most

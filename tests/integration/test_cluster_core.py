@@ -383,3 +383,48 @@ async def test_a_client_ahead_of_the_node_is_recovered_without_duplicates(redis)
     check_event(await a.next(), "n", ch, r3.channels[0], {"seq": 3})
     check_event(await b.next(), "n", ch, r3.channels[0], {"seq": 3})
     assert await b.barrier() == [] and await a.barrier() == []
+
+
+@aio
+async def test_recoveries_read_from_the_stream_while_publishing_goes_on(redis):
+    import threading
+    # Node 2 keeps no cache for job channels, so every recovery there reads
+    # the stream while node 1 publishes: the reply, the replay and the live
+    # events must still be each offset once, in order.
+    c = cluster(1, redis)
+    c.add(LIVEHUB_HISTORY_KINDS="job:0")
+    redistest.wait_until(lambda: redistest.readyz(c[1]) == 200, "node 2 ready")
+    t, ch = uniq(), "job:" + uniq("j")
+    watcher = await c[1].connect(t, "watcher")  # node 2 follows the channel
+    await watcher.subscribe(ch)
+    first = publish(c[0], t, ch, seq=0).result
+    stop = threading.Event()
+
+    def publisher():
+        i = 1
+        while not stop.is_set():
+            publish(c[0], t, ch, seq=i)
+            i += 1
+
+    th = threading.Thread(target=publisher)
+    th.start()
+    try:
+        clients = []
+        for k in range(12):
+            cl = await c[1].connect(t, "u%d" % k)
+            await cl.send({"type": "subscribe", "channel": ch, "id": k,
+                           "since": {"offset": first.offset, "epoch": first.epoch}})
+            clients.append(cl)
+        for cl in clients:
+            m = await cl.next()
+            assert m["type"] == "subscribed" and m["recovered"] is True, m
+            last = first.offset
+            # The replay up to the reply's offset, then live events: one
+            # sequence without gaps or repeats, for a while.
+            while last < m["offset"] + 20:
+                e = await cl.next()
+                assert e["offset"] == last + 1, (last, e)
+                last = e["offset"]
+    finally:
+        stop.set()
+        th.join()

@@ -69,6 +69,17 @@ def events(msgs, etype):
     return [m for m in msgs if m.get("type") == etype]
 
 
+async def collect(client, etype, n):
+    """The users of etype frames until n distinct users came (frames from
+    other nodes travel on pub/sub and may come after a barrier), plus any
+    that are already queued behind them: a duplicate shows up twice."""
+    got = []
+    while len(set(got)) < n:
+        got.append((await client.wait_for(lambda m: m.get("type") == etype))["user"])
+    got += [m["user"] for m in events(await client.barrier(), etype)]
+    return got
+
+
 # -- presence reads -----------------------------------------------------------
 
 @aio
@@ -337,3 +348,55 @@ async def test_clean_stop_leaves_at_once(redis):
                                    "clientId": cid}, got
     assert rpc_presence(c[1], t, ch) == (1, {"bob": 1})
     assert redis.cli("EXISTS", "livehub:node:node1") == 0
+
+
+@aio
+async def test_sighup_keeps_presence_across_nodes(redis, tmp_path):
+    """A reload replaces the presence settings: the new ones are wired to
+    the cluster again (announcements, Subscribe with Redis's position)."""
+    import json
+    import signal
+    cfg = tmp_path / "livehub.json"
+    cfg.write_text(json.dumps({"presence_channels": "room:*"}))
+    c = start(2, redis, dict(QUIET, LIVEHUB_CONFIG=str(cfg)))
+    t = uniq()
+    cfg.write_text(json.dumps({"presence_channels": "board:*"}))
+    for node in c:
+        node.proc.send_signal(signal.SIGHUP)
+    for node in c:
+        redistest.wait_until(lambda: "event=reload_applied" in node.stderr_text(), "reloaded")
+    ch = "board:" + uniq("b")
+    bob = await c[1].connect(t, "bob")
+    await bob.subscribe(ch)
+    alice = await c[0].connect(t, "alice")
+    await alice.subscribe(ch)
+    join = await bob.wait_for(lambda m: m.get("type") == "presence:join")
+    assert join["user"] == "alice", join
+    pub = c[1].rpc("Publish", hub_pb2.PublishRequest(tenant_id=t, channel="job:x", type="w"))
+    r = c[0].rpc("Subscribe", hub_pb2.SubscribeRequest(tenant_id=t, user_id="alice",
+                                                       channel="job:x"))
+    assert (r.subscribed, r.offset, r.epoch) == (1, 1, pub.result.channels[0].epoch), r
+    wait_rpc_presence(c[1], t, ch, (2, {"alice": 1, "bob": 1}), "both present")
+
+
+@aio
+async def test_concurrent_devices_give_one_join_and_one_leave_per_user(redis):
+    c = start(3, redis, ENV)
+    t, ch = uniq(), "board:" + uniq("b")
+    watcher = await c[0].connect(t, "watcher")
+    await watcher.subscribe(ch)
+    users = ["u%d" % i for i in range(10)]
+    # Each user has a device on every node; all subscribe at once.
+    devices = await asyncio.gather(*(c[k].connect(t, u) for u in users for k in range(3)))
+    await asyncio.gather(*(d.send({"type": "subscribe", "channel": ch}) for d in devices))
+    want = {u: 3 for u in users}
+    want["watcher"] = 1
+    wait_rpc_presence(c[1], t, ch, (31, want), "every device present")
+    assert sorted(await collect(watcher, "presence:join", len(users))) == users
+    # All go at once: one leave per user, when their last device went.
+    await asyncio.gather(*(d.close() for d in devices))
+    wait_rpc_presence(c[2], t, ch, (1, {"watcher": 1}), "every device gone")
+    assert sorted(await collect(watcher, "presence:leave", len(users))) == users
+    key = "livehub:{%s:%s}:presence" % (t, ch)
+    assert redis.cli("HGETALL", key + ":users") == ["watcher", "1"]
+    assert redis.cli("ZCARD", key + ":exp") == 1

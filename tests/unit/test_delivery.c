@@ -383,6 +383,55 @@ static void test_history_ttl_and_epoch(void **state)
 	hub_free(h);
 }
 
+/* A channel's history part comes with its first publication and goes at the
+ * sweep that finds its history empty, while the channel stays (subscribed):
+ * offsets, epoch and recovery carry on across that. */
+static void test_history_part_released(void **state)
+{
+	(void)state;
+	struct hub *h = history_hub(10, 60, UINT64_MAX);
+	struct fake fk = {0};
+	struct hub_conn *c = hub_conn_open(h, "acme", "u", &fk);
+	struct hub_position pos;
+	assert_int_equal(hub_subscribe_since(h, c, "c", NULL, &pos), 0);
+	assert_int_equal(pos.offset, 0);
+	char epoch[17];
+	strcpy(epoch, pos.epoch);
+	/* Nothing published yet: nothing missed, nothing to replay. */
+	struct hub_since since = {.given = true, .offset = 0};
+	strcpy(since.epoch, epoch);
+	assert_int_equal(hub_subscribe_since(h, c, "c", &since, &pos), LH_EEXIST);
+	assert_true(pos.recovered);
+	assert_int_equal(pos.replay, 0);
+
+	struct publication p;
+	for (int i = 0; i < 2; i++) {
+		make_pub(&p, "t", "c", NULL, "{}");
+		p.ts_ms = now_ms() - 120 * 1000;
+		hub_publish(h, &p);
+	}
+	drain(c);
+	hub_sweep(h, now_ms(), 0); /* past the TTL: history emptied, part freed */
+	assert_int_equal(stats(h).history_entries, 0);
+	assert_int_equal(stats(h).channels, 3);
+
+	make_pub(&p, "t", "c", NULL, "{}");
+	hub_publish(h, &p);
+	assert_int_equal(p.pos[0].offset, 3);
+	assert_string_equal(p.pos[0].epoch, epoch);
+	assert_int_equal(p.subscribers, 1);
+	assert_int_equal(stats(h).history_entries, 1);
+	since.offset = 2;
+	assert_int_equal(hub_subscribe_since(h, c, "c", &since, &pos), LH_EEXIST);
+	assert_true(pos.recovered);
+	assert_int_equal(pos.replay, 1);
+	since.offset = 1;
+	assert_int_equal(hub_subscribe_since(h, c, "c", &since, &pos), LH_EEXIST);
+	assert_false(pos.recovered);
+	hub_conn_close(h, c);
+	hub_free(h);
+}
+
 static void test_history_byte_cap(void **state)
 {
 	(void)state;
@@ -666,6 +715,7 @@ int main(void)
 	        cmocka_unit_test(test_parse_kinds),
 	        cmocka_unit_test(test_history_size),
 	        cmocka_unit_test(test_history_ttl_and_epoch),
+	        cmocka_unit_test(test_history_part_released),
 	        cmocka_unit_test(test_history_byte_cap),
 	        cmocka_unit_test(test_replay),
 	        cmocka_unit_test(test_implicit_recovery),

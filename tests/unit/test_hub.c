@@ -185,7 +185,8 @@ static void test_accessors_and_ids(void **state)
 	assert_string_equal(hub_conn_user(a), "alice@x.io");
 	assert_string_equal(hub_conn_user(b), "bob");
 
-	const char *ia = hub_conn_id(a), *ib = hub_conn_id(b);
+	char ba[HUB_CONN_ID_MAX], bb[HUB_CONN_ID_MAX];
+	const char *ia = hub_conn_id(a, ba), *ib = hub_conn_id(b, bb);
 	assert_string_not_equal(ia, ib);
 	/* "c" and 7 hex digits fixed per hub, '-', a counter. */
 	assert_int_equal(ia[0], 'c');
@@ -978,19 +979,26 @@ static void test_cluster_hooks_and_cache(void **state)
 	hub_free(h);
 }
 
+/* A value that holds its key, as every user of dict does. */
+struct item {
+	int i;
+	char key[16];
+};
+
 static void test_dict_basic(void **state)
 {
-	struct dict *d = dict_new(42);
+	struct dict *d = dict_new(42, offsetof(struct item, key));
 	assert_non_null(d);
-	int a = 1, b = 2;
+	struct item a = {1, "k"}, b = {2, "k"}, e = {3, ""}, z = {4, "z"};
 	assert_null(dict_get(d, "k", 1));
-	assert_int_equal(dict_put(d, "k", 1, &a), 0);
-	assert_int_equal(dict_put(d, "k", 1, &b), LH_EEXIST);
-	assert_int_equal(dict_put(d, "z", 1, NULL), LH_EINVAL);
+	assert_int_equal(dict_put(d, a.key, 1, &a), 0);
+	assert_int_equal(dict_put(d, b.key, 1, &b), LH_EEXIST);
+	assert_int_equal(dict_put(d, z.key, 1, NULL), LH_EINVAL);
+	assert_int_equal(dict_put(d, "z", 1, &z), LH_EINVAL); /* the key is not z's */
 	assert_ptr_equal(dict_get(d, "k", 1), &a);
-	assert_null(dict_get(d, "k\0", 2));          /* lengths matter */
-	assert_int_equal(dict_put(d, "", 0, &b), 0); /* the empty key is a key */
-	assert_ptr_equal(dict_get(d, "", 0), &b);
+	assert_null(dict_get(d, "k\0", 2));             /* lengths matter */
+	assert_int_equal(dict_put(d, e.key, 0, &e), 0); /* the empty key is a key */
+	assert_ptr_equal(dict_get(d, "", 0), &e);
 	assert_int_equal(dict_count(d), 2);
 	assert_ptr_equal(dict_del(d, "k", 1), &a);
 	assert_null(dict_del(d, "k", 1));
@@ -1004,50 +1012,48 @@ static void test_dict_basic(void **state)
 static void test_dict_many(void **state)
 {
 	enum { N = 100000 };
-	struct dict *d = dict_new(7);
-	char(*keys)[16] = calloc(N, sizeof(*keys));
-	int *vals = calloc(N, sizeof(*vals));
+	struct dict *d = dict_new(7, offsetof(struct item, key));
+	struct item *it = calloc(N, sizeof(*it));
 	int *seen = calloc(N, sizeof(*seen));
 	for (int i = 0; i < N; i++) {
-		snprintf(keys[i], sizeof(keys[i]), "acme\x1fk%d", i);
-		vals[i] = i;
-		assert_int_equal(dict_put(d, keys[i], strlen(keys[i]), &vals[i]), 0);
+		snprintf(it[i].key, sizeof(it[i].key), "acme\x1fk%d", i);
+		it[i].i = i;
+		assert_int_equal(dict_put(d, it[i].key, strlen(it[i].key), &it[i]), 0);
 	}
 	assert_int_equal(dict_count(d), N);
 	for (int i = 0; i < N; i++)
-		assert_ptr_equal(dict_get(d, keys[i], strlen(keys[i])), &vals[i]);
+		assert_ptr_equal(dict_get(d, it[i].key, strlen(it[i].key)), &it[i]);
 
 	size_t pos = 0;
 	struct dict_entry e;
 	while (dict_next(d, &pos, &e)) {
-		int i = *(int *)e.val;
-		assert_int_equal(e.len, strlen(keys[i]));
-		assert_memory_equal(e.key, keys[i], e.len);
+		int i = ((struct item *)e.val)->i;
+		assert_int_equal(e.len, strlen(it[i].key));
+		assert_ptr_equal(e.key, it[i].key);
 		seen[i]++;
 		if (i % 2 == 0)
-			assert_ptr_equal(dict_del(d, e.key, e.len), &vals[i]);
+			assert_ptr_equal(dict_del(d, e.key, e.len), &it[i]);
 	}
 	for (int i = 0; i < N; i++)
 		assert_int_equal(seen[i], 1);
 	assert_int_equal(dict_count(d), N / 2);
 	for (int i = 0; i < N; i++)
-		assert_ptr_equal(dict_get(d, keys[i], strlen(keys[i])), i % 2 ? &vals[i] : NULL);
+		assert_ptr_equal(dict_get(d, it[i].key, strlen(it[i].key)), i % 2 ? &it[i] : NULL);
 
 	/* Remove the rest, then reuse the table (tombstones get cleared). */
 	for (int i = 1; i < N; i += 2)
-		assert_non_null(dict_del(d, keys[i], strlen(keys[i])));
+		assert_non_null(dict_del(d, it[i].key, strlen(it[i].key)));
 	assert_int_equal(dict_count(d), 0);
 	pos = 0;
 	assert_false(dict_next(d, &pos, &e));
 	for (int round = 0; round < 3; round++) {
 		for (int i = 0; i < N; i++)
-			assert_int_equal(dict_put(d, keys[i], strlen(keys[i]), &vals[i]), 0);
+			assert_int_equal(dict_put(d, it[i].key, strlen(it[i].key), &it[i]), 0);
 		for (int i = 0; i < N; i++)
-			assert_ptr_equal(dict_del(d, keys[i], strlen(keys[i])), &vals[i]);
+			assert_ptr_equal(dict_del(d, it[i].key, strlen(it[i].key)), &it[i]);
 	}
 	assert_int_equal(dict_count(d), 0);
-	free(keys);
-	free(vals);
+	free(it);
 	free(seen);
 	dict_free(d);
 }

@@ -178,7 +178,7 @@ static void test_join_leave_per_user(void **state)
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"presence:join\",\"channel\":\"board:1\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\"}",
-	         hub_conn_id(a1));
+	         hub_conn_id(a1, (char[HUB_CONN_ID_MAX]){0}));
 	assert_string_equal(drain(bob), want);
 	assert_string_equal(drain(a1), ""); /* not to itself */
 	struct hub_conn *a2 = env_open(e, "t", "alice");
@@ -191,7 +191,7 @@ static void test_join_leave_per_user(void **state)
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"presence:leave\",\"channel\":\"board:1\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\"}",
-	         hub_conn_id(a2));
+	         hub_conn_id(a2, (char[HUB_CONN_ID_MAX]){0}));
 	assert_string_equal(drain(bob), want);
 	/* Not a presence channel. */
 	env_sub(e, bob, "job:1");
@@ -219,7 +219,7 @@ static void test_online_offline(void **state)
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"user:online\",\"channel\":\"$tenant\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\"}",
-	         hub_conn_id(a1));
+	         hub_conn_id(a1, (char[HUB_CONN_ID_MAX]){0}));
 	assert_string_equal(drain(w), want);
 	assert_string_equal(drain(other), "");
 	struct hub_conn *a2 = env_open(e, "t", "alice");
@@ -229,7 +229,7 @@ static void test_online_offline(void **state)
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"user:offline\",\"channel\":\"$tenant\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\"}",
-	         hub_conn_id(a2));
+	         hub_conn_id(a2, (char[HUB_CONN_ID_MAX]){0}));
 	env_close(e, a2);
 	assert_string_equal(drain(w), want);
 	env_free(e);
@@ -289,13 +289,13 @@ static void test_cluster_pieces(void **state)
 	             "\"partial\":true}");
 	struct frame *f = NULL;
 	assert_int_equal(presence_announce(e->h, "t", "presence:leave", "board:1", "carol",
-	                                   hub_conn_id(a), &f),
+	                                   hub_conn_id(a, (char[HUB_CONN_ID_MAX]){0}), &f),
 	                 1);
 	char want[256];
 	snprintf(want, sizeof want,
 	         "{\"type\":\"presence:leave\",\"channel\":\"board:1\",\"user\":\"carol\","
 	         "\"clientId\":\"%s\"}",
-	         hub_conn_id(a));
+	         hub_conn_id(a, (char[HUB_CONN_ID_MAX]){0}));
 	expect_frame(f, want);
 	assert_string_equal(drain(a), "");
 	assert_string_equal(drain(b), want);
@@ -323,7 +323,7 @@ static void test_client_events(void **state)
 	snprintf(want, sizeof(want),
 	         "{\"type\":\"client:typing\",\"channel\":\"board:1\",\"user\":\"alice\","
 	         "\"clientId\":\"%s\",\"data\":{\"user\":\"mallory\",\"n\":[1,2]}}",
-	         hub_conn_id(a));
+	         hub_conn_id(a, (char[HUB_CONN_ID_MAX]){0}));
 	assert_string_equal(drain(b), want);
 	assert_string_equal(drain(a), "");
 	assert_string_equal(drain(x), "");
@@ -441,7 +441,7 @@ static void test_commands(void **state)
 	/* Disconnect: one client, then a user (the killed one is not counted
 	 * twice), then a tenant. */
 	struct command dc = {.kind = CMD_DISCONNECT, .close_code = LH_CLOSE_RECONNECT};
-	strcpy(dc.client_id, hub_conn_id(a1));
+	strcpy(dc.client_id, hub_conn_id(a1, (char[HUB_CONN_ID_MAX]){0}));
 	strcpy(dc.reason, "bye");
 	assert_int_equal(run(e, "t2", &dc), 0); /* another tenant: not found */
 	assert_int_equal(dc.connections, 0);
