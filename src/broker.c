@@ -1405,13 +1405,18 @@ static void run_event(struct broker *b, struct ev *e)
 		}
 		break;
 	case E_CHAN_MSG: {
-		/* "P:{T:C}": the tenant has no ':' and names no '}'. */
+		/* "P:{T:C}": the tenant has no ':' and names no '}'. The name
+		 * comes from Redis: it is checked to be ours before anything
+		 * past its length is looked at. */
 		const char *name = e->reply->element[1]->str;
 		size_t plen = strlen(b->prefix);
-		const char *t = name + plen + 2;
-		const char *colon = strchr(t, ':');
 		size_t len = e->reply->element[1]->len;
-		if (!b->chan_fn || len < plen + 5 || !colon || name[len - 1] != '}')
+		if (!b->chan_fn || len < plen + 6 || memcmp(name, b->prefix, plen) != 0 ||
+		    name[plen] != ':' || name[plen + 1] != '{' || name[len - 1] != '}')
+			break;
+		const char *t = name + plen + 2;
+		const char *colon = memchr(t, ':', (size_t)(name + len - 1 - t));
+		if (!colon)
 			break;
 		char tenant[LH_TENANT_MAX + 1], chan[LH_CHANNEL_MAX + 1];
 		size_t tl = (size_t)(colon - t), cl = (size_t)(name + len - 1 - (colon + 1));

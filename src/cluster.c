@@ -684,9 +684,13 @@ static struct hub_history_result *history_build(const struct publication *p, red
 			n = 0;
 		(void)have;
 	}
+	/* Only entries of the stream's shape are read (entry_offset checks
+	 * it): a broken Redis must not make us follow a NULL element. */
 	size_t text = 0;
+	uint64_t off;
 	for (size_t i = 0; i < n; i++)
-		text += entries->element[i]->element[1]->element[1]->len + 2;
+		if (entry_offset(entries->element[i], &off))
+			text += entries->element[i]->element[1]->element[1]->len + 2;
 	size_t head = sizeof(hdr) + n * sizeof(hdr.items[0]);
 	struct hub_history_result *res = malloc(head + text);
 	if (!res) {
@@ -697,11 +701,11 @@ static struct hub_history_result *history_build(const struct publication *p, red
 	res->n = 0;
 	char *o = (char *)res + head;
 	for (size_t i = 0; i < n; i++) {
+		if (!entry_offset(entries->element[i], &off))
+			continue;
 		redisReply *v = entries->element[i]->element[1]->element[1];
 		struct broker_frame bf;
-		uint64_t off;
-		if (!entry_offset(entries->element[i], &off) ||
-		    broker_frame_parts(v->str, v->len, &bf))
+		if (broker_frame_parts(v->str, v->len, &bf))
 			continue;
 		struct hub_history_item *it = &res->items[res->n++];
 		it->offset = off;
