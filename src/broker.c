@@ -638,6 +638,7 @@ static int handshake_auth(struct broker *b, struct rconn *c)
 
 static void on_probe(struct broker *b, struct pending *pd, redisReply *r);
 static void on_script(struct broker *b, struct pending *pd, redisReply *r);
+static void on_role(struct broker *b, struct pending *pd, redisReply *r);
 
 /* The socket is connected: sends the handshake. */
 static int start_handshake(struct broker *b, struct rconn *c)
@@ -659,6 +660,12 @@ static int start_handshake(struct broker *b, struct rconn *c)
 	struct pending ps = {.on_reply = on_script};
 	if (!rc)
 		rc = send_words(b, c, &ps, 3, "SCRIPT", "LOAD", publish_lua);
+	c->handshake++;
+	/* A replica takes the connection and the script but refuses every
+	 * write: it is not up for us (see on_role). */
+	struct pending pr = {.on_reply = on_role};
+	if (!rc)
+		rc = send_words(b, c, &pr, 1, "ROLE");
 	c->handshake++;
 out:
 	if (!rc && c->handshake == 0)
@@ -717,6 +724,26 @@ static void on_script(struct broker *b, struct pending *pd, redisReply *r)
 	}
 	memcpy(b->sha, r->str, 40);
 	b->sha[40] = '\0';
+	handshake_step(b, &b->cmd);
+}
+
+/* ROLE: anything but "master" (a replica, a sentinel) cannot run the
+ * publish script, so the broker stays down and retries with its backoff
+ * (a failover that moves the address heals). An error (ROLE refused by an
+ * ACL) tells nothing: carry on. */
+static void on_role(struct broker *b, struct pending *pd, redisReply *r)
+{
+	if (!r)
+		return;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+	    r->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(r->element[0]->str, "master") != 0) {
+		char why[96];
+		snprintf(why, sizeof(why), "Redis is not a primary (ROLE %.32s): it refuses writes",
+		         r->element[0]->str);
+		drop(b, why);
+		return;
+	}
 	handshake_step(b, &b->cmd);
 }
 
@@ -1065,6 +1092,14 @@ static void on_publish(struct broker *b, struct pending *pd, redisReply *r)
 		log_warn("event=redis_publish_failed reply=\"%s\"", r->str);
 		set_error(b, "publish script: ", r->str);
 		pj->status = pj->status ? pj->status : LH_EUNAVAILABLE;
+		if (strncmp(r->str, "READONLY", 8) == 0) {
+			/* The primary became a replica (a failover): no write
+			 * will pass on this connection; reconnect (ROLE is
+			 * checked again) and report down meanwhile. */
+			pub_finish(b, pj);
+			drop(b, "Redis became a read-only replica");
+			return;
+		}
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
 	           r->element[0]->type == REDIS_REPLY_STRING) {
 		bool dup = strcmp(r->element[0]->str, "dup") == 0;

@@ -56,6 +56,7 @@ class FakeRedis:
         self.lock = threading.Lock()
         self.read_reply = array(bulk(EPOCH), bulk("0"), array())
         self.subscribed = {}  # pub/sub channel -> the connection that asked
+        self.mute_eval = False  # EVAL/EVALSHA get no answer at all
         self.conns = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -77,6 +78,8 @@ class FakeRedis:
         try:
             while True:
                 cmd = redistest._read_reply(f)
+                if self.mute_eval and cmd[0].upper() in ("EVAL", "EVALSHA"):
+                    continue
                 self._send(c, self._answer(c, cmd))
         except (ConnectionError, OSError, ValueError):
             pass
@@ -89,6 +92,8 @@ class FakeRedis:
             return integer(0)
         if verb == "SCRIPT":
             return bulk("a" * 40)
+        if verb == "ROLE":
+            return array(bulk("master"), integer(0), array())
         if verb == "PING":
             return b"+PONG\r\n"
         if verb in ("SSUBSCRIBE", "SUBSCRIBE"):
@@ -193,3 +198,36 @@ async def test_pubsub_messages_on_foreign_or_malformed_channels_are_dropped(tmp_
     finally:
         h.stop_and_check()
         fake.close()
+
+
+@aio
+async def test_sigterm_with_every_kind_of_command_unanswered(tmp_path):
+    # Redis takes the commands and never answers: a subscribe waits for the
+    # channel's position, a History and a Publish for their scripts. SIGTERM
+    # must still end the process cleanly (ASan: no leak, no use after free).
+    import concurrent.futures
+    fake = FakeRedis()
+    h = start_node(tmp_path, fake)
+    try:
+        fake.mute_eval = True
+        t, ch = uniq(), "job:" + uniq("j")
+        a = await h.connect(t, "alice")
+        await a.send({"type": "subscribe", "channel": ch, "id": 1})
+        b = await h.connect(t, "bob")
+        await b.send({"type": "subscribe", "channel": ch, "id": 2,
+                      "since": {"offset": 3, "epoch": EPOCH}})
+        await b.close()  # closed while its subscribe is in flight
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        calls = [pool.submit(h.stub.History, hub_pb2.HistoryRequest(tenant_id=t, channel=ch),
+                             timeout=60),
+                 pool.submit(h.stub.Publish, hub_pb2.PublishRequest(tenant_id=t, channel=ch,
+                                                                     type="n"), timeout=60)]
+        redistest.wait_until(lambda: h.stats().redis_commands_in_flight >= 3,
+                             "the scripts sent and unanswered")
+        assert all(not f.done() for f in calls)
+    finally:
+        h.stop_and_check()
+        fake.close()
+    for f in calls:
+        assert isinstance(f.exception(timeout=30), grpc.RpcError)
+    pool.shutdown()
