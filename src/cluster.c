@@ -432,6 +432,27 @@ static bool ahead(struct cchan *ch, struct waiter *w)
 	return true;
 }
 
+/* The channel's meta came back for a client ahead of this node: its since
+ * is believed only when Redis has it (same epoch, top at or past it), so
+ * that a client cannot claim any offset and leave a skip that the channel
+ * never reaches (skips cost every delivery on the channel). */
+static void on_ahead(void *arg, redisReply *r)
+{
+	struct waiter *w = arg;
+	struct cchan *ch = w->ch;
+	if (!ch->dead) {
+		bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+		          r->element[0]->type == REDIS_REPLY_STRING &&
+		          r->element[1]->type == REDIS_REPLY_STRING &&
+		          strcmp(r->element[0]->str, w->since_epoch) == 0 &&
+		          strcmp(ch->epoch, w->since_epoch) == 0 && ch->state == CC_READY &&
+		          strtoull(r->element[1]->str, NULL, 10) >= w->since;
+		if (!ok || !ahead(ch, w))
+			answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
+	}
+	waiter_done(w);
+}
+
 /* Answers w from the channel's known position, reading the stream first
  * when its since needs a replay. */
 static void resolve(struct cluster *cl, struct waiter *w)
@@ -452,9 +473,12 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		if (broker_cmd(cl->b, on_range, w, 7, argv, NULL) == 0)
 			return;
 	}
-	if (ch->state == CC_READY && same && w->since > ch->top && ahead(ch, w)) {
-		waiter_done(w);
-		return;
+	if (ch->state == CC_READY && same && w->since > ch->top) {
+		char meta[512];
+		broker_key(cl->b, meta, sizeof(meta), ch->tenant, ch->name, ":meta");
+		const char *argv[] = {"HMGET", meta, "epoch", "top"};
+		if (broker_cmd(cl->b, on_ahead, w, 4, argv, NULL) == 0)
+			return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
 	answer(cl, w, ch->top, ch->epoch, recovered, NULL, 0, NULL);
