@@ -1063,7 +1063,7 @@ static int parse_result(const redisReply *r, struct pub_position *pos, char *dig
 	unsigned long long off;
 	char ep[17] = "", dg[20] = "";
 	int n = sscanf(buf, "%llu %16s %19s", &off, ep, dg);
-	if (n < 2 || strlen(ep) != 16)
+	if (n < 2 || !broker_epoch_ok(ep, strlen(ep)))
 		return -1;
 	pos->offset = off;
 	memcpy(pos->epoch, ep, 17);

@@ -496,7 +496,8 @@ static void on_meta(void *arg, redisReply *r)
 	struct cluster *cl = ch->cl;
 	if (!ch->dead) {
 		bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-		          r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 16;
+		          r->element[0]->type == REDIS_REPLY_STRING &&
+		          broker_epoch_ok(r->element[0]->str, r->element[0]->len);
 		if (ok) {
 			memcpy(ch->epoch, r->element[0]->str, 16);
 			ch->epoch[16] = '\0';
@@ -684,7 +685,8 @@ static struct hub_history_result *history_build(const struct publication *p, red
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.channel, sizeof(hdr.channel), "%s", p->channels[0]);
 	redisReply *entries = NULL;
-	if (r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 16) {
+	if (r->element[0]->type == REDIS_REPLY_STRING &&
+	    broker_epoch_ok(r->element[0]->str, r->element[0]->len)) {
 		memcpy(hdr.epoch, r->element[0]->str, 16);
 		hdr.epoch[16] = '\0';
 	}

@@ -154,6 +154,11 @@ async def test_history_entries_of_unexpected_shapes_are_skipped(tmp_path):
         got = h.rpc("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch))
         assert (got.offset, got.epoch) == (4, EPOCH)
         assert [(p.offset, p.type) for p in got.publications] == [(4, "n")]
+        # An epoch that is not 16 hex digits (here not even UTF-8) is not
+        # passed on: no epoch.
+        fake.read_reply = array(bulk(b"\xff" * 16), bulk("4"), array())
+        got = h.rpc("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch))
+        assert (got.offset, got.epoch, list(got.publications)) == (4, "", [])
         # Not an array of three: the read failed.
         fake.read_reply = array(integer(1), integer(2))
         err = h.rpc_error("History", hub_pb2.HistoryRequest(tenant_id=t, channel=ch))
