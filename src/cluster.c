@@ -411,6 +411,9 @@ static void on_range(void *arg, redisReply *r)
 		bool ok = covers(entries, w->since, w->top, &n);
 		/* Entries past top come live (held): the first n are replayed. */
 		answer(cl, w, w->top, ch->epoch, ok, entries, n, NULL);
+	} else {
+		/* Left meanwhile: answered all the same, nothing replayed. */
+		answer(cl, w, w->top, ch->epoch, false, NULL, 0, NULL);
 	}
 	waiter_done(w);
 }
@@ -449,6 +452,8 @@ static void on_ahead(void *arg, redisReply *r)
 		          strtoull(r->element[1]->str, NULL, 10) >= w->since;
 		if (!ok || !ahead(ch, w))
 			answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
+	} else {
+		answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
 	}
 	waiter_done(w);
 }
@@ -615,9 +620,13 @@ static void chan_drop(struct cchan *ch)
 {
 	ch->dead = true;
 	held_free(ch);
-	/* Waiters of a channel nobody is on any more have nobody to answer. */
+	/* Waiters of a channel nobody is on any more: the connection left it
+	 * (an unsubscribe sent right after the subscribe) or closed; one
+	 * still open gets its subscribe answered now, before the reply to
+	 * what made it leave, with what is known (nothing recovered). */
 	for (struct waiter *w = ch->waiters, *next; w; w = next) {
 		next = w->next;
+		answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
 		ch->waits--;
 		free(w);
 		chan_unref(ch);

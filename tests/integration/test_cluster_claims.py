@@ -32,3 +32,21 @@ async def test_a_since_past_the_top_in_redis_is_not_recovered(redis):
     r2 = publish(node, t, ch, seq=2)
     check_event(await b.next(), "n", ch, r2.channels[0], {"seq": 2})
     check_event(await a.next(), "n", ch, r2.channels[0], {"seq": 2})
+
+
+@aio
+async def test_a_subscribe_undone_before_its_reply_is_still_answered(redis):
+    c = redistest.cluster(1, redis)
+    node = c[0]
+    redistest.wait_until(lambda: redistest.readyz(node) == 200, "node ready")
+    t = uniq()
+    a = await node.connect(t, "alice")
+    for k in range(5):
+        ch = "job:" + uniq("j")
+        # The first subscriber: the reply waits for Redis, and the
+        # unsubscribe (the last one) comes meanwhile.
+        await a.send({"type": "subscribe", "channel": ch, "id": 10 * k + 1})
+        await a.send({"type": "unsubscribe", "channel": ch, "id": 10 * k + 2})
+        got = [await a.next(), await a.next()]
+        assert sorted((m["type"], m.get("id")) for m in got) == [
+            ("subscribed", 10 * k + 1), ("unsubscribed", 10 * k + 2)], got
