@@ -850,6 +850,19 @@ static void follow_confirmed(struct broker *b, struct follow *f)
 	atomic_store(&b->st_followed, dict_count(b->follows));
 }
 
+/* Tells f's waiters the subscription was not made (it is being dropped
+ * unconfirmed: nobody follows it any more), so that their callbacks run
+ * and release what they hold. */
+static void waiters_fail(struct broker *b, struct follow *f)
+{
+	for (struct waiter *w = f->waiters, *next; w; w = next) {
+		next = w->next;
+		post_follow(b, w->done, w->arg, false);
+		free(w);
+	}
+	f->waiters = NULL;
+}
+
 static void do_follow(struct broker *b, struct job *j)
 {
 	size_t len = strlen(j->name);
@@ -910,6 +923,7 @@ static void do_unfollow(struct broker *b, const char *name)
 		return;
 	if (f->confirmed)
 		send_subscribe(b, sub_verb(b, false), f->name);
+	waiters_fail(b, f);
 	dict_del(b->follows, f->name, f->len);
 	free(f);
 	atomic_store(&b->st_followed, dict_count(b->follows));
@@ -935,6 +949,7 @@ static void on_subscribed(struct broker *b, const char *name, size_t len, bool s
 	struct follow *f = listen ? NULL : dict_get(b->follows, name, len);
 	if (f && f->count == 0) {
 		send_subscribe(b, sub_verb(b, false), f->name);
+		waiters_fail(b, f);
 		dict_del(b->follows, f->name, f->len);
 		free(f);
 	} else if (f) {
