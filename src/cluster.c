@@ -843,14 +843,13 @@ static struct frame *subscribe_error(int rc, const struct wsp_request *req)
 	}
 }
 
-struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
-                                const struct wsp_request *req, bool *replied)
+/* After hub_subscribe_since answered rc (0 or LH_EEXIST) for req: queues
+ * the reply now or when the channel's position is known (*replied), else
+ * returns the error frame to queue (NULL: out of memory). */
+static struct frame *subscribe_reply(struct cluster *cl, struct hub_conn *c,
+                                     const struct wsp_request *req, int rc, bool *replied)
 {
 	*replied = false;
-	struct hub_position pos;
-	int rc = hub_subscribe_since(cl->h, c, req->channel, NULL, &pos);
-	if (rc != 0 && rc != LH_EEXIST)
-		return subscribe_error(rc, req);
 	/* The channel as the hub names it: "$user" is the user's channel. */
 	char name[LH_CHANNEL_MAX + 1];
 	if (strcmp(req->channel, "$user") == 0)
@@ -875,7 +874,6 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 	w->ch = ch;
 	ch->refs++;
 	ch->waits++;
-	metrics_inc(&lh_metrics.msg_in[MI_SUBSCRIBE], 1);
 	/* The join is announced now, not with the (maybe later) reply: an
 	 * unsubscribe sent meanwhile announces the leave after it. It goes to
 	 * the other connections only, so c's own frames keep their order. */
@@ -889,6 +887,37 @@ struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
 	}
 	resolve(cl, w);
 	return NULL;
+}
+
+struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
+                                const struct wsp_request *req, bool *replied)
+{
+	*replied = false;
+	struct hub_position pos;
+	int rc = hub_subscribe_since(cl->h, c, req->channel, NULL, &pos);
+	if (rc != 0 && rc != LH_EEXIST)
+		return subscribe_error(rc, req);
+	metrics_inc(&lh_metrics.msg_in[MI_SUBSCRIBE], 1);
+	return subscribe_reply(cl, c, req, rc, replied);
+}
+
+int cluster_subscribe_server(struct cluster *cl, struct hub_conn *c, const char *channel)
+{
+	if (hub_conn_subscribed(cl->h, c, channel))
+		return LH_EEXIST; /* nothing changes, nothing is sent */
+	struct hub_position pos;
+	int rc = hub_subscribe_since(cl->h, c, channel, NULL, &pos);
+	if (rc)
+		return rc;
+	static struct wsp_request req; /* large; the service thread's only */
+	memset(&req, 0, sizeof(req));
+	req.type = WSP_SUBSCRIBE;
+	req.channel_len = strnlen(channel, LH_CHANNEL_MAX);
+	memcpy(req.channel, channel, req.channel_len);
+	bool replied;
+	struct frame *f = subscribe_reply(cl, c, &req, 0, &replied);
+	frame_unref(f);
+	return replied ? 0 : LH_ENOMEM;
 }
 
 void cluster_publish_raw(struct cluster *cl, const char *tenant, const char *name,

@@ -59,6 +59,14 @@ void cluster_conn_close(struct cluster *cl, struct hub_conn *c);
 struct frame *cluster_subscribe(struct cluster *cl, struct hub_conn *c,
                                 const struct wsp_request *req, bool *replied);
 
+/* A server-side Subscribe (the Subscribe RPC, presence.c): subscribes c to
+ * channel (explicit, already validated) and queues the server-initiated
+ * {"type":"subscribed","channel":…,"offset":…,"epoch":…} (no id) with
+ * Redis's position, now or once the channel is followed; announces the
+ * presence join. Returns 0, LH_EEXIST (already on it: nothing sent), or
+ * hub_subscribe's errors (LH_ELIMIT, LH_EINVAL, LH_ENOMEM). */
+int cluster_subscribe_server(struct cluster *cl, struct hub_conn *c, const char *channel);
+
 /* Publishes a frame of a channel without offset or history (a client event
  * or a presence join/leave already delivered locally) to the other nodes. */
 void cluster_publish_raw(struct cluster *cl, const char *tenant, const char *name,

@@ -134,6 +134,8 @@ static const struct setting settings[] = {
 	    "client events one connection may publish at once"),
 	INT(tenant_presence, "tenant-presence", "LIVEHUB_TENANT_PRESENCE", 0, 1,
 	    "1: $tenant gets user:online/user:offline and answers presence"),
+	INT(presence_ttl, "presence-ttl", "LIVEHUB_PRESENCE_TTL", 0, 3600,
+	    "Redis mode: seconds a node's presence entries outlive it; refreshed every third of it (0: presence per node only)"),
 	STR(redis_url, "redis-url", "LIVEHUB_REDIS_URL",
 	    "redis://[[user]:password@]host[:port][/db] or unix:///path: nodes share channels over Redis (none: one node)"),
 	STR(redis_prefix, "redis-prefix", "LIVEHUB_REDIS_PREFIX", "prefix of every Redis key and pub/sub channel"),
@@ -197,6 +199,7 @@ static void defaults(struct lh_config *cfg)
 	strcpy(cfg->event_loop, "libuv");
 	cfg->client_event_rate = 10;
 	cfg->client_event_burst = 20;
+	cfg->presence_ttl = 30;
 	strcpy(cfg->redis_prefix, "livehub");
 	strcpy(cfg->log_level, "info");
 	strcpy(cfg->log_format, "logfmt");

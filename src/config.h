@@ -77,6 +77,7 @@ struct lh_config {
 	int client_event_rate;       /* LIVEHUB_CLIENT_EVENT_RATE; default 10 */
 	int client_event_burst;      /* LIVEHUB_CLIENT_EVENT_BURST; default 20 */
 	int tenant_presence;         /* LIVEHUB_TENANT_PRESENCE; 0 or 1; default 0 */
+	int presence_ttl;            /* LIVEHUB_PRESENCE_TTL; s, 0 = per node; default 30 */
 	/* Scale-out over Redis (broker.h, docs/SCALING.md). */
 	char redis_url[1024];  /* LIVEHUB_REDIS_URL; empty = memory broker, one node */
 	char redis_prefix[64]; /* LIVEHUB_REDIS_PREFIX; default livehub */

@@ -143,6 +143,7 @@ static void reload(struct run *r)
 	               nc.ping_timeout_s != r->cfg.ping_timeout_s ||
 	               nc.shutdown_timeout_s != r->cfg.shutdown_timeout_s ||
 	               nc.auth_timeout_s != r->cfg.auth_timeout_s ||
+	               nc.presence_ttl != r->cfg.presence_ttl ||
 	               strcmp(nc.tls_cert, r->cfg.tls_cert) || strcmp(nc.tls_key, r->cfg.tls_key) ||
 	               strcmp(nc.grpc_tls_cert, r->cfg.grpc_tls_cert) ||
 	               strcmp(nc.grpc_tls_key, r->cfg.grpc_tls_key) ||
@@ -174,8 +175,8 @@ static void reload(struct run *r)
 	         lim.max_subs_per_conn, lim.sendq_max_frames, nkeys);
 	if (restart)
 		log_warn("event=reload_partial msg=\"addresses, ports, ping times, rx buffer, "
-		         "hand-off size, shutdown and auth timeouts and TLS files apply only after "
-		         "a restart\"");
+		         "hand-off size, shutdown and auth timeouts, the presence TTL and TLS "
+		         "files apply only after a restart\"");
 }
 
 static int64_t now_ms(void)

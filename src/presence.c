@@ -9,6 +9,7 @@
 #include "command.h"
 #include "livehub.h"
 #include "names.h"
+#include "presence_cluster.h"
 #include "strbuf.h"
 
 #define TENANT_CHANNEL      "$tenant"
@@ -35,6 +36,10 @@ struct presence {
 	struct patterns publish; /* client events */
 	int64_t rate, burst;
 	bool tenant_presence;
+	struct pcluster *cl; /* Redis mode: presence across nodes; borrowed */
+	/* Redis mode: how a Subscribe call subscribes a connection (borrowed). */
+	int (*subscriber)(void *arg, struct hub_conn *c, const char *channel);
+	void *subscriber_arg;
 };
 
 /* One writer (the service thread); relaxed loads elsewhere. */
@@ -184,6 +189,24 @@ void presence_free(struct presence *pr)
 	free(pr);
 }
 
+void presence_set_cluster(struct presence *pr, struct pcluster *cl)
+{
+	pr->cl = cl;
+}
+
+void presence_set_subscriber(struct presence *pr,
+                             int (*fn)(void *arg, struct hub_conn *c, const char *channel),
+                             void *arg)
+{
+	pr->subscriber = fn;
+	pr->subscriber_arg = arg;
+}
+
+bool presence_tenant_on(const struct presence *pr)
+{
+	return pr->tenant_presence;
+}
+
 void presence_set_relay(struct presence *pr,
                         void (*fn)(void *arg, const char *tenant, const char *name,
                                    const struct frame *f),
@@ -256,16 +279,50 @@ static uint32_t fan_out(struct hub *h, const char *tenant, const char *name,
 }
 
 /* {"type":TYPE,"channel":NAME,"user":…,"clientId":…} */
-static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
+static struct frame *member_frame_of(const char *type, const char *name, const char *user,
+                                     const char *client_id)
 {
 	struct strbuf sb = STRBUF_INIT;
-	char cid[HUB_CONN_ID_MAX];
 	sb_add_key_str(&sb, "{\"type\":", type);
 	sb_add_key_str(&sb, ",\"channel\":", name);
-	sb_add_key_str(&sb, ",\"user\":", hub_conn_user(c));
-	sb_add_key_str(&sb, ",\"clientId\":", hub_conn_id(c, cid));
+	sb_add_key_str(&sb, ",\"user\":", user);
+	sb_add_key_str(&sb, ",\"clientId\":", client_id);
 	sb_addc(&sb, '}');
 	return frame_from_sb(&sb);
+}
+
+static struct frame *member_frame(const char *type, const char *name, const struct hub_conn *c)
+{
+	char cid[HUB_CONN_ID_MAX];
+	return member_frame_of(type, name, hub_conn_user(c), hub_conn_id(c, cid));
+}
+
+/* Like fan_out, the connection left out named by its id. */
+struct fanout_id {
+	struct hub *h;
+	const char *except;
+	struct frame *f;
+	uint32_t n;
+};
+
+static void send_one_id(struct hub_conn *c, void *arg)
+{
+	struct fanout_id *fo = arg;
+	char cid[HUB_CONN_ID_MAX];
+	if (strcmp(hub_conn_id(c, cid), fo->except) != 0 && hub_conn_send(fo->h, c, fo->f) == 0)
+		fo->n++;
+}
+
+uint32_t presence_announce(struct hub *h, const char *tenant, const char *type, const char *name,
+                           const char *user, const char *client_id, struct frame **out)
+{
+	*out = member_frame_of(type, name, user, client_id);
+	if (!*out)
+		return 0;
+	struct fanout_id fo = {h, client_id, *out, 0};
+	hub_channel_each(h, tenant, name, send_one_id, &fo);
+	stat_add(&stats.presence_events, fo.n);
+	return fo.n;
 }
 
 /* Tells tenant's channel name that c's user joined or left. */
@@ -288,9 +345,24 @@ static const char *user_channel(const struct hub_conn *c, char *buf)
 	return buf;
 }
 
+/* In Redis mode every membership (explicit channels and the tenant) is
+ * written to Redis, and while Redis is up the announcements come from
+ * there (whether the user is first or last in the whole cluster); while it
+ * is down this node announces what it sees, as on one node. Returns true
+ * when the cluster announces. */
+static bool cluster_member(struct presence *pr, struct hub_conn *c, const char *name, bool join)
+{
+	if (!pr->cl)
+		return false;
+	pcluster_member(pr->cl, c, name, join);
+	return pcluster_up(pr->cl);
+}
+
 void presence_on_open(struct presence *pr, struct hub *h, struct hub_conn *c)
 {
 	char uch[LH_CHANNEL_MAX + 1];
+	if (cluster_member(pr, c, TENANT_CHANNEL, true))
+		return;
 	if (pr->tenant_presence && others_of_user(h, c, user_channel(c, uch)) == 0)
 		announce(h, "user:online", TENANT_CHANNEL, c);
 }
@@ -298,6 +370,8 @@ void presence_on_open(struct presence *pr, struct hub *h, struct hub_conn *c)
 void presence_on_subscribed(struct presence *pr, struct hub *h, struct hub_conn *c,
                             const char *name)
 {
+	if (cluster_member(pr, c, name, true))
+		return;
 	if (presence_events_on(pr, name) && others_of_user(h, c, name) == 0)
 		announce(h, "presence:join", name, c);
 }
@@ -305,6 +379,8 @@ void presence_on_subscribed(struct presence *pr, struct hub *h, struct hub_conn 
 void presence_on_unsubscribed(struct presence *pr, struct hub *h, struct hub_conn *c,
                               const char *name)
 {
+	if (cluster_member(pr, c, name, false))
+		return;
 	if (presence_events_on(pr, name) && others_of_user(h, c, name) == 0)
 		announce(h, "presence:leave", name, c);
 }
@@ -324,9 +400,11 @@ static void leave_one(const char *name, void *arg)
 void presence_on_close(struct presence *pr, struct hub *h, struct hub_conn *c)
 {
 	struct closing cl = {pr, h, c};
-	if (pr->events.n > 0)
+	if (pr->events.n > 0 || pr->cl)
 		hub_conn_each_channel(c, leave_one, &cl);
 	char uch[LH_CHANNEL_MAX + 1];
+	if (cluster_member(pr, c, TENANT_CHANNEL, false))
+		return;
 	if (pr->tenant_presence && others_of_user(h, c, user_channel(c, uch)) == 0)
 		announce(h, "user:offline", TENANT_CHANNEL, c);
 }
@@ -404,11 +482,11 @@ static int count_users(struct hub *h, const char *tenant, const char *name, stru
 	return 0;
 }
 
-/* {"type":"presence","channel":…,"connections":N,"users":[…][,"id":…]} */
-static struct frame *presence_frame(const struct wsp_request *req, const struct command *cmd)
+struct frame *presence_frame_build(const char *channel, const char *id, size_t id_len,
+                                   const struct command *cmd, bool partial)
 {
 	struct strbuf sb = STRBUF_INIT;
-	sb_add_key_str(&sb, "{\"type\":\"presence\",\"channel\":", req->channel);
+	sb_add_key_str(&sb, "{\"type\":\"presence\",\"channel\":", channel);
 	sb_adds(&sb, ",\"connections\":");
 	sb_add_u64(&sb, cmd->connections);
 	sb_adds(&sb, ",\"users\":[");
@@ -419,30 +497,76 @@ static struct frame *presence_frame(const struct wsp_request *req, const struct 
 		sb_addc(&sb, '}');
 	}
 	sb_addc(&sb, ']');
-	if (req->id_len > 0) {
+	if (partial)
+		sb_adds(&sb, ",\"partial\":true");
+	if (id_len > 0) {
 		sb_adds(&sb, ",\"id\":");
-		sb_add(&sb, req->id, req->id_len);
+		sb_add(&sb, id, id_len);
 	}
 	sb_addc(&sb, '}');
 	return frame_from_sb(&sb);
 }
 
+struct frame *presence_frame_error(const char *id, size_t id_len, const char *why)
+{
+	struct wsp_request *req = calloc(1, sizeof *req);
+	if (!req)
+		return NULL;
+	memcpy(req->id, id, id_len);
+	req->id_len = id_len;
+	struct frame *f = wsp_error(WSP_SERVER_ERROR, why, true, req);
+	free(req);
+	return f;
+}
+
+struct frame *presence_local_frame(struct hub *h, const char *tenant, const char *channel,
+                                   const char *id, size_t id_len, bool partial)
+{
+	struct command cmd;
+	memset(&cmd, 0, sizeof(cmd));
+	if (count_users(h, tenant, channel, &cmd))
+		return presence_frame_error(id, id_len, "out of memory");
+	struct frame *f = presence_frame_build(channel, id, id_len, &cmd, partial);
+	command_clear(&cmd);
+	return f;
+}
+
+/* Whether c may ask the presence of req->channel; else the error frame
+ * in *err (NULL: out of memory). */
+static bool may_ask(struct presence *pr, struct hub *h, struct hub_conn *c,
+                    const struct wsp_request *req, struct frame **err)
+{
+	bool tenant = strcmp(req->channel, TENANT_CHANNEL) == 0;
+	if (tenant ? pr->tenant_presence : hub_conn_subscribed(h, c, req->channel))
+		return true;
+	*err = wsp_error(WSP_CHANNEL_ACCESS_DENIED,
+	                 tenant ? "tenant presence is not enabled"
+	                        : "subscribe to the channel before asking its presence",
+	                 true, req);
+	return false;
+}
+
+bool presence_request_cluster(struct presence *pr, struct hub *h, struct hub_conn *c,
+                              const struct wsp_request *req)
+{
+	struct frame *err = NULL;
+	if (!pr->cl || !may_ask(pr, h, c, req, &err)) {
+		if (err)
+			frame_unref(err);
+		return false;
+	}
+	return pcluster_request(pr->cl, c, req) == 0;
+}
+
 struct frame *presence_request(struct presence *pr, struct hub *h, struct hub_conn *c,
                                const struct wsp_request *req)
 {
-	bool tenant = strcmp(req->channel, TENANT_CHANNEL) == 0;
-	if (tenant ? !pr->tenant_presence : !hub_conn_subscribed(h, c, req->channel))
-		return wsp_error(WSP_CHANNEL_ACCESS_DENIED,
-		                 tenant ? "tenant presence is not enabled"
-		                        : "subscribe to the channel before asking its presence",
-		                 true, req);
-	struct command cmd;
-	memset(&cmd, 0, sizeof(cmd));
-	if (count_users(h, hub_conn_tenant(c), req->channel, &cmd))
-		return wsp_error(WSP_SERVER_ERROR, "out of memory", true, req);
-	struct frame *f = presence_frame(req, &cmd);
-	command_clear(&cmd);
-	return f;
+	struct frame *err = NULL;
+	if (!may_ask(pr, h, c, req, &err))
+		return err;
+	/* In Redis mode this node alone answers only while Redis is down. */
+	return presence_local_frame(h, hub_conn_tenant(c), req->channel, req->id, req->id_len,
+	                            pr->cl != NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -633,10 +757,15 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 	int rc = cs.oom ? LH_ENOMEM : 0;
 	bool sub = cmd->kind == CMD_SUBSCRIBE;
 	struct frame *f = NULL;
+	/* Redis mode: the cluster subscribes, replies with Redis's position
+	 * and announces the join itself; the call's position is read from
+	 * Redis afterwards (presence_cluster.c). */
+	bool served = sub && pr->subscriber;
 	for (uint32_t i = 0; rc == 0 && i < cs.n; i++) {
 		struct hub_conn *c = cs.v[i];
-		int r = sub ? hub_subscribe(h, c, cmd->channel)
-		            : hub_unsubscribe(h, c, cmd->channel);
+		int r = served ? pr->subscriber(pr->subscriber_arg, c, cmd->channel)
+		        : sub  ? hub_subscribe(h, c, cmd->channel)
+		               : hub_unsubscribe(h, c, cmd->channel);
 		if (r == LH_EEXIST) {
 			cmd->already++;
 			continue;
@@ -652,6 +781,8 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 			break;
 		}
 		cmd->connections++;
+		if (served)
+			continue;
 		if (sub && !f) {
 			hub_channel_top(h, tenant, cmd->channel, &cmd->offset, cmd->epoch);
 			f = server_frame("subscribed", cmd, true);
@@ -666,7 +797,7 @@ static int run_subscription(struct presence *pr, struct hub *h, const char *tena
 	}
 	if (f)
 		frame_unref(f);
-	if (sub && cmd->connections == 0)
+	if (sub && (served || cmd->connections == 0))
 		hub_channel_top(h, tenant, cmd->channel, &cmd->offset, cmd->epoch);
 	free(cs.v);
 	return rc;
@@ -723,24 +854,28 @@ static int run_list(struct hub *h, const char *tenant, struct command *cmd)
 	return 0;
 }
 
+int presence_run(struct presence *pr, struct hub *h, const char *tenant, struct command *cmd)
+{
+	if (!name_tenant_ok(tenant, strnlen(tenant, LH_TENANT_MAX + 1)))
+		return LH_EINVAL;
+	switch (cmd->kind) {
+	case CMD_PRESENCE:
+		return count_users(h, tenant, cmd->channel[0] ? cmd->channel : TENANT_CHANNEL, cmd);
+	case CMD_DISCONNECT: return run_disconnect(h, tenant, cmd);
+	case CMD_SUBSCRIBE:
+	case CMD_UNSUBSCRIBE: return run_subscription(pr, h, tenant, cmd);
+	case CMD_LIST_CHANNELS: return run_list(h, tenant, cmd);
+	}
+	return LH_EINVAL;
+}
+
 void presence_command(struct presence *pr, struct hub *h, struct publication *p)
 {
-	struct command *cmd = p->cmd;
-	int rc = LH_EINVAL;
-	if (name_tenant_ok(p->tenant, strnlen(p->tenant, sizeof(p->tenant)))) {
-		switch (cmd->kind) {
-		case CMD_PRESENCE:
-			rc = count_users(h, p->tenant,
-			                 cmd->channel[0] ? cmd->channel : TENANT_CHANNEL, cmd);
-			break;
-		case CMD_DISCONNECT: rc = run_disconnect(h, p->tenant, cmd); break;
-		case CMD_SUBSCRIBE:
-		case CMD_UNSUBSCRIBE: rc = run_subscription(pr, h, p->tenant, cmd); break;
-		case CMD_LIST_CHANNELS: rc = run_list(h, p->tenant, cmd); break;
-		}
-	}
 	stat_add(&stats.commands, 1);
-	p->status = rc;
+	if (pr->cl && name_tenant_ok(p->tenant, strnlen(p->tenant, sizeof(p->tenant))) &&
+	    pcluster_command(pr->cl, p))
+		return;
+	p->status = presence_run(pr, h, p->tenant, p->cmd);
 	if (p->on_done)
 		p->on_done(p);
 }

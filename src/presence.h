@@ -40,6 +40,8 @@ struct presence_config {
 };
 
 struct presence;
+struct pcluster;
+struct command;
 
 /* Per-connection client-event rate limit state (a token bucket). Zero it
  * when the connection opens. */
@@ -64,6 +66,19 @@ int presence_config_check(const char *patterns, const char **why);
 struct presence *presence_new(const struct presence_config *cfg);
 void presence_free(struct presence *pr);
 
+/* Redis mode: memberships go to (and announcements, the presence request
+ * and the control commands come from) the cluster (presence_cluster.h).
+ * cl is borrowed; NULL (the default) is one node. */
+void presence_set_cluster(struct presence *pr, struct pcluster *cl);
+/* Redis mode: fn subscribes a connection for a Subscribe call instead of
+ * hub_subscribe, and queues its `subscribed` frame (with Redis's position)
+ * and the presence join itself. Returns 0, LH_EEXIST (nothing sent),
+ * LH_ELIMIT or another LH_E*. */
+void presence_set_subscriber(struct presence *pr,
+                             int (*fn)(void *arg, struct hub_conn *c, const char *channel),
+                             void *arg);
+/* Whether "$tenant" gets user:online / user:offline. */
+bool presence_tenant_on(const struct presence *pr);
 /* Redis mode: fn(arg, tenant, channel, frame) is called with every client
  * event accepted here, before it is queued locally, so that the other
  * nodes get it too. */
@@ -91,6 +106,28 @@ void presence_on_close(struct presence *pr, struct hub *h, struct hub_conn *c);
  * frame), or NULL when out of memory. The caller owns the reference. */
 struct frame *presence_request(struct presence *pr, struct hub *h, struct hub_conn *c,
                                const struct wsp_request *req);
+/* Redis mode: hands a client's presence request to the cluster, which
+ * queues the reply later. Returns false when it did not take it (one node,
+ * access refused, Redis down): presence_request answers then. */
+bool presence_request_cluster(struct presence *pr, struct hub *h, struct hub_conn *c,
+                              const struct wsp_request *req);
+/* The presence frame for cmd's output; partial adds "partial":true (this
+ * node's connections only). id: the request's id JSON text (id_len 0:
+ * none). NULL when out of memory. */
+struct frame *presence_frame_build(const char *channel, const char *id, size_t id_len,
+                                   const struct command *cmd, bool partial);
+/* This node's presence frame for tenant's channel. */
+struct frame *presence_local_frame(struct hub *h, const char *tenant, const char *channel,
+                                   const char *id, size_t id_len, bool partial);
+/* A SERVER_ERROR error frame echoing id. */
+struct frame *presence_frame_error(const char *id, size_t id_len, const char *why);
+/* Queues {"type":type,"channel":name,"user":…,"clientId":…} on every
+ * connection of tenant's channel name but client_id's, and returns how
+ * many got it; *out is the frame (the caller's reference), NULL when out
+ * of memory. */
+uint32_t presence_announce(struct hub *h, const char *tenant, const char *type, const char *name,
+                           const char *user, const char *client_id, struct frame **out);
+
 /* Handles a client's `publish` request: checks it is allowed and within the
  * rate, queues the client event on every other connection on the channel,
  * and returns the reply (published, or an error), or NULL when out of
@@ -106,8 +143,12 @@ struct frame *presence_publish(struct presence *pr, struct hub *h, struct hub_co
 int presence_may_publish(const struct presence *pr, struct hub *h, struct hub_conn *c,
                          const char *channel, enum wsp_code *code, const char **why);
 
+/* Runs cmd for tenant on this node only: fills its output. Returns 0 or
+ * LH_E*. */
+int presence_run(struct presence *pr, struct hub *h, const char *tenant, struct command *cmd);
 /* Runs the control command p->cmd for tenant p->tenant: fills its output,
- * sets p->status (0 or LH_E*) and calls p->on_done(p) if set. */
+ * sets p->status (0 or LH_E*) and calls p->on_done(p) if set (in Redis
+ * mode later, when the cluster has answered). */
 void presence_command(struct presence *pr, struct hub *h, struct publication *p);
 
 /* Any thread: a copy of the counters. */

@@ -40,6 +40,7 @@
 #include "log.h"
 #include "pbjson.h"
 #include "presence.h"
+#include "presence_cluster.h"
 #include "publication.h"
 #include "rpc_extra.h"
 #include "rpc_methods.h"
@@ -584,6 +585,16 @@ static void handle_stats(struct call *c)
 		resp.redis_commands = bs.commands;
 		resp.node_id = (char *)broker_node_id(c->r->broker);
 	}
+	struct pcluster_stats cs;
+	pcluster_stats_read(&cs);
+	resp.cluster_nodes = cs.nodes;
+	resp.cluster_connections = cs.connections;
+	resp.presence_writes = cs.ops;
+	resp.presence_write_batches = cs.batches;
+	resp.presence_expired = cs.expired;
+	resp.cluster_commands_sent = cs.ctl_sent;
+	resp.cluster_commands_applied = cs.ctl_applied;
+	resp.presence_redis_errors = cs.errors;
 	reply_message(c, &resp.base);
 }
 

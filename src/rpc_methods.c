@@ -718,6 +718,21 @@ enum rpc_code rpc_publication_status(const struct publication *p, struct rpc_err
 {
 	err->code = RPC_OK;
 	err->msg[0] = '\0';
+	if (p->cmd && p->status == LH_EUNAVAILABLE) {
+		/* Redis mode, Redis down (docs/API.md "Several nodes"). */
+		if (p->cmd->kind == CMD_PRESENCE)
+			fail(err, RPC_UNAVAILABLE,
+			     "redis unavailable: cluster presence cannot be read; retry");
+		else if (p->cmd->kind == CMD_LIST_CHANNELS)
+			fail(err, RPC_UNAVAILABLE,
+			     "redis unavailable: the other nodes cannot be asked; retry");
+		else
+			fail(err, RPC_UNAVAILABLE,
+			     "redis unavailable: applied on this node only (%u connections); the "
+			     "other nodes were not reached",
+			     (unsigned)p->cmd->connections);
+		return err->code;
+	}
 	switch (p->status) {
 	case 0: return RPC_OK;
 	case LH_ENOMEM: fail(err, RPC_INTERNAL, "out of memory"); break;

@@ -40,6 +40,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "presence.h"
+#include "presence_cluster.h"
 #include "strbuf.h"
 #include "publication.h"
 #include "static_files.h"
@@ -152,6 +153,9 @@ struct ws {
 	struct presence *pres;
 	/* Any thread: presence settings waiting for the service thread. */
 	_Atomic(struct presence *) pres_reload;
+	/* Owned, Redis mode: presence and control commands across nodes. */
+	struct pcluster *pcl;
+	lws_sorted_usec_list_t sul_cluster;
 	int port;
 	int ping_interval_s, ping_timeout_s;
 	int auth_timeout_s;                /* 0: a handshake without a token is refused */
@@ -369,6 +373,15 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 		broker_stats_read(w->broker, &g.broker);
 		g.node = broker_node_id(w->broker);
 	}
+	struct pcluster_stats cs;
+	pcluster_stats_read(&cs);
+	g.cluster_nodes = cs.nodes;
+	g.cluster_connections = cs.connections;
+	g.presence_writes = cs.ops;
+	g.presence_expired = cs.expired;
+	g.cluster_commands_sent = cs.ctl_sent;
+	g.cluster_commands_applied = cs.ctl_applied;
+	g.presence_redis_errors = cs.errors;
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
@@ -1134,6 +1147,12 @@ static int on_message(struct ws *w, struct session *s, const char *buf, size_t l
 		f = wsp_error(WSP_BAD_REQUEST, "already authenticated: use refresh for a new token",
 		              true, &req);
 	} else if (req.type == WSP_PRESENCE) {
+		/* Redis mode: the reply is queued when Redis answers. */
+		if (presence_request_cluster(w->pres, w->hub, s->conn, &req)) {
+			metrics_inc(&lh_metrics.msg_in[MI_OTHER], 1);
+			metrics_inc(&lh_metrics.msg_out[MO_REPLY], 1);
+			return 0;
+		}
 		f = presence_request(w->pres, w->hub, s->conn, &req);
 	} else if (req.type == WSP_PUBLISH) {
 		/* The token's rights decide where it may publish client events. */
@@ -1439,6 +1458,13 @@ static void relay_client_event(void *arg, const char *tenant, const char *name,
 }
 
 /* Applies pending presence settings (ws_reload_presence). */
+/* Redis mode: a Subscribe call's subscription, with Redis's position. */
+static int subscribe_server(void *arg, struct hub_conn *c, const char *channel)
+{
+	struct ws *w = arg;
+	return cluster_subscribe_server(w->cluster, c, channel);
+}
+
 static void apply_presence_reload(struct ws *w)
 {
 	struct presence *pr = atomic_exchange(&w->pres_reload, NULL);
@@ -1449,7 +1475,9 @@ static void apply_presence_reload(struct ws *w)
 	if (w->cluster) {
 		cluster_set_presence(w->cluster, pr);
 		presence_set_relay(pr, relay_client_event, w);
+		presence_set_subscriber(pr, subscribe_server, w);
 	}
+	presence_set_cluster(pr, w->pcl);
 }
 
 /* Builds the edge limits from cfg (already validated by config_load).
@@ -1716,6 +1744,44 @@ static void on_redis_state(void *arg, bool up)
 	atomic_store(&lh_metrics.redis_down, !up);
 }
 
+/* ------------------------------------------------------------------------
+ * Presence across nodes (Redis mode)
+ * ------------------------------------------------------------------------ */
+
+#define WS_CLUSTER_TICK_US (PCL_TICK_MS * LWS_US_PER_MS)
+
+static void each_session(void *arg, void (*fn)(struct hub_conn *c, void *fnarg), void *fnarg)
+{
+	struct ws *w = arg;
+	for (struct session *s = w->sessions; s; s = s->next)
+		fn(s->conn, fnarg);
+}
+
+static void on_cluster_tick(lws_sorted_usec_list_t *sul)
+{
+	struct ws *w = lws_container_of(sul, struct ws, sul_cluster);
+	pcluster_tick(w->pcl, mono_ms());
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+}
+
+/* Redis mode with LIVEHUB_PRESENCE_TTL > 0: presence, join/leave and the
+ * control commands span the nodes (presence_cluster.h). Returns 0 or
+ * LH_ENOMEM. */
+static int start_presence_cluster(struct ws *w, const struct lh_config *cfg)
+{
+	if (cfg->presence_ttl <= 0)
+		return 0;
+	struct pcluster_env env = {w->hub, &w->pres, each_session, w};
+	w->pcl = pcluster_new(w->broker, cfg->redis_prefix, cfg->presence_ttl, &env);
+	if (!w->pcl) {
+		log_error("msg=\"out of memory setting up presence across nodes\"");
+		return LH_ENOMEM;
+	}
+	presence_set_cluster(w->pres, w->pcl);
+	lws_sul_schedule(w->ctx, 0, &w->sul_cluster, on_cluster_tick, WS_CLUSTER_TICK_US);
+	return 0;
+}
+
 /* Redis mode: the broker thread and the cluster glue. Returns 0 or -1. */
 static int start_broker(struct ws *w, const struct lh_config *cfg, const struct hub_limits *lim)
 {
@@ -1738,6 +1804,9 @@ static int start_broker(struct ws *w, const struct lh_config *cfg, const struct 
 		return -1;
 	cluster_set_presence(w->cluster, w->pres);
 	presence_set_relay(w->pres, relay_client_event, w);
+	presence_set_subscriber(w->pres, subscribe_server, w);
+	if (start_presence_cluster(w, cfg))
+		return -1;
 	if (broker_start(w->broker, ws_wake, w)) {
 		log_error("msg=\"cannot start the Redis broker thread\"");
 		return -1;
@@ -1809,8 +1878,10 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		         cfg->ws_host);
 	return w;
 fail:
+	lws_sul_cancel(&w->sul_cluster);
 	broker_stop(w->broker);
 	destroy_lws(w);
+	pcluster_free(w->pcl);
 	cluster_free(w->cluster);
 	broker_free(w->broker);
 	hub_free(w->hub);
@@ -1843,6 +1914,10 @@ struct hub *ws_hub(struct ws *w)
 static void begin_shutdown(struct ws *w)
 {
 	w->closing = true;
+	/* The connections go without presence_on_close: take this node's
+	 * presence out of the cluster at once rather than at expiry. */
+	if (w->pcl)
+		pcluster_leave_all(w->pcl);
 	for (struct session *s = w->sessions; s; s = s->next)
 		close_later(s, WS_CLOSE_SHUTDOWN, "server shutting down");
 	for (struct session *s = w->unauthed; s; s = s->next)
@@ -1871,10 +1946,16 @@ int ws_run(struct ws *w)
 			rc = -1;
 			break;
 		}
+		/* Presence changes go in batches: every PCL_TICK_MS
+		 * (on_cluster_tick), or here as soon as one is full. */
+		if (w->pcl && pcluster_queued(w->pcl) >= PCL_BATCH_OPS)
+			pcluster_flush(w->pcl);
 	}
 	drain_some(w, true);
 	begin_shutdown(w);
-	while ((w->sessions || w->unauthed) && !w->deadline_passed) {
+	/* Also until Redis has this node's presence removal (leaves included). */
+	while ((w->sessions || w->unauthed || (w->pcl && pcluster_busy(w->pcl))) &&
+	       !w->deadline_passed) {
 		if (service_once(w) < 0)
 			break;
 	}
@@ -1941,10 +2022,12 @@ void ws_free(struct ws *w)
 	lws_sul_cancel(&w->sul_deadline);
 	/* The broker's last callbacks (failed replies) may still queue frames
 	 * on open connections: before they close. */
+	lws_sul_cancel(&w->sul_cluster);
 	broker_stop(w->broker);
 	/* Destroying the context closes what is left: CLOSED closes their hub
 	 * connections, so the hub is empty before it is freed. */
 	destroy_lws(w);
+	pcluster_free(w->pcl);
 	cluster_free(w->cluster);
 	broker_free(w->broker);
 	hub_free(w->hub);

@@ -264,6 +264,44 @@ static void test_presence_request(void **state)
 	env_free(e);
 }
 
+/* The pieces presence_cluster.c answers and announces with: a frame from
+ * given counts (partial flagged), this node's answer, and an announcement
+ * that leaves out the connection named by its id. */
+static void test_cluster_pieces(void **state)
+{
+	(void)state;
+	struct env *e = env_new("board:*", "", true);
+	struct hub_conn *a = env_open(e, "t", "alice");
+	struct hub_conn *b = env_open(e, "t", "bob");
+	env_sub(e, a, "board:1");
+	env_sub(e, b, "board:1");
+	drain(a);
+	drain(b);
+	struct command_entry users[2] = {{"alice", 2}, {"zed", 1}};
+	struct command cmd = {.connections = 3, .entries = users, .nentries = 2};
+	expect_frame(presence_frame_build("board:1", "7", 1, &cmd, false),
+	             "{\"type\":\"presence\",\"channel\":\"board:1\",\"connections\":3,\"users\":["
+	             "{\"user\":\"alice\",\"connections\":2},{\"user\":\"zed\",\"connections\":1}],"
+	             "\"id\":7}");
+	expect_frame(presence_local_frame(e->h, "t", "board:1", "", 0, true),
+	             "{\"type\":\"presence\",\"channel\":\"board:1\",\"connections\":2,\"users\":["
+	             "{\"user\":\"alice\",\"connections\":1},{\"user\":\"bob\",\"connections\":1}],"
+	             "\"partial\":true}");
+	struct frame *f = NULL;
+	assert_int_equal(presence_announce(e->h, "t", "presence:leave", "board:1", "carol",
+	                                   hub_conn_id(a, (char[HUB_CONN_ID_MAX]){0}), &f),
+	                 1);
+	char want[256];
+	snprintf(want, sizeof want,
+	         "{\"type\":\"presence:leave\",\"channel\":\"board:1\",\"user\":\"carol\","
+	         "\"clientId\":\"%s\"}",
+	         hub_conn_id(a, (char[HUB_CONN_ID_MAX]){0}));
+	expect_frame(f, want);
+	assert_string_equal(drain(a), "");
+	assert_string_equal(drain(b), want);
+	env_free(e);
+}
+
 static void test_client_events(void **state)
 {
 	(void)state;
@@ -483,7 +521,7 @@ int main(void)
 	        cmocka_unit_test(test_patterns),       cmocka_unit_test(test_join_leave_per_user),
 	        cmocka_unit_test(test_online_offline), cmocka_unit_test(test_presence_request),
 	        cmocka_unit_test(test_client_events),  cmocka_unit_test(test_commands),
-	        cmocka_unit_test(test_command_runner),
+	        cmocka_unit_test(test_command_runner), cmocka_unit_test(test_cluster_pieces),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -324,6 +324,17 @@ static void test_status(void **state)
 	assert_string_equal(err.msg, "out of memory");
 	p.status = LH_ECLOSED;
 	assert_int_equal(rpc_publication_status(&p, &err), RPC_UNAVAILABLE);
+	/* Redis mode, Redis down: a control command says what was done. */
+	struct command cmd = {.kind = CMD_DISCONNECT, .connections = 2};
+	p.cmd = &cmd;
+	p.status = LH_EUNAVAILABLE;
+	assert_int_equal(rpc_publication_status(&p, &err), RPC_UNAVAILABLE);
+	assert_string_equal(err.msg,
+	                    "redis unavailable: applied on this node only (2 connections); "
+	                    "the other nodes were not reached");
+	cmd.kind = CMD_PRESENCE;
+	assert_int_equal(rpc_publication_status(&p, &err), RPC_UNAVAILABLE);
+	assert_string_equal(err.msg, "redis unavailable: cluster presence cannot be read; retry");
 }
 
 static void test_stats(void **state)
