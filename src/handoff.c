@@ -26,6 +26,7 @@ struct handoff {
 	size_t max;
 	size_t max_bytes;
 	_Atomic bool closed;
+	_Atomic bool draining; /* the consumer is between drain_begin and drain_end */
 	pthread_mutex_t lock;
 	void (*wake)(void *); /* lock */
 	void *wake_arg;       /* lock */
@@ -45,6 +46,7 @@ struct handoff *handoff_new(size_t max, size_t max_bytes)
 	atomic_init(&q->bytes, 0);
 	q->max_bytes = max_bytes;
 	atomic_init(&q->closed, false);
+	atomic_init(&q->draining, false);
 	q->max = max;
 	return q;
 }
@@ -93,7 +95,15 @@ int handoff_push_lazy(struct handoff *q, struct publication *p)
 		atomic_fetch_sub_explicit(&q->count, 1, memory_order_relaxed);
 		return LH_EFULL;
 	}
-	return mpsc_push(&q->list, (struct mpsc_node *)p);
+	if (!mpsc_push(&q->list, (struct mpsc_node *)p))
+		return 0;
+	/* The list was empty: a wake-up is owed, unless the consumer is
+	 * draining (it takes p, or learns of it from handoff_drain_end). The
+	 * push and this load, against drain_end's store and its load of the
+	 * head, each with a seq_cst fence between: one side always sees the
+	 * other. */
+	atomic_thread_fence(memory_order_seq_cst);
+	return !atomic_load_explicit(&q->draining, memory_order_relaxed);
 }
 
 int handoff_push(struct handoff *q, struct publication *p)
@@ -117,6 +127,18 @@ struct publication *handoff_take(struct handoff *q)
 		atomic_fetch_sub_explicit(&q->bytes, bytes, memory_order_relaxed);
 	}
 	return fifo;
+}
+
+void handoff_drain_begin(struct handoff *q)
+{
+	atomic_store_explicit(&q->draining, true, memory_order_relaxed);
+}
+
+bool handoff_drain_end(struct handoff *q)
+{
+	atomic_store_explicit(&q->draining, false, memory_order_relaxed);
+	atomic_thread_fence(memory_order_seq_cst); /* see handoff_push_lazy */
+	return atomic_load_explicit(&q->list.head, memory_order_relaxed) != NULL;
 }
 
 size_t handoff_depth(struct handoff *q)

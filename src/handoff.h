@@ -14,6 +14,7 @@
 #ifndef LH_HANDOFF_H
 #define LH_HANDOFF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct publication;
@@ -40,6 +41,15 @@ void handoff_wake(struct handoff *q);
 /* Consumer. Takes every queued publication, oldest first (linked by ->next);
  * NULL when empty. */
 struct publication *handoff_take(struct handoff *q);
+/* Consumer. Brackets a drain (a loop of handoff_take until it comes back
+ * empty): in between, a push onto the empty queue owes no wake-up, since
+ * the consumer will take it anyway (a producer on another core would
+ * otherwise wake a thread that is already busy, and it would turn its loop
+ * once for nothing). handoff_drain_end returns true when something was
+ * pushed after the last take: the consumer must then take again (or wake
+ * itself), as no producer will. */
+void handoff_drain_begin(struct handoff *q);
+bool handoff_drain_end(struct handoff *q);
 /* Any thread. How many are queued now (for stats). */
 size_t handoff_depth(struct handoff *q);
 /* Any thread. How many bytes are queued now (for stats). */

@@ -44,6 +44,10 @@ size_t pbjson_camel(const char *name, char *out);
  * default recursion limit (C++, Java, Python). Map entries and the levels of a
  * Struct (Struct, its entry, Value) each count as one. */
 #define PBJSON_WIRE_MAX_DEPTH 100
+/* Serialized messages of at most this many bytes cannot nest deeper than
+ * PBJSON_WIRE_MAX_DEPTH (every level below the top takes at least a tag byte
+ * and a length byte), so their depth need not be checked. */
+#define PBJSON_WIRE_SHALLOW_BYTES (2 * (PBJSON_WIRE_MAX_DEPTH - 1) - 1)
 
 /* Checks, without recursion, that the serialized message data (len bytes) of
  * type d nests messages at most PBJSON_WIRE_MAX_DEPTH deep (the top message is

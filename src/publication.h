@@ -46,6 +46,9 @@ struct publication {
 	char channels[LH_PUB_MAX_CHANNELS][LH_CHANNEL_MAX + 1]; /* as clients name them */
 	char *data; /* JSON object text of the payload; publisher-owned */
 	size_t data_len;
+	/* Bytes allocated at data. A publisher may keep the buffer for its next
+	 * publication: rpc_method_prepare writes into it (see rpc_methods.h). */
+	size_t data_cap;
 	int64_t ts_ms;         /* publish time, ms since the Unix epoch */
 	int64_t t0_us;         /* CLOCK_MONOTONIC µs the call arrived; 0 = unknown */
 	uint64_t conflate_key; /* 0, or a key under which queued frames conflate (per channel) */

@@ -12,7 +12,12 @@
  * until its last batch has completed. Its references (refs, atomic):
  *   - one "logic" reference from arming on: it is given to the reply batch
  *     when that starts, or dropped when the arrival fails (shutdown);
- *   - one for the RECV_CLOSE_ON_SERVER batch while it is outstanding.
+ *   - one for a PublishStream's RECV_MESSAGE batch while it is outstanding.
+ * RECV_CLOSE_ON_SERVER goes in the reply batch (as gRPC core's own tests
+ * do) rather than in a batch of its own at arrival: that is one batch, one
+ * completion and one outstanding tag less per call, and nothing here acts on
+ * a cancellation before the reply anyway (a stream learns of it from its
+ * failing read).
  * Whoever drops the last reference frees the call (usually the queue thread;
  * the service thread when starting its reply batch fails).
  */
@@ -48,9 +53,17 @@
 /* The biggest request accepted; larger ones get RESOURCE_EXHAUSTED from
  * gRPC itself. */
 #define RPC_MAX_RECV_BYTES (1024 * 1024)
-/* Requests kept armed per method, so a burst of calls does not wait for the
- * queue thread to re-arm one at a time. */
-#define ARMED_PER_METHOD 16
+/* Requests kept armed per method, so that a call finds one waiting and a
+ * burst does not wait for the queue thread to re-arm one at a time (calls
+ * beyond them wait in gRPC's own queue until re-armed). Few: Debian's gRPC
+ * is built with its debug checks on, and every completion searches the
+ * completion queue's list of outstanding tags linearly, which every armed
+ * request is on (16 per method made that search ~1,400 instructions per
+ * streamed message). Publish methods get a few, the rest one. */
+#ifndef ARMED_HOT
+#define ARMED_HOT 4
+#endif
+#define ARMED_COLD 1
 /* Requests armed for calls to methods livehub does not have. */
 #define ARMED_UNKNOWN  2
 #define MAX_METHODS    32
@@ -93,8 +106,16 @@ struct arena {
 /* Publications one PublishStream may have in the hub at once: the next
  * message is read only when one of these is free. */
 #define STREAM_WINDOW 64
+/* A slot keeps its JSON buffer for the next message up to this size (a
+ * malloc, realloc and free less per message); a bigger one is freed. */
+#define SLOT_KEEP_BYTES 4096
+/* Completions the queue thread handles at most, once it owes the service
+ * thread a wake-up, before it pays it even with more ready (next_event). */
+#ifndef WAKE_BATCH
+#define WAKE_BATCH 64
+#endif
 
-enum tag_kind { TAG_ARRIVED, TAG_CLOSED, TAG_REPLIED, TAG_READ, TAG_SHUTDOWN };
+enum tag_kind { TAG_ARRIVED, TAG_REPLIED, TAG_READ, TAG_SHUTDOWN };
 
 /* A completion-queue tag: what completed, and for which call. call is
  * atomic only so that ThreadSanitizer sees the hand-over (see
@@ -122,8 +143,8 @@ struct call {
 	grpc_call_details details; /* UNKNOWN_METHOD only */
 	grpc_metadata_array req_md;
 	grpc_byte_buffer *payload; /* the request, read with the call */
-	int cancelled;             /* set by RECV_CLOSE_ON_SERVER */
-	struct tag t_arrived, t_closed, t_replied, t_read;
+	int cancelled;             /* set by RECV_CLOSE_ON_SERVER (in the reply batch) */
+	struct tag t_arrived, t_replied, t_read;
 	/* The reply batch's buffers live here until it completes. */
 	grpc_byte_buffer *reply;
 	grpc_slice status_details;
@@ -171,6 +192,7 @@ struct rpc {
 	/* Queue thread only: a push found the hand-off queue empty and the
 	 * service thread has not been woken for it yet. */
 	bool wake_owed;
+	unsigned unwoken; /* queue thread only: completions taken since the wake was owed */
 	/* Queue thread only: where requests are decoded (see decode). */
 	ProtobufCAllocator alloc;
 	struct arena arena;
@@ -178,7 +200,8 @@ struct rpc {
 
 /* One message of a PublishStream on its way through the hub. */
 struct slot {
-	struct publication pub; /* owner: the stream's struct call; owns pub.data */
+	struct publication pub; /* owner: the stream's struct call; owns pub.data, kept
+	                         * between messages (SLOT_KEEP_BYTES) */
 	uint64_t sequence;      /* the client's number for the message */
 	uint64_t index;         /* position in the stream, from 0 */
 	struct slot *next_free;
@@ -285,7 +308,6 @@ static int call_arm(struct rpc *r, int idx)
 	c->method = idx;
 	c->m = idx == UNKNOWN_METHOD ? NULL : r->methods[idx];
 	tag_init(&c->t_arrived, TAG_ARRIVED, c);
-	tag_init(&c->t_closed, TAG_CLOSED, c);
 	tag_init(&c->t_replied, TAG_REPLIED, c);
 	tag_init(&c->t_read, TAG_READ, c);
 	grpc_metadata_array_init(&c->req_md);
@@ -319,11 +341,12 @@ static int call_arm(struct rpc *r, int idx)
  * Replies. Each consumes the call's logic reference.
  * ---------------------------------------------------------------------- */
 
-/* Starts the reply batch: initial metadata, c->reply when set, and the
- * status (with c->status_details when set). Any thread. */
+/* Starts the reply batch: initial metadata, c->reply when set, the status
+ * (with c->status_details when set) and the wait for the call's close. Any
+ * thread. */
 static void reply_start(struct call *c, enum rpc_code code)
 {
-	grpc_op ops[3];
+	grpc_op ops[4];
 	size_t n = 0;
 	memset(ops, 0, sizeof ops);
 	ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
@@ -335,6 +358,8 @@ static void reply_start(struct call *c, enum rpc_code code)
 	ops[n].data.send_status_from_server.status = (grpc_status_code)code;
 	ops[n++].data.send_status_from_server.status_details =
 	        c->has_details ? &c->status_details : NULL;
+	ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	ops[n++].data.recv_close_on_server.cancelled = &c->cancelled;
 
 	c->state = CALL_REPLYING;
 	metrics_grpc_done(c->method == UNKNOWN_METHOD ? c->r->mslot_unknown
@@ -534,20 +559,35 @@ static ProtobufCMessage *decode(struct call *c, struct rpc_error *err)
 		snprintf(err->msg, sizeof err->msg, "request: no message sent");
 		return NULL;
 	}
-	if (!grpc_byte_buffer_reader_init(&rd, c->payload)) {
-		snprintf(err->msg, sizeof err->msg, "request: cannot be read (compression?)");
-		return NULL;
+	/* A plain buffer of one slice (the usual small request) is read in
+	 * place; anything else is decompressed and/or joined into a copy. */
+	const grpc_slice_buffer *sb = &c->payload->data.raw.slice_buffer;
+	bool in_place = c->payload->type == GRPC_BB_RAW &&
+	                c->payload->data.raw.compression == GRPC_COMPRESS_NONE && sb->count == 1;
+	grpc_slice s;
+	if (in_place) {
+		s = sb->slices[0];
+	} else {
+		if (!grpc_byte_buffer_reader_init(&rd, c->payload)) {
+			snprintf(err->msg, sizeof err->msg,
+			         "request: cannot be read (compression?)");
+			return NULL;
+		}
+		s = grpc_byte_buffer_reader_readall(&rd);
+		grpc_byte_buffer_reader_destroy(&rd);
 	}
-	grpc_slice s = grpc_byte_buffer_reader_readall(&rd);
-	grpc_byte_buffer_reader_destroy(&rd);
 	/* protobuf-c recurses once per nesting level with no limit of its own:
 	 * a 40 KB request of nested Structs would overflow the stack. Check the
-	 * nesting on the wire bytes first, without recursion. */
+	 * nesting on the wire bytes first, without recursion (not needed for
+	 * a request too short to nest that deep; most are). */
 	ProtobufCMessage *req = NULL;
-	if (pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), GRPC_SLICE_LENGTH(s)) == 0)
-		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, GRPC_SLICE_LENGTH(s),
+	size_t len = GRPC_SLICE_LENGTH(s);
+	if (len <= PBJSON_WIRE_SHALLOW_BYTES ||
+	    pbjson_check_depth(c->m->input, GRPC_SLICE_START_PTR(s), len) == 0)
+		req = protobuf_c_message_unpack(c->m->input, &c->r->alloc, len,
 		                                GRPC_SLICE_START_PTR(s));
-	grpc_slice_unref(s);
+	if (!in_place)
+		grpc_slice_unref(s);
 	grpc_byte_buffer_destroy(c->payload);
 	c->payload = NULL;
 	if (!req)
@@ -598,8 +638,8 @@ static void handle_stats(struct call *c)
 	reply_message(c, &resp.base);
 }
 
-/* Queue thread: pushes p, deferring the service thread's wake-up to the
- * end of the completion being handled (see cq_main). Returns 0 or
+/* Queue thread: pushes p, deferring the service thread's wake-up until
+ * this thread runs out of ready completions (see next_event). Returns 0 or
  * LH_EFULL. */
 static int push_lazy(struct rpc *r, struct publication *p)
 {
@@ -774,15 +814,6 @@ static void on_arrived(struct call *c, bool ok)
 	if (!atomic_load(&r->stopping) && call_arm(r, c->method))
 		log_warn("msg=\"cannot re-arm a gRPC request; fewer calls will be taken at once\"");
 
-	/* Watch for cancellation; its completion also tells that the call is over. */
-	grpc_op op;
-	memset(&op, 0, sizeof op);
-	op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-	op.data.recv_close_on_server.cancelled = &c->cancelled;
-	atomic_fetch_add(&c->refs, 1);
-	if (grpc_call_start_batch(c->call, &op, 1, &c->t_closed, NULL) != GRPC_CALL_OK)
-		atomic_fetch_sub(&c->refs, 1);
-
 	if (!c->m) {
 		handle_unknown(c);
 		return;
@@ -877,8 +908,11 @@ static void stream_slot_done(struct call *c, struct slot *sl, const struct rpc_e
                              bool reader)
 {
 	struct stream *s = c->stream;
-	free(sl->pub.data);
-	sl->pub.data = NULL;
+	if (sl->pub.data_cap > SLOT_KEEP_BYTES) {
+		free(sl->pub.data);
+		sl->pub.data = NULL;
+		sl->pub.data_cap = 0;
+	}
 	pthread_mutex_lock(&s->mu);
 	if (err)
 		rpc_stream_reject(&s->res, sl->sequence, sl->index, err);
@@ -985,7 +1019,7 @@ static void unpark(struct rpc *r)
 
 /* Whether the stream's key may publish for sl's tenant; else fills err
  * (the message's rejection, naming the field as "broadcast_tenant.tenant_id"
- * like the other rejections) and frees sl's data. req is the decoded
+ * like the other rejections). req is the decoded
  * PublishStreamRequest. */
 static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct slot *sl,
                              struct rpc_error *err)
@@ -1004,8 +1038,6 @@ static bool stream_tenant_ok(struct call *c, const ProtobufCMessage *req, struct
 	/* Per message, so at debug: the stream's response reports it. */
 	log_debug("event=grpc_auth_refused method=%s reason=tenant key=%s", c->m->name,
 	          c->key->name);
-	free(sl->pub.data);
-	sl->pub.data = NULL;
 	return false;
 }
 
@@ -1089,24 +1121,39 @@ static void on_shutdown_done(struct rpc *r)
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* The next completion, paying the service thread's wake-up when it is owed
+ * and due. After a push that found the hand-off queue empty the wake is
+ * owed; it is paid only once this thread has nothing ready (a non-blocking
+ * look at the queue comes back empty) or has taken WAKE_BATCH more
+ * completions (so a publication never waits behind more than that).
+ * With both threads on one core, waking at once meant a switch to the
+ * service thread for each few publications (it preempts this thread, takes
+ * the one or two queued, sleeps again): 28 % of the core in context switches
+ * on a PublishStream. The non-blocking look costs an epoll_wait only when
+ * the queue is empty, and then the thread was about to block anyway. */
+static grpc_event next_event(struct rpc *r)
+{
+	if (r->wake_owed && r->unwoken++ < WAKE_BATCH) {
+		grpc_event ev =
+		        grpc_completion_queue_next(r->cq, gpr_inf_past(GPR_CLOCK_MONOTONIC), NULL);
+		if (ev.type != GRPC_QUEUE_TIMEOUT)
+			return ev;
+	}
+	if (r->wake_owed) {
+		r->wake_owed = false;
+		r->unwoken = 0;
+		handoff_wake(r->q);
+	}
+	return grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+}
+
 /* The completion-queue thread: dispatches completions until the queue is
  * shut down and drained. */
 static void *cq_main(void *arg)
 {
 	struct rpc *r = arg;
 	for (;;) {
-		/* The service thread is woken after the handler, not inside the
-		 * push: the wake-up (a pipe write) and the switch it may cause then
-		 * come after this thread's work on the call (the next read
-		 * started, locks released). Deferring it further, until the queue
-		 * has nothing ready, measured worse: the extra non-blocking
-		 * grpc_completion_queue_next costs an epoll_wait per completion. */
-		if (r->wake_owed) {
-			r->wake_owed = false;
-			handoff_wake(r->q);
-		}
-		grpc_event ev =
-		        grpc_completion_queue_next(r->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+		grpc_event ev = next_event(r);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type != GRPC_OP_COMPLETE)
@@ -1117,12 +1164,11 @@ static void *cq_main(void *arg)
 			atomic_load_explicit(&c->refs, memory_order_acquire);
 		switch (t->kind) {
 		case TAG_ARRIVED: on_arrived(c, ev.success); break;
-		case TAG_CLOSED:
+		case TAG_REPLIED:
 			if (c->cancelled)
 				log_debug("msg=\"grpc call cancelled\"");
 			call_unref(c);
 			break;
-		case TAG_REPLIED: call_unref(c); break;
 		case TAG_READ: on_read(c, ev.success); break;
 		case TAG_SHUTDOWN: on_shutdown_done(r); break;
 		}
@@ -1147,6 +1193,12 @@ static void absl_deadlock_detection_off(void)
 {
 	if (_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE)
 		_ZN4absl7debian329SetMutexDeadlockDetectionModeENS0_15OnDeadlockCycleE(0);
+}
+
+/* How many requests to keep armed for m (see ARMED_HOT). */
+static int armed_for(const struct rpc_method *m)
+{
+	return m->kind == RPC_KIND_PUBLISH || m->kind == RPC_KIND_STREAM ? ARMED_HOT : ARMED_COLD;
 }
 
 /* Registers every method of the service that livehub implements. */
@@ -1341,7 +1393,7 @@ struct rpc *rpc_start(const struct lh_config *cfg, struct hub *hub, struct broke
 	grpc_server_start(r->server);
 	rpc_extra_start(r->extra);
 	for (int i = 0; i < r->nmethods; i++)
-		for (int k = 0; k < ARMED_PER_METHOD; k++)
+		for (int k = 0; k < armed_for(r->methods[i]); k++)
 			call_arm(r, i);
 	/* Without a plain request outstanding, gRPC parks calls to unknown
 	 * methods until their deadline: answer them UNIMPLEMENTED instead. */

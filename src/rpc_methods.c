@@ -44,6 +44,15 @@ __attribute__((format(printf, 3, 4))) static int fail(struct rpc_error *err, enu
 	return -1;
 }
 
+/* Frees p's data buffer. */
+static void drop_data(struct publication *p)
+{
+	free(p->data);
+	p->data = NULL;
+	p->data_len = 0;
+	p->data_cap = 0;
+}
+
 static int64_t now_ms(void)
 {
 	struct timespec ts;
@@ -130,11 +139,13 @@ static void proto_path(const ProtobufCMessageDescriptor *d, const char *path, ch
 }
 
 /* Sets p->data to the JSON of msg (an unset message, e.g. an unset Struct,
- * becomes {}). field names msg in error messages ("event", "data"). */
+ * becomes {}), written into the buffer p->data already has, if any. field
+ * names msg in error messages ("event", "data"). On failure p->data is
+ * freed. */
 static int set_data(struct publication *p, const ProtobufCMessage *msg, const char *field,
                     struct rpc_error *err)
 {
-	struct strbuf sb = STRBUF_INIT;
+	struct strbuf sb = {p->data, 0, p->data_cap, 0};
 	char path[128] = "";
 	int rc = 0;
 
@@ -147,12 +158,13 @@ static int set_data(struct publication *p, const ProtobufCMessage *msg, const ch
 		sb_adds(&sb, "{}");
 	if (rc == 0 && sb.oom)
 		rc = LH_ENOMEM;
+	p->data = sb.buf;
+	p->data_cap = sb.cap;
 	if (rc == 0) {
-		p->data = sb.buf;
 		p->data_len = sb.len;
 		return 0;
 	}
-	sb_free(&sb);
+	drop_data(p);
 	if (rc == LH_ENOMEM || !msg)
 		return fail(err, RPC_INTERNAL, "out of memory");
 	char where[160];
@@ -623,18 +635,26 @@ static int set_idem_key(const ProtobufCMessage *req, struct publication *p, stru
 	return 0;
 }
 
+/* Clears p for a new publication, keeping its data buffer. */
+static void clear_keeping_data(struct publication *p)
+{
+	char *data = p->data;
+	size_t cap = p->data_cap;
+	memset(p, 0, sizeof *p);
+	p->data = data;
+	p->data_cap = cap;
+}
+
 int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
                        struct publication *p, struct rpc_error *err)
 {
-	memset(p, 0, sizeof *p);
+	clear_keeping_data(p);
 	err->code = RPC_OK;
 	err->msg[0] = '\0';
 	if (m->kind != RPC_KIND_PUBLISH || req->descriptor != m->input)
 		return fail(err, RPC_INTERNAL, "method is not a publish method");
 	if (m->prepare(req, p, err) || set_idem_key(req, p, err)) {
-		free(p->data);
-		p->data = NULL;
-		p->data_len = 0;
+		drop_data(p);
 		return -1;
 	}
 	p->ts_ms = now_ms();
@@ -657,7 +677,7 @@ int rpc_stream_prepare(const ProtobufCMessage *req, struct publication *p, uint6
 {
 	const Livehub__V1__PublishStreamRequest *r = (const void *)req;
 	const ProtobufCMessageDescriptor *d = &livehub__v1__publish_stream_request__descriptor;
-	memset(p, 0, sizeof *p);
+	clear_keeping_data(p);
 	*sequence = req->descriptor == d ? r->sequence : 0;
 	if (req->descriptor != d)
 		return fail(err, RPC_INTERNAL, "message is not a PublishStreamRequest");

@@ -74,9 +74,12 @@ const struct rpc_method *rpc_method_find(const char *name);
 int rpc_methods_check(const ProtobufCServiceDescriptor *svc);
 
 /* Validates req (a message of m->input) and fills p's input fields: zeroes
- * p first, then sets tenant, type, channels, ts_ms, conflate_key and data.
- * Returns 0 with p->data a malloc'd NUL-terminated JSON object that the
- * caller frees with free(); or -1 with err filled and p->data NULL. */
+ * p first, all but p->data and p->data_cap, which must be NULL and 0 or a
+ * buffer left by an earlier call (it is written into: a caller may keep one
+ * across publications); then sets tenant, type, channels, ts_ms,
+ * conflate_key and data. Returns 0 with p->data a malloc'd NUL-terminated JSON object
+ * (p->data_cap bytes) that the caller frees with free(); or -1 with err
+ * filled and p->data NULL. */
 int rpc_method_prepare(const struct rpc_method *m, const ProtobufCMessage *req,
                        struct publication *p, struct rpc_error *err);
 

@@ -1401,19 +1401,22 @@ static void drain_some(struct ws *w, bool all)
 	size_t pubs = 0;
 	uint64_t delivered0 = hub_delivered(w->hub);
 	bool pressed = false;
+	/* While draining, producers skip the wake-up: what they push is taken
+	 * here, or reported by handoff_drain_end. */
+	handoff_drain_begin(w->q);
 	while (all || (!pressed && pubs < WS_DRAIN_PUBS &&
 	               hub_delivered(w->hub) - delivered0 < WS_DRAIN_FRAMES)) {
 		if (!w->backlog)
 			w->backlog = handoff_take(w->q);
 		if (!w->backlog)
-			return;
+			break;
 		/* In steps, so that the frame budget is looked at every few. */
 		size_t step =
 		        WS_DRAIN_PUBS - pubs < WS_DRAIN_STEP ? WS_DRAIN_PUBS - pubs : WS_DRAIN_STEP;
 		pubs += hub_publish_some(w->hub, &w->backlog, all ? SIZE_MAX : step, !all,
 		                         &pressed);
 	}
-	if (w->backlog || handoff_depth(w->q) > 0)
+	if (handoff_drain_end(w->q) || w->backlog)
 		lws_cancel_service(w->ctx);
 }
 

@@ -15,6 +15,7 @@
  * publishes per server CPU-second. Pin hub and client to different cores
  * with taskset.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -372,6 +373,36 @@ static double proc_cpu_s(int pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* Context switches (voluntary and not) of all of pid's threads so far; a
+ * thread that ends in between takes its count with it. */
+static unsigned long long proc_switches(int pid)
+{
+	char path[96], line[256];
+	unsigned long long sum = 0;
+	snprintf(path, sizeof path, "/proc/%d/task", pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "/proc/%d/task/%.20s/status", pid, e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof line, f)) {
+			unsigned long long v;
+			if (sscanf(line, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+			    sscanf(line, "nonvoluntary_ctxt_switches: %llu", &v) == 1)
+				sum += v;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return sum;
+}
+
 static void wait_ready(grpc_channel *ch, grpc_completion_queue *cq)
 {
 	if (!grpcc_wait_ready(ch, cq, 5000000000ull)) {
@@ -443,6 +474,7 @@ int main(int argc, char **argv)
 	struct timespec ts = {(time_t)o.warmup, (long)((o.warmup - (time_t)o.warmup) * 1e9)};
 	nanosleep(&ts, NULL);
 	double cpu0 = o.pid ? proc_cpu_s(o.pid) : 0;
+	unsigned long long sw0 = o.pid ? proc_switches(o.pid) : 0;
 	uint64_t sent0 = atomic_load(&sent_total);
 	uint64_t t0 = grpcc_now_ns();
 	atomic_store(&measuring, 1);
@@ -451,6 +483,7 @@ int main(int argc, char **argv)
 	nanosleep(&ts, NULL);
 	uint64_t sent1 = atomic_load(&sent_total);
 	double cpu1 = o.pid ? proc_cpu_s(o.pid) : 0;
+	double sw = o.pid ? (double)(proc_switches(o.pid) - sw0) : 0;
 	double el = (double)(grpcc_now_ns() - t0) / 1e9;
 	atomic_store(&measuring, 2);
 	for (int t = 0; t < o.threads; t++)
@@ -478,8 +511,10 @@ int main(int argc, char **argv)
 		       o.threads * o.channels * o.inflight, rate, (unsigned long long)acc,
 		       (unsigned long long)rej, (unsigned long long)failed);
 		if (o.pid)
-			printf(" hub_cpu_s=%.2f hub_cpu_util=%.2f msgs_per_hub_cpu_s=%.0f", cpu,
-			       cpu / el, (double)(sent1 - sent0) / cpu);
+			printf(" hub_cpu_s=%.2f hub_cpu_util=%.2f msgs_per_hub_cpu_s=%.0f "
+			       "hub_switches_per_msg=%.3f",
+			       cpu, cpu / el, (double)(sent1 - sent0) / cpu,
+			       sw / (double)(sent1 - sent0));
 	} else {
 		uint64_t n = 0, p50 = 0, p99 = 0, c = 0;
 		for (int i = 0; i < HIST_N; i++)
@@ -498,8 +533,9 @@ int main(int argc, char **argv)
 		       (unsigned long long)failed, (unsigned long long)p50 * 10,
 		       (unsigned long long)p99 * 10);
 		if (o.pid)
-			printf(" hub_cpu_s=%.2f hub_cpu_util=%.2f calls_per_hub_cpu_s=%.0f", cpu,
-			       cpu / el, (double)ok / cpu);
+			printf(" hub_cpu_s=%.2f hub_cpu_util=%.2f calls_per_hub_cpu_s=%.0f "
+			       "hub_switches_per_call=%.3f",
+			       cpu, cpu / el, (double)ok / cpu, sw / (double)ok);
 	}
 	printf(" total=%llu\n", (unsigned long long)(o.stream ? atomic_load(&sent_total)
 	                                                      : atomic_load(&done_total)));

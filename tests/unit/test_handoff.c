@@ -5,10 +5,12 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -220,12 +222,103 @@ static void test_lazy_push(void **state)
 	handoff_free(q);
 }
 
+/* While the consumer drains, a push onto the empty queue owes no wake-up;
+ * handoff_drain_end reports what came in after the last take. */
+static void test_drain_flag(void **state)
+{
+	struct handoff *q = handoff_new(8, SIZE_MAX);
+	_Atomic int mine = 0;
+	handoff_set_wake(q, wake, &mine);
+	struct publication p[4];
+	memset(p, 0, sizeof(p));
+
+	assert_int_equal(handoff_push(q, &p[0]), 0);
+	assert_int_equal(atomic_load(&mine), 1);
+	handoff_drain_begin(q);
+	assert_ptr_equal(handoff_take(q), &p[0]);
+	assert_int_equal(handoff_push(q, &p[1]), 0);      /* empty, but draining */
+	assert_int_equal(handoff_push_lazy(q, &p[2]), 0); /* no wake owed either */
+	assert_int_equal(atomic_load(&mine), 1);
+	struct publication *l = handoff_take(q);
+	assert_ptr_equal(l, &p[1]);
+	assert_ptr_equal(l->next, &p[2]);
+	assert_int_equal(handoff_push(q, &p[3]), 0);
+	assert_true(handoff_drain_end(q)); /* p[3] came after the last take */
+	assert_int_equal(atomic_load(&mine), 1);
+	assert_ptr_equal(handoff_take(q), &p[3]);
+
+	handoff_drain_begin(q);
+	assert_null(handoff_take(q));
+	assert_false(handoff_drain_end(q));
+	assert_int_equal(handoff_push(q, &p[0]), 0); /* not draining: wakes */
+	assert_int_equal(atomic_load(&mine), 2);
+	assert_int_equal(handoff_push_lazy(q, &p[1]), 0);
+	handoff_free(q);
+}
+
+/* Producers against a consumer that sleeps until woken and drains with
+ * the flag: no wake-up may be lost (a lost one leaves the consumer asleep
+ * with publications queued, and the timed wait fails the test). */
+static pthread_mutex_t dmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t dcv = PTHREAD_COND_INITIALIZER;
+static int dwoken; /* dmu */
+
+static void drain_wake(void *arg)
+{
+	pthread_mutex_lock(&dmu);
+	dwoken++;
+	pthread_cond_signal(&dcv);
+	pthread_mutex_unlock(&dmu);
+}
+
+static void test_drain_no_lost_wake(void **state)
+{
+	struct handoff *q = handoff_new(64, SIZE_MAX);
+	handoff_set_wake(q, drain_wake, NULL);
+	dwoken = 0;
+	pthread_t th[PRODUCERS];
+	struct producer pr[PRODUCERS];
+	for (int i = 0; i < PRODUCERS; i++) {
+		pr[i] = (struct producer){q, i, calloc(PER_PRODUCER, sizeof(struct publication))};
+		assert_non_null(pr[i].pubs);
+	}
+	for (int i = 0; i < PRODUCERS; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, produce, &pr[i]), 0);
+	long total = 0;
+	while (total < (long)PRODUCERS * PER_PRODUCER) {
+		pthread_mutex_lock(&dmu);
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 10;
+		while (dwoken == 0)
+			assert_int_equal(pthread_cond_timedwait(&dcv, &dmu, &ts), 0);
+		dwoken = 0;
+		pthread_mutex_unlock(&dmu);
+		bool more;
+		do {
+			handoff_drain_begin(q);
+			for (struct publication *p; (p = handoff_take(q)) != NULL;)
+				for (; p; p = p->next)
+					total++;
+			more = handoff_drain_end(q);
+		} while (more);
+	}
+	for (int i = 0; i < PRODUCERS; i++) {
+		pthread_join(th[i], NULL);
+		free(pr[i].pubs);
+	}
+	assert_int_equal(total, (long)PRODUCERS * PER_PRODUCER);
+	assert_null(handoff_take(q));
+	handoff_free(q);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_fifo_and_wake), cmocka_unit_test(test_bound),
 	        cmocka_unit_test(test_close),         cmocka_unit_test(test_stress),
 	        cmocka_unit_test(test_lazy_push),     cmocka_unit_test(test_byte_bound),
+	        cmocka_unit_test(test_drain_flag),    cmocka_unit_test(test_drain_no_lost_wake),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
  * module trusts. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -68,6 +69,28 @@ static void test_type_names(void **state)
 	BAD(name_type_ok, "");
 }
 
+/* Every byte, in the middle of each kind of name, is accepted exactly when it
+ * is a letter, a digit or one of that kind's extra characters (as documented
+ * in docs/PROTOCOL.md). */
+static void test_every_byte(void **state)
+{
+	static const struct {
+		bool (*ok)(const char *, size_t);
+		const char *extra;
+	} kinds[] = {{name_tenant_ok, "_.-"},
+	             {name_user_ok, "_.:@+-"},
+	             {name_channel_ok, "_.:@+=/-"},
+	             {name_type_ok, "_.:-"}};
+	for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+		for (int c = 0; c < 256; c++) {
+			char s[3] = {'a', (char)c, 'b'};
+			bool want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			            (c >= '0' && c <= '9') || (c != 0 && strchr(kinds[k].extra, c));
+			assert_int_equal(kinds[k].ok(s, 3), want);
+		}
+	}
+}
+
 static void test_utf8(void **state)
 {
 	assert_true(utf8_valid("", 0));
@@ -104,7 +127,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	        cmocka_unit_test(test_tenant_names),  cmocka_unit_test(test_user_names),
 	        cmocka_unit_test(test_channel_names), cmocka_unit_test(test_type_names),
-	        cmocka_unit_test(test_utf8),          cmocka_unit_test(test_strbuf_json),
+	        cmocka_unit_test(test_every_byte),    cmocka_unit_test(test_utf8),
+	        cmocka_unit_test(test_strbuf_json),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

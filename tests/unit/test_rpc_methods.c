@@ -18,18 +18,20 @@
 #include "livehub/v1/hub.pb-c.h"
 #include "rpc_methods.h"
 
-/* Runs method name on req; returns 0 or -1 like rpc_method_prepare. */
+/* Runs method name on req into a fresh p (the tests free p->data between
+ * calls); returns 0 or -1 like rpc_method_prepare. */
 static int prepare(const char *name, const void *req, struct publication *p, struct rpc_error *err)
 {
 	const struct rpc_method *m = rpc_method_find(name);
 	assert_non_null(m);
+	memset(p, 0, sizeof *p);
 	return rpc_method_prepare(m, req, p, err);
 }
 
 /* Asserts that req fails with INVALID_ARGUMENT and exactly msg. */
 static void expect_invalid(const char *name, const void *req, const char *msg)
 {
-	struct publication p;
+	struct publication p = {0};
 	struct rpc_error err;
 	assert_int_equal(prepare(name, req, &p, &err), -1);
 	assert_int_equal(err.code, RPC_INVALID_ARGUMENT);
@@ -75,7 +77,7 @@ static void test_job_progress(void **state)
 	ev.kind = LIVEHUB__V1__JOB_KIND__JOB_KIND_SLICE;
 	ev.message = "layer 32/80";
 
-	struct publication p;
+	struct publication p = {0};
 	struct rpc_error err;
 	struct timespec now;
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -146,7 +148,7 @@ static void test_job_progress_errors(void **state)
 
 static void test_other_events(void **state)
 {
-	struct publication p;
+	struct publication p = {0};
 	struct rpc_error err;
 
 	Livehub__V1__JobFailed jf = LIVEHUB__V1__JOB_FAILED__INIT;
@@ -209,7 +211,7 @@ static void test_other_events(void **state)
 
 static void test_custom_types(void **state)
 {
-	struct publication p;
+	struct publication p = {0};
 	struct rpc_error err;
 
 	Livehub__V1__BroadcastTenantRequest br = LIVEHUB__V1__BROADCAST_TENANT_REQUEST__INIT;
@@ -281,7 +283,7 @@ static void test_custom_types(void **state)
 
 static void test_reply(void **state)
 {
-	struct publication p;
+	struct publication p = {0};
 	memset(&p, 0, sizeof p);
 	p.nchannels = 2;
 	strcpy(p.channels[0], "job:42");
@@ -315,7 +317,7 @@ static void test_reply(void **state)
 
 static void test_status(void **state)
 {
-	struct publication p;
+	struct publication p = {0};
 	struct rpc_error err;
 	memset(&p, 0, sizeof p);
 	assert_int_equal(rpc_publication_status(&p, &err), RPC_OK);
@@ -365,7 +367,7 @@ static void test_stream_prepare(void **state)
 	req.request_case = LIVEHUB__V1__PUBLISH_STREAM_REQUEST__REQUEST_JOB_PROGRESS;
 	req.job_progress = &jp;
 
-	struct publication p, u;
+	struct publication p = {0}, u = {0};
 	struct rpc_error err;
 	uint64_t seq = 0;
 	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), 0);
@@ -377,8 +379,19 @@ static void test_stream_prepare(void **state)
 	assert_string_equal(p.channels[0], "job:42");
 	assert_string_equal(p.data, u.data);
 	assert_true(p.conflate_key == u.conflate_key && p.conflate_key != 0);
-	free(p.data);
 	free(u.data);
+
+	/* The next message is written into the buffer the last one left, which
+	 * a rejection frees. */
+	char *buf = p.data;
+	size_t cap = p.data_cap;
+	assert_true(cap > strlen(buf));
+	ev.progress = 60;
+	assert_int_equal(rpc_stream_prepare(&req.base, &p, &seq, &err), 0);
+	assert_ptr_equal(p.data, buf);
+	assert_int_equal(p.data_cap, cap);
+	assert_non_null(strstr(p.data, "\"progress\":60"));
+	assert_int_equal(p.data_len, strlen(p.data));
 
 	ev.progress = 101;
 	seq = 0;
@@ -387,6 +400,7 @@ static void test_stream_prepare(void **state)
 	assert_int_equal(err.code, RPC_INVALID_ARGUMENT);
 	assert_string_equal(err.msg, "job_progress.event.progress: must be between 0 and 100");
 	assert_null(p.data);
+	assert_int_equal(p.data_cap, 0);
 
 	Livehub__V1__PublishRequest pr = LIVEHUB__V1__PUBLISH_REQUEST__INIT;
 	pr.tenant_id = "acme";
