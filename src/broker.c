@@ -638,6 +638,7 @@ static int handshake_auth(struct broker *b, struct rconn *c)
 
 static void on_probe(struct broker *b, struct pending *pd, redisReply *r);
 static void on_script(struct broker *b, struct pending *pd, redisReply *r);
+static void on_role(struct broker *b, struct pending *pd, redisReply *r);
 
 /* The socket is connected: sends the handshake. */
 static int start_handshake(struct broker *b, struct rconn *c)
@@ -659,6 +660,12 @@ static int start_handshake(struct broker *b, struct rconn *c)
 	struct pending ps = {.on_reply = on_script};
 	if (!rc)
 		rc = send_words(b, c, &ps, 3, "SCRIPT", "LOAD", publish_lua);
+	c->handshake++;
+	/* A replica takes the connection and the script but refuses every
+	 * write: it is not up for us (see on_role). */
+	struct pending pr = {.on_reply = on_role};
+	if (!rc)
+		rc = send_words(b, c, &pr, 1, "ROLE");
 	c->handshake++;
 out:
 	if (!rc && c->handshake == 0)
@@ -717,6 +724,26 @@ static void on_script(struct broker *b, struct pending *pd, redisReply *r)
 	}
 	memcpy(b->sha, r->str, 40);
 	b->sha[40] = '\0';
+	handshake_step(b, &b->cmd);
+}
+
+/* ROLE: anything but "master" (a replica, a sentinel) cannot run the
+ * publish script, so the broker stays down and retries with its backoff
+ * (a failover that moves the address heals). An error (ROLE refused by an
+ * ACL) tells nothing: carry on. */
+static void on_role(struct broker *b, struct pending *pd, redisReply *r)
+{
+	if (!r)
+		return;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+	    r->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(r->element[0]->str, "master") != 0) {
+		char why[96];
+		snprintf(why, sizeof(why), "Redis is not a primary (ROLE %.32s): it refuses writes",
+		         r->element[0]->str);
+		drop(b, why);
+		return;
+	}
 	handshake_step(b, &b->cmd);
 }
 
@@ -823,6 +850,19 @@ static void follow_confirmed(struct broker *b, struct follow *f)
 	atomic_store(&b->st_followed, dict_count(b->follows));
 }
 
+/* Tells f's waiters the subscription was not made (it is being dropped
+ * unconfirmed: nobody follows it any more), so that their callbacks run
+ * and release what they hold. */
+static void waiters_fail(struct broker *b, struct follow *f)
+{
+	for (struct waiter *w = f->waiters, *next; w; w = next) {
+		next = w->next;
+		post_follow(b, w->done, w->arg, false);
+		free(w);
+	}
+	f->waiters = NULL;
+}
+
 static void do_follow(struct broker *b, struct job *j)
 {
 	size_t len = strlen(j->name);
@@ -883,6 +923,7 @@ static void do_unfollow(struct broker *b, const char *name)
 		return;
 	if (f->confirmed)
 		send_subscribe(b, sub_verb(b, false), f->name);
+	waiters_fail(b, f);
 	dict_del(b->follows, f->name, f->len);
 	free(f);
 	atomic_store(&b->st_followed, dict_count(b->follows));
@@ -908,6 +949,7 @@ static void on_subscribed(struct broker *b, const char *name, size_t len, bool s
 	struct follow *f = listen ? NULL : dict_get(b->follows, name, len);
 	if (f && f->count == 0) {
 		send_subscribe(b, sub_verb(b, false), f->name);
+		waiters_fail(b, f);
 		dict_del(b->follows, f->name, f->len);
 		free(f);
 	} else if (f) {
@@ -1036,7 +1078,7 @@ static int parse_result(const redisReply *r, struct pub_position *pos, char *dig
 	unsigned long long off;
 	char ep[17] = "", dg[20] = "";
 	int n = sscanf(buf, "%llu %16s %19s", &off, ep, dg);
-	if (n < 2 || strlen(ep) != 16)
+	if (n < 2 || !broker_epoch_ok(ep, strlen(ep)))
 		return -1;
 	pos->offset = off;
 	memcpy(pos->epoch, ep, 17);
@@ -1065,6 +1107,14 @@ static void on_publish(struct broker *b, struct pending *pd, redisReply *r)
 		log_warn("event=redis_publish_failed reply=\"%s\"", r->str);
 		set_error(b, "publish script: ", r->str);
 		pj->status = pj->status ? pj->status : LH_EUNAVAILABLE;
+		if (strncmp(r->str, "READONLY", 8) == 0) {
+			/* The primary became a replica (a failover): no write
+			 * will pass on this connection; reconnect (ROLE is
+			 * checked again) and report down meanwhile. */
+			pub_finish(b, pj);
+			drop(b, "Redis became a read-only replica");
+			return;
+		}
 	} else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
 	           r->element[0]->type == REDIS_REPLY_STRING) {
 		bool dup = strcmp(r->element[0]->str, "dup") == 0;
@@ -1405,13 +1455,18 @@ static void run_event(struct broker *b, struct ev *e)
 		}
 		break;
 	case E_CHAN_MSG: {
-		/* "P:{T:C}": the tenant has no ':' and names no '}'. */
+		/* "P:{T:C}": the tenant has no ':' and names no '}'. The name
+		 * comes from Redis: it is checked to be ours before anything
+		 * past its length is looked at. */
 		const char *name = e->reply->element[1]->str;
 		size_t plen = strlen(b->prefix);
-		const char *t = name + plen + 2;
-		const char *colon = strchr(t, ':');
 		size_t len = e->reply->element[1]->len;
-		if (!b->chan_fn || len < plen + 5 || !colon || name[len - 1] != '}')
+		if (!b->chan_fn || len < plen + 6 || memcmp(name, b->prefix, plen) != 0 ||
+		    name[plen] != ':' || name[plen + 1] != '{' || name[len - 1] != '}')
+			break;
+		const char *t = name + plen + 2;
+		const char *colon = memchr(t, ':', (size_t)(name + len - 1 - t));
+		if (!colon)
 			break;
 		char tenant[LH_TENANT_MAX + 1], chan[LH_CHANNEL_MAX + 1];
 		size_t tl = (size_t)(colon - t), cl = (size_t)(name + len - 1 - (colon + 1));

@@ -189,6 +189,11 @@ struct broker_msg {
  * or LH_EINVAL. */
 int broker_msg_parse(const char *msg, size_t len, struct broker_msg *out);
 
+/* Whether s[0..len) is an epoch as the scripts make them: 16 lowercase or
+ * uppercase hex digits. Pure. (What Redis hands back is checked with it
+ * before it goes into a frame or a gRPC string.) */
+bool broker_epoch_ok(const char *s, size_t len);
+
 /* The parts of an event frame (as published, read back from a stream). */
 struct broker_frame {
 	const char *type; /* not NUL-terminated */

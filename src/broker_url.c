@@ -247,6 +247,16 @@ int broker_msg_parse(const char *msg, size_t len, struct broker_msg *out)
  * Event frames read back from a stream
  * ------------------------------------------------------------------------ */
 
+bool broker_epoch_ok(const char *s, size_t len)
+{
+	if (len != 16)
+		return false;
+	for (size_t i = 0; i < 16; i++)
+		if (hexval((unsigned char)s[i]) < 0)
+			return false;
+	return true;
+}
+
 int broker_frame_parts(const char *f, size_t len, struct broker_frame *out)
 {
 	static const char tkey[] = "{\"type\":\"",

@@ -411,6 +411,9 @@ static void on_range(void *arg, redisReply *r)
 		bool ok = covers(entries, w->since, w->top, &n);
 		/* Entries past top come live (held): the first n are replayed. */
 		answer(cl, w, w->top, ch->epoch, ok, entries, n, NULL);
+	} else {
+		/* Left meanwhile: answered all the same, nothing replayed. */
+		answer(cl, w, w->top, ch->epoch, false, NULL, 0, NULL);
 	}
 	waiter_done(w);
 }
@@ -430,6 +433,29 @@ static bool ahead(struct cchan *ch, struct waiter *w)
 	s->upto = w->since;
 	answer(ch->cl, w, w->since, ch->epoch, true, NULL, 0, NULL);
 	return true;
+}
+
+/* The channel's meta came back for a client ahead of this node: its since
+ * is believed only when Redis has it (same epoch, top at or past it), so
+ * that a client cannot claim any offset and leave a skip that the channel
+ * never reaches (skips cost every delivery on the channel). */
+static void on_ahead(void *arg, redisReply *r)
+{
+	struct waiter *w = arg;
+	struct cchan *ch = w->ch;
+	if (!ch->dead) {
+		bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+		          r->element[0]->type == REDIS_REPLY_STRING &&
+		          r->element[1]->type == REDIS_REPLY_STRING &&
+		          strcmp(r->element[0]->str, w->since_epoch) == 0 &&
+		          strcmp(ch->epoch, w->since_epoch) == 0 && ch->state == CC_READY &&
+		          strtoull(r->element[1]->str, NULL, 10) >= w->since;
+		if (!ok || !ahead(ch, w))
+			answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
+	} else {
+		answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
+	}
+	waiter_done(w);
 }
 
 /* Answers w from the channel's known position, reading the stream first
@@ -452,9 +478,12 @@ static void resolve(struct cluster *cl, struct waiter *w)
 		if (broker_cmd(cl->b, on_range, w, 7, argv, NULL) == 0)
 			return;
 	}
-	if (ch->state == CC_READY && same && w->since > ch->top && ahead(ch, w)) {
-		waiter_done(w);
-		return;
+	if (ch->state == CC_READY && same && w->since > ch->top) {
+		char meta[512];
+		broker_key(cl->b, meta, sizeof(meta), ch->tenant, ch->name, ":meta");
+		const char *argv[] = {"HMGET", meta, "epoch", "top"};
+		if (broker_cmd(cl->b, on_ahead, w, 4, argv, NULL) == 0)
+			return;
 	}
 	bool recovered = ch->state == CC_READY && same && w->since == ch->top;
 	answer(cl, w, ch->top, ch->epoch, recovered, NULL, 0, NULL);
@@ -472,7 +501,8 @@ static void on_meta(void *arg, redisReply *r)
 	struct cluster *cl = ch->cl;
 	if (!ch->dead) {
 		bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-		          r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 16;
+		          r->element[0]->type == REDIS_REPLY_STRING &&
+		          broker_epoch_ok(r->element[0]->str, r->element[0]->len);
 		if (ok) {
 			memcpy(ch->epoch, r->element[0]->str, 16);
 			ch->epoch[16] = '\0';
@@ -590,9 +620,13 @@ static void chan_drop(struct cchan *ch)
 {
 	ch->dead = true;
 	held_free(ch);
-	/* Waiters of a channel nobody is on any more have nobody to answer. */
+	/* Waiters of a channel nobody is on any more: the connection left it
+	 * (an unsubscribe sent right after the subscribe) or closed; one
+	 * still open gets its subscribe answered now, before the reply to
+	 * what made it leave, with what is known (nothing recovered). */
 	for (struct waiter *w = ch->waiters, *next; w; w = next) {
 		next = w->next;
+		answer(ch->cl, w, ch->top, ch->epoch, false, NULL, 0, NULL);
 		ch->waits--;
 		free(w);
 		chan_unref(ch);
@@ -660,7 +694,8 @@ static struct hub_history_result *history_build(const struct publication *p, red
 	memset(&hdr, 0, sizeof(hdr));
 	snprintf(hdr.channel, sizeof(hdr.channel), "%s", p->channels[0]);
 	redisReply *entries = NULL;
-	if (r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 16) {
+	if (r->element[0]->type == REDIS_REPLY_STRING &&
+	    broker_epoch_ok(r->element[0]->str, r->element[0]->len)) {
 		memcpy(hdr.epoch, r->element[0]->str, 16);
 		hdr.epoch[16] = '\0';
 	}
@@ -684,9 +719,13 @@ static struct hub_history_result *history_build(const struct publication *p, red
 			n = 0;
 		(void)have;
 	}
+	/* Only entries of the stream's shape are read (entry_offset checks
+	 * it): a broken Redis must not make us follow a NULL element. */
 	size_t text = 0;
+	uint64_t off;
 	for (size_t i = 0; i < n; i++)
-		text += entries->element[i]->element[1]->element[1]->len + 2;
+		if (entry_offset(entries->element[i], &off))
+			text += entries->element[i]->element[1]->element[1]->len + 2;
 	size_t head = sizeof(hdr) + n * sizeof(hdr.items[0]);
 	struct hub_history_result *res = malloc(head + text);
 	if (!res) {
@@ -697,11 +736,11 @@ static struct hub_history_result *history_build(const struct publication *p, red
 	res->n = 0;
 	char *o = (char *)res + head;
 	for (size_t i = 0; i < n; i++) {
+		if (!entry_offset(entries->element[i], &off))
+			continue;
 		redisReply *v = entries->element[i]->element[1]->element[1];
 		struct broker_frame bf;
-		uint64_t off;
-		if (!entry_offset(entries->element[i], &off) ||
-		    broker_frame_parts(v->str, v->len, &bf))
+		if (broker_frame_parts(v->str, v->len, &bf))
 			continue;
 		struct hub_history_item *it = &res->items[res->n++];
 		it->offset = off;

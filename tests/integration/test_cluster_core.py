@@ -201,6 +201,8 @@ async def test_subscribe_while_redis_is_down(redis):
     m = await d.request({"type": "subscribe", "channel": other})
     assert (m["type"], m["offset"], m["epoch"]) == ("subscribed", 0, "0" * 16), m
     redis.start()
+    # Both nodes: the publish below goes through node 2, whose reconnect
+    # backoff is its own.
     for node in c:
         redistest.wait_until(lambda: redistest.readyz(node) == 200, "/readyz 200")
     # Both now get what is published (the follows came back by themselves).

@@ -161,13 +161,24 @@ static void test_frame_parts(void **state)
 			fail_msg("accepted %s", bad[i]);
 }
 
+static void test_epochs(void **state)
+{
+	assert_true(broker_epoch_ok("0123456789abcdef", 16));
+	assert_true(broker_epoch_ok("0123456789ABCDEF", 16));
+	assert_false(broker_epoch_ok("0123456789abcde", 15));
+	assert_false(broker_epoch_ok("0123456789abcdef0", 17));
+	assert_false(broker_epoch_ok("0123456789abcdeg", 16));
+	assert_false(broker_epoch_ok("0123456789abc\"}x", 16));
+	assert_false(broker_epoch_ok(
+	        "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 16));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	        cmocka_unit_test(test_url_forms),
-	        cmocka_unit_test(test_url_refusals),
-	        cmocka_unit_test(test_messages),
-	        cmocka_unit_test(test_frame_parts),
+	        cmocka_unit_test(test_url_forms), cmocka_unit_test(test_url_refusals),
+	        cmocka_unit_test(test_messages),  cmocka_unit_test(test_frame_parts),
+	        cmocka_unit_test(test_epochs),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
