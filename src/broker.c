@@ -41,6 +41,7 @@
 
 #include "dict.h"
 #include "history.h"
+#include "idem.h"
 #include "livehub.h"
 #include "log.h"
 #include "mpsc.h"
@@ -963,26 +964,6 @@ static void on_subscribed(struct broker *b, const char *name, size_t len, bool s
 
 static void on_publish(struct broker *b, struct pending *pd, redisReply *r);
 
-/* FNV-1a over what makes a publication the same one (as hub.c). */
-static uint64_t pub_digest(const struct publication *p)
-{
-	uint64_t x = 14695981039346656037ULL;
-	const char *parts[2 + LH_PUB_MAX_CHANNELS] = {p->type, NULL};
-	size_t lens[2 + LH_PUB_MAX_CHANNELS] = {strlen(p->type), 0};
-	for (int i = 0; i < p->nchannels; i++) {
-		parts[1 + i] = p->channels[i];
-		lens[1 + i] = strlen(p->channels[i]);
-	}
-	parts[1 + p->nchannels] = p->data ? p->data : "";
-	lens[1 + p->nchannels] = p->data ? p->data_len : 0;
-	for (int k = 0; k < 2 + p->nchannels; k++) {
-		for (size_t i = 0; i < lens[k]; i++)
-			x = (x ^ (unsigned char)parts[k][i]) * 1099511628211ULL;
-		x = (x ^ 0x1f) * 1099511628211ULL;
-	}
-	return x;
-}
-
 /* Sends the script call for channel i of pj's publication (EVAL with the
  * script's text when full, after a NOSCRIPT). Returns 0 or LH_ENOMEM. */
 static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
@@ -1024,7 +1005,7 @@ static int send_publish(struct broker *b, struct pubjob *pj, int i, bool full)
 	snprintf(epoch, sizeof(epoch), "%016llx", (unsigned long long)rng_next(&b->rng));
 	snprintf(key, sizeof(key), "%llx", (unsigned long long)p->conflate_key);
 	snprintf(swin, sizeof(swin), "%u", win);
-	snprintf(digest, sizeof(digest), "%016llx", (unsigned long long)pub_digest(p));
+	snprintf(digest, sizeof(digest), "%016llx", (unsigned long long)idem_digest(p));
 	const char *argv[MAX_PUB_ARGS] = {full ? "EVAL" : "EVALSHA",
 	                                  full ? publish_lua : b->sha,
 	                                  "3",
@@ -1123,7 +1104,7 @@ static void on_publish(struct broker *b, struct pending *pd, redisReply *r)
 			pj->status = LH_EIO;
 		} else if (dup) {
 			char want[20];
-			snprintf(want, sizeof(want), "%016llx", (unsigned long long)pub_digest(p));
+			snprintf(want, sizeof(want), "%016llx", (unsigned long long)idem_digest(p));
 			if (strcmp(digest, want) != 0)
 				pj->status = pj->status ? pj->status : LH_EEXIST;
 			p->duplicate = true;

@@ -1013,27 +1013,6 @@ static int publish_one(struct hub *h, struct publication *p, int i)
 	return 0;
 }
 
-/* FNV-1a over what makes a publication the same one: its type, channels
- * and data (not its time). */
-static uint64_t pub_digest(const struct publication *p)
-{
-	uint64_t x = 14695981039346656037ULL;
-	const char *parts[2 + LH_PUB_MAX_CHANNELS] = {p->type, NULL};
-	size_t lens[2 + LH_PUB_MAX_CHANNELS] = {strlen(p->type), 0};
-	for (int i = 0; i < p->nchannels; i++) {
-		parts[1 + i] = p->channels[i];
-		lens[1 + i] = strlen(p->channels[i]);
-	}
-	parts[1 + p->nchannels] = p->data ? p->data : "";
-	lens[1 + p->nchannels] = p->data ? p->data_len : 0;
-	for (int k = 0; k < 2 + p->nchannels; k++) {
-		for (size_t i = 0; i < lens[k]; i++)
-			x = (x ^ (unsigned char)parts[k][i]) * 1099511628211ULL;
-		x = (x ^ LH_KEY_SEP) * 1099511628211ULL;
-	}
-	return x;
-}
-
 /* An idempotent retry: fills p from the first call's result (or fails it
  * with LH_EEXIST when the key was used for a different publication).
  * Returns false when (tenant, key) is not in the window. */
@@ -1043,7 +1022,7 @@ static bool publish_again(struct hub *h, struct publication *p, int64_t now_ms)
 	const struct idem_result *r = idem_get(h->idem, p->tenant, p->idem_key, since);
 	if (!r)
 		return false;
-	if (r->digest != pub_digest(p)) {
+	if (r->digest != idem_digest(p)) {
 		p->status = LH_EEXIST;
 		return true;
 	}
@@ -1059,7 +1038,7 @@ static bool publish_again(struct hub *h, struct publication *p, int64_t now_ms)
 static void remember(struct hub *h, const struct publication *p, int64_t now_ms)
 {
 	struct idem_result r = {
-	        .digest = pub_digest(p), .nchannels = p->nchannels, .subscribers = p->subscribers};
+	        .digest = idem_digest(p), .nchannels = p->nchannels, .subscribers = p->subscribers};
 	memcpy(r.pos, p->pos, sizeof(r.pos));
 	idem_put(h->idem, p->tenant, p->idem_key, &r, now_ms, h->lim.idem_max);
 	atomic_store_explicit(&h->st.idempotency_keys, idem_count(h->idem), memory_order_relaxed);

@@ -133,3 +133,24 @@ uint64_t idem_count(const struct idem *t)
 {
 	return t->n;
 }
+
+/* FNV-1a over what makes a publication the same one: its type, channels
+ * and data (not its time). */
+uint64_t idem_digest(const struct publication *p)
+{
+	uint64_t x = 14695981039346656037ULL;
+	const char *parts[2 + LH_PUB_MAX_CHANNELS] = {p->type, NULL};
+	size_t lens[2 + LH_PUB_MAX_CHANNELS] = {strlen(p->type), 0};
+	for (int i = 0; i < p->nchannels; i++) {
+		parts[1 + i] = p->channels[i];
+		lens[1 + i] = strlen(p->channels[i]);
+	}
+	parts[1 + p->nchannels] = p->data ? p->data : "";
+	lens[1 + p->nchannels] = p->data ? p->data_len : 0;
+	for (int k = 0; k < 2 + p->nchannels; k++) {
+		for (size_t i = 0; i < lens[k]; i++)
+			x = (x ^ (unsigned char)parts[k][i]) * 1099511628211ULL;
+		x = (x ^ LH_KEY_SEP) * 1099511628211ULL;
+	}
+	return x;
+}

@@ -46,4 +46,9 @@ void idem_expire(struct idem *t, int64_t cutoff_ms);
 /* Entries held. */
 uint64_t idem_count(const struct idem *t);
 
+/* A digest of what makes a publication the same one: its type, channels and
+ * data (not its time). A retry must match the first call's. Stored in Redis
+ * by the Redis broker, so it must not change between versions. */
+uint64_t idem_digest(const struct publication *p);
+
 #endif
