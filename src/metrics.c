@@ -231,22 +231,22 @@ static void render_redis(struct strbuf *sb, const struct metrics_gauges *g)
 	    b->channels_followed);
 	/* Presence across nodes (presence_cluster.c). */
 	one(sb, "livehub_cluster_nodes", "gauge",
-	    "Redis mode: nodes alive, as of this node's last heartbeat", g->cluster_nodes);
+	    "Redis mode: nodes alive, as of this node's last heartbeat", g->cluster.nodes);
 	one(sb, "livehub_cluster_connections", "gauge",
 	    "Redis mode: connections of the nodes alive, as each last reported",
-	    g->cluster_connections);
+	    g->cluster.connections);
 	one(sb, "livehub_presence_writes_total", "counter",
-	    "Redis mode: presence changes written (joins, leaves, refreshes)", g->presence_writes);
+	    "Redis mode: presence changes written (joins, leaves, refreshes)", g->cluster.ops);
 	one(sb, "livehub_presence_expired_total", "counter",
 	    "Redis mode: presence entries of silent nodes removed as expired by this node",
-	    g->presence_expired);
+	    g->cluster.expired);
 	one(sb, "livehub_cluster_commands_sent_total", "counter",
 	    "Redis mode: Disconnect/Subscribe/Unsubscribe calls sent to the other nodes",
-	    g->cluster_commands_sent);
+	    g->cluster.ctl_sent);
 	one(sb, "livehub_cluster_commands_applied_total", "counter",
-	    "Redis mode: such calls of other nodes applied here", g->cluster_commands_applied);
+	    "Redis mode: such calls of other nodes applied here", g->cluster.ctl_applied);
 	one(sb, "livehub_presence_redis_errors_total", "counter",
-	    "Redis mode: presence reads and writes that failed", g->presence_redis_errors);
+	    "Redis mode: presence reads and writes that failed", g->cluster.errors);
 }
 
 static void render_gauges(struct strbuf *sb, const struct metrics_gauges *g)

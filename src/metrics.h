@@ -20,6 +20,7 @@
 
 #include "broker.h"
 #include "hub.h"
+#include "presence_cluster.h"
 #include "strbuf.h"
 
 /* Why a WebSocket connection ended. */
@@ -126,8 +127,7 @@ struct metrics_gauges {
 	/* presence.c counters (presence_stats_read). */
 	uint64_t client_events, client_events_limited, presence_events, disconnects;
 	/* presence_cluster.c (Redis mode; all 0 on one node). */
-	uint64_t cluster_nodes, cluster_connections, presence_writes, presence_expired;
-	uint64_t cluster_commands_sent, cluster_commands_applied, presence_redis_errors;
+	struct pcluster_stats cluster;
 };
 
 /* Zeroes everything and records the start time. Call once, before threads. */

@@ -373,15 +373,7 @@ static int metrics_reply(struct ws *w, struct lws *wsi)
 		broker_stats_read(w->broker, &g.broker);
 		g.node = broker_node_id(w->broker);
 	}
-	struct pcluster_stats cs;
-	pcluster_stats_read(&cs);
-	g.cluster_nodes = cs.nodes;
-	g.cluster_connections = cs.connections;
-	g.presence_writes = cs.ops;
-	g.presence_expired = cs.expired;
-	g.cluster_commands_sent = cs.ctl_sent;
-	g.cluster_commands_applied = cs.ctl_applied;
-	g.presence_redis_errors = cs.errors;
+	pcluster_stats_read(&g.cluster);
 	for (struct session *s = w->sessions; s; s = s->next) {
 		size_t n = hub_conn_queued(s->conn);
 		g.sendq_frames += n;
