@@ -100,6 +100,8 @@ static const struct setting settings[] = {
 	    "receive buffer per connection, bytes"),
 	INT(write_batch, "write-batch", "LIVEHUB_WRITE_BATCH", 0, 1048576,
 	    "bytes of queued messages sent as one WebSocket frame (0: one message per frame)"),
+	INT(direct_writes, "direct-writes", "LIVEHUB_DIRECT_WRITES", 0, 1,
+	    "1: publications are written at the end of their loop turn, without a writable event; 0: every write waits for one"),
 	STR(allowed_origins, "allowed-origins", "LIVEHUB_ALLOWED_ORIGINS",
 	    "comma-separated Origin allow-list, * for host labels (CORS_ORIGINS is read when unset; none: any origin)"),
 	INT(max_connections, "max-connections", "LIVEHUB_MAX_CONNECTIONS", 0, 10000000,
@@ -185,6 +187,7 @@ static void defaults(struct lh_config *cfg)
 	cfg->shutdown_timeout_s = 10;
 	cfg->rx_buffer_size = 128;
 	cfg->write_batch = 32768;
+	cfg->direct_writes = 1;
 	cfg->max_connections = 0;
 	cfg->max_conns_per_ip = 1000;
 	cfg->max_conns_per_user = 32;

@@ -45,6 +45,7 @@ struct lh_config {
 	int shutdown_timeout_s;  /* LIVEHUB_SHUTDOWN_TIMEOUT; default 10 */
 	int rx_buffer_size; /* LIVEHUB_RX_BUFFER; lws receive buffer per connection; default 128 */
 	int write_batch; /* LIVEHUB_WRITE_BATCH; bytes of queued messages per send; default 32768 */
+	int direct_writes; /* LIVEHUB_DIRECT_WRITES; 1: write publications without a writable event */
 	/* Edge limits (docs/SECURITY.md); reloadable on SIGHUP. */
 	char allowed_origins[2048]; /* LIVEHUB_ALLOWED_ORIGINS (or CORS_ORIGINS); empty = any */
 	int max_connections;        /* LIVEHUB_MAX_CONNECTIONS; 0 = from the fd limit */

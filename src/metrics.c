@@ -33,6 +33,7 @@ static const char *const in_names[MI_NIN] = {
         "subscribe", "unsubscribe", "ping", "other", "invalid",
 };
 static const char *const out_names[MO_NOUT] = {"event", "connected", "reply", "error"};
+static const char *const write_names[2] = {"writable", "direct"};
 static const char *const code_names[METRICS_NCODES] = {
         "OK",
         "CANCELLED",
@@ -294,6 +295,9 @@ void metrics_render(struct strbuf *sb, const struct metrics_gauges *g)
 		                                           : metrics_get(&m->msg_out[i])));
 	one(sb, "livehub_bytes_out_total", "counter", "WebSocket payload bytes written",
 	    metrics_get(&m->bytes_out));
+	labelled(sb, "livehub_writes_total",
+	         "Writes of queued frames (one or several per write), by what started them", "how",
+	         write_names, m->writes, 2);
 	one(sb, "livehub_publications_total", "counter",
 	    "Publications accepted by the hub (one per channel written)",
 	    g->hub.messages_published);

@@ -90,6 +90,8 @@ struct metrics {
 	_Atomic uint64_t msg_in[MI_NIN];
 	_Atomic uint64_t msg_out[MO_NOUT];
 	_Atomic uint64_t bytes_out;
+	_Atomic uint64_t
+	        writes[2]; /* sends of queued frames: [0] at a writable event, [1] direct */
 	_Atomic uint64_t rate_limited;  /* client messages refused with RATE_LIMITED */
 	_Atomic uint64_t shape_refused; /* client messages over the JSON depth/element limits */
 	_Atomic uint64_t reloads;

@@ -69,9 +69,12 @@ _Static_assert(LWS_PRE <= LH_FRAME_HEADROOM, "frames must have room for the lws 
 #define WS_ORIGIN_MAX          512           /* longest Origin header looked at */
 /* Work drain() does per loop turn: after this many publications, or frames
  * queued on subscribers, it lets the loop write before it goes on. */
-#define WS_DRAIN_PUBS          1024
-#define WS_DRAIN_FRAMES        65536
-#define WS_DRAIN_STEP          64
+#define WS_DRAIN_PUBS   1024
+#define WS_DRAIN_FRAMES 65536
+#define WS_DRAIN_STEP   64
+/* Connections written directly at the end of a loop turn, at most; the
+ * rest at the next turn, after lws has served what else is ready. */
+#define WS_FLUSH_MAX           2048
 #define WS_CLOSE_TOKEN_EXPIRED 4001
 #define WS_CLOSE_AUTH_TIMEOUT  4002
 #define WS_CLOSE_AUTH_FAILED   4500
@@ -111,6 +114,7 @@ struct session {
 	bool told_slow : 1;            /* the SLOW_CONSUMER error frame has been written */
 	bool awaiting_auth : 1;        /* connected without a token: only `auth` may come */
 	bool reason_owned : 1;         /* close_reason is a copy to free */
+	bool flushing : 1;             /* in ws->flush: written at the end of the loop turn */
 };
 _Static_assert(sizeof(struct session) <= 104, "struct session outgrew its 112-byte chunk");
 
@@ -177,6 +181,13 @@ struct ws {
 	struct publication *backlog; /* taken from the hand-off, not published yet (FIFO) */
 	size_t batch_cap;            /* write_batch: payload bytes of batch, 0 = no batching */
 	unsigned char *batch;        /* owned; LWS_PRE + batch_cap bytes, service thread */
+	/* Direct writes (flush_writes()): sessions given frames while
+	 * deferring, written from flush[flush_head] on; NULL slots are
+	 * sessions that closed meanwhile. */
+	bool direct_writes; /* configured */
+	bool deferring;     /* in the hand-off's callback: want_write defers */
+	struct session **flush;
+	size_t flush_head, nflush, flush_cap;
 
 	/* Edge limits (docs/SECURITY.md), service thread unless noted. */
 	size_t nconns;                          /* connections counted in ips */
@@ -324,9 +335,44 @@ static int http_reply(struct lws *wsi, unsigned int status, const char *body)
  * Hub transport: called by the hub on the service thread.
  * ------------------------------------------------------------------------ */
 
+/* Queues s for flush_writes(); false when out of memory. */
+static bool flush_push(struct ws *w, struct session *s)
+{
+	if (w->nflush == w->flush_cap) {
+		size_t cap = w->flush_cap ? w->flush_cap * 2 : 1024;
+		struct session **p = realloc(w->flush, cap * sizeof(*p));
+		if (!p)
+			return false;
+		w->flush = p;
+		w->flush_cap = cap;
+	}
+	w->flush[w->nflush++] = s;
+	s->flushing = true;
+	return true;
+}
+
+/* A session that closes while queued for flush_writes() leaves its slot. */
+static void flush_forget(struct ws *w, struct session *s)
+{
+	for (size_t i = w->flush_head; i < w->nflush; i++)
+		if (w->flush[i] == s) {
+			w->flush[i] = NULL;
+			break;
+		}
+	s->flushing = false;
+}
+
+/* Frames were queued on an idle connection. Inside the hand-off's
+ * callback (publications) the write waits for the end of it
+ * (flush_writes()); elsewhere lws is asked for a writable event. */
 static void tr_want_write(void *tctx)
 {
 	struct session *s = tctx;
+	if (s->flushing)
+		return;
+	struct ws *w = ws_of(s->wsi);
+	if (w->deferring && flush_push(w, s))
+		return;
 	lws_callback_on_writable(s->wsi);
 }
 
@@ -1248,7 +1294,7 @@ static void observe_write(int64_t t0_us)
 		metrics_observe(&lh_metrics.write_latency, metrics_now_us() - t0_us);
 }
 
-static int write_batch(struct ws *w, struct session *s)
+static int write_batch(struct ws *w, struct session *s, bool direct)
 {
 	size_t n;
 	unsigned char *buf = w->batch + LWS_PRE;
@@ -1261,6 +1307,7 @@ static int write_batch(struct ws *w, struct session *s)
 		return -1;
 	observe_write(t0_us);
 	metrics_inc(&lh_metrics.bytes_out, len);
+	metrics_inc(&lh_metrics.writes[direct], 1);
 	if (hub_conn_queued(s->conn) > 0 || s->close_code)
 		lws_callback_on_writable(s->wsi);
 	return 0;
@@ -1293,24 +1340,15 @@ static int tell_slow(struct session *s)
 	return 0;
 }
 
-/* Writes the oldest queued frames, one lws_write per callback: several
- * joined into one WebSocket frame when more than one is queued and they
- * fit in write_batch bytes, else the oldest alone, from the shared frame
- * without a copy. A pending close goes first, except at shutdown, when queued frames are sent
- * before the 1001. */
-static int on_writeable(struct ws *w, struct session *s)
+/* Writes the oldest queued frames of s with one lws_write: several joined
+ * into one WebSocket frame when more than one is queued and they fit in
+ * write_batch bytes, else the oldest alone, from the shared frame without a
+ * copy. Asks for a writable event when frames or a close remain. */
+static int write_queued(struct ws *w, struct session *s, bool direct)
 {
-	if (s->killing)
-		return send_close(s);
-	size_t queued = s->conn ? hub_conn_queued(s->conn) : 0;
-	if (s->close_code == WS_CLOSE_SLOW_CONSUMER && !s->told_slow && s->conn)
-		return tell_slow(s);
-	if (s->close_code && !(flushes_first(s->close_code) && queued > 0))
-		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
-	if (!s->conn)
-		return 0;
+	size_t queued = hub_conn_queued(s->conn);
 	if (queued > 1 && w->batch_cap) {
-		int rc = write_batch(w, s);
+		int rc = write_batch(w, s, direct);
 		if (rc <= 0)
 			return rc;
 	}
@@ -1323,10 +1361,70 @@ static int on_writeable(struct ws *w, struct session *s)
 		return -1;
 	observe_write(f->t0_us);
 	metrics_inc(&lh_metrics.bytes_out, f->len);
+	metrics_inc(&lh_metrics.writes[direct], 1);
 	hub_conn_pop(s->conn);
 	if (queued > 1 || s->close_code)
 		lws_callback_on_writable(s->wsi);
 	return 0;
+}
+
+/* The writable event: a pending close goes first, except at shutdown,
+ * when queued frames are sent before the 1001; then the queue. */
+static int on_writeable(struct ws *w, struct session *s)
+{
+	if (s->killing)
+		return send_close(s);
+	size_t queued = s->conn ? hub_conn_queued(s->conn) : 0;
+	if (s->close_code == WS_CLOSE_SLOW_CONSUMER && !s->told_slow && s->conn)
+		return tell_slow(s);
+	if (s->close_code && !(flushes_first(s->close_code) && queued > 0))
+		return w->uv ? send_close(s) : close_now(w, s, s->close_code, s->close_reason);
+	if (!s->conn)
+		return 0;
+	return write_queued(w, s, false);
+}
+
+/* Writes s's queue now, outside a writable event, as on_writeable() would,
+ * when s is a plain HTTP/1.1 WebSocket with nothing pending but frames and
+ * nothing of an earlier write is left in lws' buffer. Anything else waits
+ * for the writable event. What the socket does not take lws keeps and
+ * sends at the next writable event, before any writable callback; until
+ * then s gets no direct write, so order holds and at most one write sits
+ * outside the hub's bounded queue. (lws_send_pipe_choked() would add a
+ * poll() per write: 8 % of the hub's time in a 4/s broadcast.) */
+static void flush_one(struct ws *w, struct session *s)
+{
+	s->flushing = false;
+	if (s->killing || s->close_code || !s->conn || !hub_conn_queued(s->conn) ||
+	    lws_get_network_wsi(s->wsi) != s->wsi || lws_partial_buffered(s->wsi)) {
+		lws_callback_on_writable(s->wsi);
+		return;
+	}
+	if (write_queued(w, s, true) < 0) /* outside a callback: lws closes it at its next turn */
+		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* Writes the connections the hand-off's callback gave frames, at most
+ * WS_FLUSH_MAX per turn, in the order they got them (docs/PERFORMANCE.md,
+ * "Direct writes"). It saves what a writable event costs per write: with
+ * libuv two epoll_ctl() calls and a scan of libuv's event array, with
+ * poll() a turn over every descriptor. */
+static void flush_writes(struct ws *w)
+{
+	size_t end =
+	        w->nflush - w->flush_head > WS_FLUSH_MAX ? w->flush_head + WS_FLUSH_MAX : w->nflush;
+	while (w->flush_head < end) {
+		struct session *s = w->flush[w->flush_head++];
+		if (s)
+			flush_one(w, s);
+	}
+	size_t left = w->nflush - w->flush_head;
+	if (left)
+		memmove(w->flush, w->flush + w->flush_head, left * sizeof(*w->flush));
+	w->flush_head = 0;
+	w->nflush = left;
+	if (left)
+		lws_cancel_service(w->ctx); /* the rest at the next turn */
 }
 
 /* Why s ended, from what the server decided; otherwise the client did. */
@@ -1347,6 +1445,8 @@ static enum metrics_close close_reason_of(const struct session *s)
 
 static void on_closed(struct ws *w, struct session *s)
 {
+	if (s->flushing)
+		flush_forget(w, s);
 	free(s->rx);
 	s->rx = NULL;
 	auth_rights_free(s->rights);
@@ -1567,14 +1667,19 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(ws_of(wsi), s);
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
-	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-		if (ws_of(wsi)->broker && broker_service_some(ws_of(wsi)->broker, WS_BROKER_EVENTS))
-			lws_cancel_service(ws_of(wsi)->ctx); /* the rest at the next turn */
-		apply_reload(ws_of(wsi));
-		apply_presence_reload(ws_of(wsi));
-		apply_edge_reload(ws_of(wsi));
-		drain(ws_of(wsi));
+	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: {
+		struct ws *w = ws_of(wsi);
+		w->deferring = w->direct_writes;
+		if (w->broker && broker_service_some(w->broker, WS_BROKER_EVENTS))
+			lws_cancel_service(w->ctx); /* the rest at the next turn */
+		apply_reload(w);
+		apply_presence_reload(w);
+		apply_edge_reload(w);
+		drain(w);
+		w->deferring = false;
+		flush_writes(w);
 		return 0;
+	}
 	default: return lws_callback_http_dummy(wsi, reason, user, in, len);
 	}
 }
@@ -1856,6 +1961,7 @@ struct ws *ws_new(const struct lh_config *cfg, struct auth *auth, struct handoff
 		goto fail;
 	hub_set_command_runner(w->hub, run_command, w);
 	w->batch_cap = cfg->write_batch > 0 ? (size_t)cfg->write_batch : 0;
+	w->direct_writes = cfg->direct_writes != 0;
 	if (w->batch_cap && !(w->batch = malloc(LWS_PRE + w->batch_cap)))
 		goto fail;
 	lws_set_log_level(LLL_ERR | LLL_WARN, on_lws_log);
@@ -1883,6 +1989,7 @@ fail:
 	edge_free(w->edge);
 	ipcount_free(w->ips);
 	presence_free(w->pres);
+	free(w->flush);
 	free(w->batch);
 	free(w);
 	return NULL;
@@ -2038,6 +2145,7 @@ void ws_free(struct ws *w)
 	edge_free(atomic_exchange(&w->edge_reload, NULL));
 	edge_free(w->edge);
 	ipcount_free(w->ips);
+	free(w->flush);
 	free(w->batch);
 	free(w);
 }
