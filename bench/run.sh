@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh [--short] [--reps N] [--hubs "livehub node-ws socketio"] [--scenarios "idle broadcast jobs churn"] [--stream]
+# bench/run.sh [--short] [--reps N] [--hubs "livehub node-ws socketio"] [--scenarios "idle broadcast jobs churn"] [--stream] [--rt]
 #
 # Runs every scenario against each hub in turn (A B C A B C …), each run on a
 # freshly started hub pinned to CPU 0 while the load generator runs on CPU 1,
@@ -19,6 +19,7 @@ REPS=
 HUBS="livehub node-ws socketio"
 SCENARIOS="idle broadcast jobs churn"
 PUB_ARGS=
+RT=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--short) SHORT=1 ;;
@@ -26,6 +27,11 @@ while [ $# -gt 0 ]; do
 	--hubs) HUBS=$2; shift ;;
 	--scenarios) SCENARIOS=$2; shift ;;
 	--stream) PUB_ARGS=--stream ;; # publish over PublishStream instead of unary calls
+	# Every hub and the load generator run SCHED_FIFO (chrt -f 10, needs
+	# root or CAP_SYS_NICE), so that neither waits behind kernel threads or
+	# each other's time slices: the latency figures then show the hubs, not
+	# the scheduler (docs/BENCHMARKS.md "Tail latency and the scheduler").
+	--rt) RT=(chrt -f 10) ;;
 	-h|--help) sed -n '2,12p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
@@ -113,8 +119,8 @@ start_hub() {
 	node-ws) cmd=(node "$BENCH/peers/node-ws-hub.mjs" --ws-port 0 --grpc-port 0 --jwt-secret "$SECRET") ;;
 	socketio) cmd=(node "$BENCH/peers/socketio-hub.mjs" --ws-port 0 --grpc-port 0 --jwt-secret "$SECRET") ;;
 	esac
-	echo "taskset -c $HUB_CPUS ${cmd[*]}" >"$hublog.cmd"
-	LIVEHUB_LOG_LEVEL=warn taskset -c "$HUB_CPUS" "${cmd[@]}" >"$hublog" 2>&1 &
+	echo "${RT[*]}${RT:+ }taskset -c $HUB_CPUS ${cmd[*]}" >"$hublog.cmd"
+	LIVEHUB_LOG_LEVEL=warn "${RT[@]}" taskset -c "$HUB_CPUS" "${cmd[@]}" >"$hublog" 2>&1 &
 	HUB_PID=$!
 	for _ in $(seq 1 150); do
 		if grep -q 'livehub ready' "$hublog" 2>/dev/null; then
@@ -157,7 +163,7 @@ run_one() {
 	[ "$hub" = socketio ] && proto=socketio
 	start_hub "$hub" "$OUT/$tag.hub.log" || { echo "$id $hub $rep RESULT status=NOSTART" >>"$RESULTS"; FAILED=1; return; }
 	sleep 0.5
-	local -a lg=(taskset -c "$LG_CPUS" "$BENCH/loadgen/build/lg" "$scen" --ws "$HUB_WS" --grpc "$HUB_GRPC"
+	local -a lg=("${RT[@]}" taskset -c "$LG_CPUS" "$BENCH/loadgen/build/lg" "$scen" --ws "$HUB_WS" --grpc "$HUB_GRPC"
 		--secret "$SECRET" --proto "$proto" --hub-pid "$HUB_PID" --label "$hub")
 	# shellcheck disable=SC2206
 	lg+=($args)
@@ -175,6 +181,10 @@ run_one() {
 	if [ "$rc" != 0 ]; then FAILED=1; grep '^checks' "$OUT/$tag.lg.out" >&2 || tail -3 "$OUT/$tag.lg.out" >&2; fi
 }
 
+if [ ${#RT[@]} -gt 0 ] && ! chrt -f 10 true 2>/dev/null; then
+	log "!! --rt: chrt -f 10 is not allowed here (root or CAP_SYS_NICE needed)"
+	exit 2
+fi
 build
 [ -n "$REPS" ] || { if [ "$SHORT" = 1 ]; then REPS=1; else REPS=3; fi; }
 ACTIVE=
@@ -193,7 +203,7 @@ done < <(scenarios)
 
 {
 	echo "Run $STAMP: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, kernel $(uname -r), node $(node --version 2>/dev/null || echo none)"
-	echo "livehub: $LIVEHUB_BIN; rounds: $REPS; short: $SHORT; publishing: ${PUB_ARGS:-unary}; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "livehub: $LIVEHUB_BIN; rounds: $REPS; short: $SHORT; publishing: ${PUB_ARGS:-unary}; scheduling: ${RT[*]:-default}; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo
 	/usr/bin/python3 "$BENCH/report.py" "$RESULTS" "$COMMANDS"
 } | tee "$OUT/report.md"
