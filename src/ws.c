@@ -115,6 +115,7 @@ struct session {
 	bool awaiting_auth : 1;        /* connected without a token: only `auth` may come */
 	bool reason_owned : 1;         /* close_reason is a copy to free */
 	bool flushing : 1;             /* in ws->flush: written at the end of the loop turn */
+	bool closing : 1;              /* a close frame went out or came in: no more data */
 };
 _Static_assert(sizeof(struct session) <= 104, "struct session outgrew its 112-byte chunk");
 
@@ -237,6 +238,15 @@ static void set_close(struct session *s, int code, const char *reason, bool owne
 	s->close_code = code;
 }
 
+/* A connection asked to close that never becomes writable (a peer that
+ * stopped reading) is dropped after WS_KILL_GRACE_S rather than at the ping
+ * timeout; one already closing keeps the close lws has scheduled. */
+static void kill_after_grace(struct session *s)
+{
+	if (!s->closing)
+		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+}
+
 /* Sets the close frame's code and reason and has lws send it and close the
  * connection. With lws' poll loop, returning -1 from the callback does
  * that. Under libuv it does not: Debian's lws 4.1.6 is built with _DEBUG,
@@ -251,13 +261,17 @@ static int close_now(struct ws *w, struct session *s, int code, const char *reas
 	if (!w->uv) {
 		lws_close_reason(s->wsi, (enum lws_close_status)code, (unsigned char *)reason,
 		                 strlen(reason));
+		/* lws keeps the connection until the client answers (up to
+		 * 5 s) and still calls SERVER_WRITEABLE meanwhile: no data may
+		 * follow the close frame (RFC 6455 5.5.1). */
+		s->closing = true;
 		return -1;
 	}
 	set_close(s, code, reason, false);
 	s->killing = true;
 	lws_callback_on_writable(s->wsi);
 	/* A peer that stopped reading may never make it writable again. */
-	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+	kill_after_grace(s);
 	return 0;
 }
 
@@ -393,7 +407,7 @@ static void tr_kill(void *tctx, int close_code, const char *reason)
 	close_later(s, close_code, reason);
 	/* A peer that stopped reading may never make the socket writable again:
 	 * drop it after a few seconds rather than at the ping timeout. */
-	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+	kill_after_grace(s);
 }
 
 /* ------------------------------------------------------------------------
@@ -934,7 +948,7 @@ static int on_timer(struct ws *w, struct session *s)
 		s->why = MC_AUTH;
 		close_later(s, WS_CLOSE_TOKEN_EXPIRED, "TOKEN_EXPIRED");
 	}
-	lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+	kill_after_grace(s);
 	return 0;
 }
 
@@ -1080,7 +1094,7 @@ static struct frame *do_refresh(struct ws *w, struct session *s, const struct ws
 		s->why = MC_AUTH;
 		close_later(s, expired ? WS_CLOSE_TOKEN_EXPIRED : WS_CLOSE_AUTH_FAILED,
 		            expired ? "TOKEN_EXPIRED" : "AUTH_FAILED");
-		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, WS_KILL_GRACE_S);
+		kill_after_grace(s);
 		return wsp_error(expired ? WSP_TOKEN_EXPIRED : WSP_AUTH_FAILED, why, false, req);
 	}
 	auth_rights_free(s->rights);
@@ -1374,6 +1388,8 @@ static int on_writeable(struct ws *w, struct session *s)
 {
 	if (s->killing)
 		return send_close(s);
+	if (s->closing)
+		return 0;
 	size_t queued = s->conn ? hub_conn_queued(s->conn) : 0;
 	if (s->close_code == WS_CLOSE_SLOW_CONSUMER && !s->told_slow && s->conn)
 		return tell_slow(s);
@@ -1395,13 +1411,20 @@ static int on_writeable(struct ws *w, struct session *s)
 static void flush_one(struct ws *w, struct session *s)
 {
 	s->flushing = false;
+	if (s->closing)
+		return;
 	if (s->killing || s->close_code || !s->conn || !hub_conn_queued(s->conn) ||
 	    lws_get_network_wsi(s->wsi) != s->wsi || lws_partial_buffered(s->wsi)) {
 		lws_callback_on_writable(s->wsi);
 		return;
 	}
-	if (write_queued(w, s, true) < 0) /* outside a callback: lws closes it at its next turn */
+	if (write_queued(w, s, true) < 0) {
+		/* Outside a callback: lws closes it at its next turn. Nothing
+		 * more is written, and no later lws_set_timeout() may push
+		 * the close back (they all skip a closing session). */
+		s->closing = true;
 		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+	}
 }
 
 /* Writes the connections the hand-off's callback gave frames, at most
@@ -1667,6 +1690,12 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_SERVER_WRITEABLE: return on_writeable(ws_of(wsi), s);
 	case LWS_CALLBACK_TIMER: return on_timer(ws_of(wsi), s);
 	case LWS_CALLBACK_CLOSED: on_closed(ws_of(wsi), s); return 0;
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		/* lws answers the client's close at the next writable event and
+		 * then closes; frames written before that would be thrown away. */
+		if (s)
+			s->closing = true;
+		return 0;
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED: {
 		struct ws *w = ws_of(wsi);
 		w->deferring = w->direct_writes;

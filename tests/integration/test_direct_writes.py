@@ -7,7 +7,10 @@ backlog stays in the hub's bounded queue rather than piling up in lws."""
 
 import asyncio
 import http.client
+import os
+import struct
 
+import hubtest
 import opstest
 import pytest
 from hubtest import RPC_TIMEOUT, Hub, aio, hub_pb2, uniq
@@ -123,5 +126,47 @@ async def test_a_stalled_reader_keeps_its_backlog_in_the_hub_queue(tmp_path):
         offs = [x["offset"] for x in msgs]
         assert offs == list(range(offs[0], offs[0] + sent))
         await fast.close()
+    finally:
+        h.stop_and_check()
+
+
+def frames_to_eof(ws):
+    """Every (opcode, payload) until the hub closes the socket."""
+    ws.sock.settimeout(hubtest.RECV_TIMEOUT)
+    out = []
+    while True:
+        fr = ws._frame()
+        if fr is None:
+            return out
+        out.append(fr)
+
+
+@pytest.mark.parametrize("loop", ["poll", "libuv"])
+@pytest.mark.parametrize("direct", [1, 0])
+def test_no_data_frame_follows_the_close_frame(tmp_path, loop, direct):
+    """A binary frame makes the hub close with 1003. With the poll loop
+    lws then waits up to 5 s for the client's answer and still offers
+    writable events: publications on the connection's channel meanwhile
+    must not be written after the close frame (RFC 6455 5.5.1), neither
+    directly nor at a writable event."""
+    h = Hub.start(tmp_path, env={"LIVEHUB_DIRECT_WRITES": str(direct), "LIVEHUB_EVENT_LOOP": loop})
+    try:
+        t, ch = uniq(), "board:" + uniq("b")
+        ws = RawWs(h, h.token(t, "u"))
+        assert ws.next_message()["type"] == "connected"
+        ws.send({"type": "subscribe", "channel": ch, "id": 1})
+        assert ws.next_message()["type"] == "subscribed"
+        mask = os.urandom(4)
+        ws.sock.sendall(bytes([0x82, 0x81]) + mask + bytes([0x41 ^ mask[0]]))
+        op, data = ws._frame()
+        while op != 8:
+            op, data = ws._frame()
+        assert struct.unpack(">H", data[:2])[0] == 1003
+        # Not answered: the hub holds the connection open for a while.
+        for i in range(20):
+            publish(h, t, ch, "n", i=i)
+        after = [op for op, _ in frames_to_eof(ws)]
+        ws.close()
+        assert 1 not in after, "text frames after the close frame: %r" % after
     finally:
         h.stop_and_check()
