@@ -9,6 +9,7 @@ it returns, so everything queued before the pong has arrived with it.
 """
 
 import asyncio
+import base64
 import collections
 import ctypes
 import functools
@@ -17,6 +18,8 @@ import os
 import re
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -489,6 +492,110 @@ class WsClient:
 
     async def close(self):
         await self.ws.close()
+
+
+def publish(hub, tenant, channel, etype="x", key="", **data):
+    """One Publish call on hub, with data from the keyword arguments and an
+    optional idempotency key; returns its PublishResult."""
+    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype,
+                                 idempotency_key=key)
+    req.data.update(data)
+    return hub.rpc("Publish", req).result
+
+
+async def closed_with(client):
+    """Reads until the hub closes client; returns (code, reason)."""
+    try:
+        while True:
+            await client.next()
+    except Closed as e:
+        return e.code, e.reason
+
+
+class RawWs:
+    """A minimal WebSocket client on a blocking socket."""
+
+    def __init__(self, hub, token, rcvbuf=4096):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(RECV_TIMEOUT)
+        s.connect((hub.ws_host, hub.ws_port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(("GET /ws?token=%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n"
+                   % (token, hub.ws_host, hub.ws_port, key)).encode())
+        self.sock = s
+        self.buf = b""
+        self.pending = []
+        while b"\r\n\r\n" not in self.buf:
+            chunk = s.recv(4096)
+            assert chunk, "closed during the handshake"
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send(self, msg):
+        payload = json.dumps(msg).encode()
+        assert len(payload) < 126
+        mask = os.urandom(4)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + body)
+
+    def _parse(self):
+        """(opcode, payload) of a whole frame at the front of buf, or None."""
+        b = self.buf
+        if len(b) < 2:
+            return None
+        n, hl = b[1] & 0x7F, 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, hl = struct.unpack(">H", b[2:4])[0], 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, hl = struct.unpack(">Q", b[2:10])[0], 10
+        if len(b) < hl + n:
+            return None
+        self.buf = b[hl + n:]
+        return b[0] & 0x0F, b[hl:hl + n]
+
+    def _frame(self):
+        """(opcode, payload) of the next frame, or None at EOF."""
+        while True:
+            fr = self._parse()
+            if fr is not None:
+                return fr
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def messages(self):
+        """Reads to the end: (every JSON message, close code or None)."""
+        msgs, self.pending = self.pending, []
+        while True:
+            fr = self._frame()
+            if fr is None:
+                return msgs, None
+            op, data = fr
+            if op == 8:
+                return msgs, struct.unpack(">H", data[:2])[0] if len(data) >= 2 else None
+            if op == 1:
+                msgs += [json.loads(ln) for ln in data.decode().split("\n") if ln]
+
+    def next_message(self):
+        """The next JSON message (frames may batch several, '\n'-split)."""
+        while not self.pending:
+            fr = self._frame()
+            assert fr is not None, "connection closed"
+            if fr[0] == 1:
+                self.pending += [json.loads(ln) for ln in fr[1].decode().split("\n") if ln]
+        return self.pending.pop(0)
+
+    def close(self):
+        self.sock.close()
 
 
 def check_event(msg, etype, channel, pos, data):

@@ -6,6 +6,7 @@ module path `grpc/...` would collide with the grpc library itself.
 """
 
 import atexit
+import http.client
 import importlib
 import os
 import re
@@ -75,3 +76,21 @@ def buf(*args, timeout=60):
         raise AssertionError("buf not installed at %s: run scripts/deps.sh" % BUF)
     res = subprocess.run([BUF] + list(args), capture_output=True, text=True, timeout=timeout)
     return res.returncode, res.stdout, res.stderr
+
+
+def http_get(hub, path):
+    """GET path on the hub's WebSocket/HTTP port: (status, content-type, body)."""
+    conn = http.client.HTTPConnection(hub.ws_host, hub.ws_port, timeout=15)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("content-type"), resp.read().decode()
+    finally:
+        conn.close()
+
+
+def metrics(hub):
+    """The hub's /metrics: (parsed samples, raw text)."""
+    status, ctype, body = http_get(hub, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
+    return parse_metrics(body), body

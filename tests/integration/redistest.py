@@ -25,7 +25,6 @@ redis-server missing is a failure, never a skip: scripts/deps.sh installs it.
 
 import atexit
 import ctypes
-import http.client
 import os
 import secrets
 import shutil
@@ -36,6 +35,7 @@ import tempfile
 import time
 
 import hubtest
+import opstest
 
 REDIS_SERVER = os.environ.get("REDIS_SERVER", shutil.which("redis-server") or "/usr/bin/redis-server")
 START_TIMEOUT = 20.0
@@ -381,19 +381,8 @@ def close_clusters_on(redis):
 
 # -- probes ---------------------------------------------------------------
 
-def http_get(hub, path):
-    """(status, body) of a GET on the hub's HTTP/WebSocket port."""
-    conn = http.client.HTTPConnection(hub.ws_host, hub.ws_port, timeout=15)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read().decode("utf-8", "replace")
-    finally:
-        conn.close()
-
-
 def readyz(hub):
-    return http_get(hub, "/readyz")[0]
+    return opstest.http_get(hub, "/readyz")[0]
 
 
 def wait_until(pred, what, timeout=hubtest.RECV_TIMEOUT * 2, interval=0.05):

@@ -16,16 +16,10 @@ import time
 import grpc
 import pytest
 
-from hubtest import RECV_TIMEOUT, SERVICE, Closed, Hub, aio, hub_pb2, hub_pb2_grpc, uniq
+from hubtest import RECV_TIMEOUT, SERVICE, Closed, Hub, aio, hub_pb2, hub_pb2_grpc, publish, uniq
 
 
 # -- helpers ------------------------------------------------------------
-
-def publish(hub, tenant, channel, etype, **data):
-    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype)
-    req.data.update(data)
-    return hub.rpc("Publish", req).result
-
 
 def is_error(m, code, id_=None, recoverable=True):
     want_keys = {"type", "code", "message", "recoverable"} | ({"id"} if id_ is not None else set())

@@ -26,6 +26,7 @@ import threading
 
 import grpc
 
+import hubtest
 import opstest
 import redistest
 from hubtest import aio, check_event, hub_pb2, uniq
@@ -34,9 +35,7 @@ H = opstest.health_pb2
 
 
 def publish(hub, tenant, channel, etype="n", **data):
-    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype)
-    req.data.update(data)
-    return hub.rpc("Publish", req).result
+    return hubtest.publish(hub, tenant, channel, etype, **data)
 
 
 def since(offset, epoch):
@@ -426,7 +425,7 @@ async def test_redis_down_keeps_clients_and_readiness_false_and_heals(redis):
     for node in c:
         redistest.wait_until(lambda: redistest.readyz(node) == 503, "/readyz 503 without Redis")
         assert health(node) == H.HealthCheckResponse.NOT_SERVING
-        assert redistest.http_get(node, "/healthz")[0] == 200  # alive, just not ready
+        assert opstest.http_get(node, "/healthz")[0] == 200  # alive, just not ready
         # A publish needs Redis (its offset is assigned there): UNAVAILABLE, said so.
         for k in range(3):
             e = node.rpc_error("Publish", hub_pb2.PublishRequest(tenant_id=t, channel=ch, type="n"))

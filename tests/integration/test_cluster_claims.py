@@ -4,14 +4,13 @@ channel's top in Redis: a claim past it gets `recovered: false`, and the
 events that come afterwards reach it like any subscriber.
 """
 
+import hubtest
 import redistest
-from hubtest import aio, check_event, hub_pb2, uniq
+from hubtest import aio, check_event, uniq
 
 
-def publish(hub, tenant, channel, **data):
-    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type="n")
-    req.data.update(data)
-    return hub.rpc("Publish", req).result
+def publish(hub, tenant, channel, etype="n", **data):
+    return hubtest.publish(hub, tenant, channel, etype, **data)
 
 
 @aio

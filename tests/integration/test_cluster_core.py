@@ -8,6 +8,7 @@ and back) is test_cluster.py's (redis-test).
 
 import grpc
 
+import opstest
 import redistest
 from hubtest import aio, check_event, hub_pb2, uniq
 
@@ -224,7 +225,7 @@ async def test_stats_and_metrics_of_redis_mode(redis):
     # alice's node follows her channel and her $tenant and $user channels.
     assert s1.redis_channels_followed == 3, s1
     assert s1.redis_messages_received >= 1
-    status, body = redistest.http_get(c[1], "/metrics")
+    status, _, body = opstest.http_get(c[1], "/metrics")
     assert status == 200
     assert 'livehub_node_info{node="node2"} 1' in body
     assert "\nlivehub_redis_up 1\n" in body
@@ -246,7 +247,7 @@ async def test_memory_mode_reports_no_redis(hub):
     s = hub.stats()
     assert (s.redis_up, s.node_id, s.redis_commands, s.redis_channels_followed) == (
         False, "", 0, 0)
-    status, body = redistest.http_get(hub, "/metrics")
+    status, _, body = opstest.http_get(hub, "/metrics")
     assert status == 200 and "livehub_redis_" not in body
 
 

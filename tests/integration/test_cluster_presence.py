@@ -12,8 +12,9 @@ import os
 
 import grpc
 
+import opstest
 import redistest
-from hubtest import Closed, aio, hub_pb2, uniq
+from hubtest import aio, closed_with, hub_pb2, uniq
 
 TTL = "2"  # seconds: entries refreshed every ~0.7 s, a dead node's gone within 2 s
 ENV = {"LIVEHUB_PRESENCE_TTL": TTL, "LIVEHUB_PRESENCE_CHANNELS": "board:*",
@@ -55,14 +56,6 @@ async def wait_ws_presence(client, channel, want):
             return reply
         assert asyncio.get_running_loop().time() < deadline, "presence never %r: %r" % (want, reply)
         await asyncio.sleep(0.05)
-
-
-async def closed_with(client):
-    try:
-        while True:
-            await client.next()
-    except Closed as e:
-        return e.code, e.reason
 
 
 def events(msgs, etype):
@@ -278,7 +271,7 @@ async def test_cluster_counts_in_getstats_and_metrics(redis):
         lambda: (lambda s: s if (s.cluster_nodes, s.cluster_connections) == (3, 4) else None)(
             c[0].stats()), "3 nodes, 4 connections")
     assert s.presence_writes >= 1 and s.presence_write_batches >= 1, s
-    status, body = redistest.http_get(c[2], "/metrics")
+    status, _, body = opstest.http_get(c[2], "/metrics")
     assert status == 200
     lines = dict(ln.split(" ", 1) for ln in body.splitlines() if ln and not ln.startswith("#"))
     assert lines["livehub_cluster_nodes"] == "3", body

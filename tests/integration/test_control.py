@@ -7,20 +7,11 @@ import threading
 
 import grpc
 
-from hubtest import RPC_TIMEOUT, Closed, Hub, aio, hub_pb2, uniq
+from hubtest import RPC_TIMEOUT, Hub, aio, closed_with, hub_pb2, uniq
 
 
 def disconnect(hub, tenant, **kw):
     return hub.rpc("Disconnect", hub_pb2.DisconnectRequest(tenant_id=tenant, **kw)).disconnected
-
-
-async def closed_with(client):
-    """Reads until the hub closes client; returns (code, reason)."""
-    try:
-        while True:
-            await client.next()
-    except Closed as e:
-        return e.code, e.reason
 
 
 @aio

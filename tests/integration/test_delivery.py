@@ -1,13 +1,7 @@
 """Fan-out, ordering, unsubscribe, tenant isolation and many calls in
 flight."""
 
-from hubtest import RPC_TIMEOUT, aio, check_event, events_pb2, hub_pb2, uniq
-
-
-def publish(hub, tenant, channel, etype="x", **data):
-    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype)
-    req.data.update(data)
-    return hub.rpc("Publish", req).result
+from hubtest import RPC_TIMEOUT, aio, check_event, events_pb2, hub_pb2, publish, uniq
 
 
 @aio

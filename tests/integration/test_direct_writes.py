@@ -6,26 +6,17 @@ not take a write falls back to the writable event, so a stalled reader's
 backlog stays in the hub's bounded queue rather than piling up in lws."""
 
 import asyncio
-import http.client
 import os
 import struct
 
 import hubtest
 import opstest
 import pytest
-from hubtest import RPC_TIMEOUT, Hub, aio, hub_pb2, uniq
-from test_backpressure import RawWs, publish
+from hubtest import RPC_TIMEOUT, Hub, RawWs, aio, hub_pb2, publish, uniq
 
 
 def metrics(hub):
-    conn = http.client.HTTPConnection(hub.ws_host, hub.ws_port, timeout=15)
-    try:
-        conn.request("GET", "/metrics")
-        resp = conn.getresponse()
-        assert resp.status == 200
-        return opstest.parse_metrics(resp.read().decode())
-    finally:
-        conn.close()
+    return opstest.metrics(hub)[0]
 
 
 def writes(hub):

@@ -10,7 +10,7 @@ import signal
 import socket
 import struct
 
-from hubtest import Closed, Hub, RECV_TIMEOUT, aio, hub_pb2
+from hubtest import Hub, RECV_TIMEOUT, aio, hub_pb2
 
 
 class RawClient:

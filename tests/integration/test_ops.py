@@ -1,7 +1,6 @@
 """The operations surface: gRPC health (Check, Watch), HTTP probes,
 /metrics, and GetStats' operational fields."""
 
-import http.client
 import re
 import signal
 import threading
@@ -10,25 +9,10 @@ import time
 import grpc
 
 import opstest
+from opstest import http_get, metrics
 from hubtest import RECV_TIMEOUT, RPC_TIMEOUT, Hub, aio, hub_pb2, uniq
 
 H = opstest.health_pb2
-
-
-def http_get(hub, path):
-    conn = http.client.HTTPConnection(hub.ws_host, hub.ws_port, timeout=15)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("content-type"), resp.read().decode()
-    finally:
-        conn.close()
-
-
-def metrics(hub):
-    status, ctype, body = http_get(hub, "/metrics")
-    assert status == 200 and ctype.startswith("text/plain; version=0.0.4")
-    return opstest.parse_metrics(body), body
 
 
 def test_health_check(hub):

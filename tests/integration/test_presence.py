@@ -3,7 +3,7 @@
 
 import pytest
 
-from hubtest import Closed, Hub, aio, hub_pb2, uniq
+from hubtest import Hub, aio, hub_pb2, uniq
 
 ENV = {
     "LIVEHUB_PRESENCE_CHANNELS": "board:*, room",

@@ -13,14 +13,7 @@ import grpc
 import pytest
 
 import hubtest
-from hubtest import aio, check_event, events_pb2, hub_pb2, hub_pb2_grpc, no_pos, uniq
-
-
-def publish(hub, tenant, channel, etype="x", key="", **data):
-    req = hub_pb2.PublishRequest(tenant_id=tenant, channel=channel, type=etype,
-                                 idempotency_key=key)
-    req.data.update(data)
-    return hub.rpc("Publish", req).result
+from hubtest import aio, check_event, events_pb2, hub_pb2, hub_pb2_grpc, no_pos, publish, uniq
 
 
 def since(offset, epoch):

@@ -512,7 +512,7 @@ async def test_auth_closes_under_both_event_loops(tmp_path, keys, loop):
 
 @aio
 async def test_token_counters_in_stats_and_metrics(tmp_path, keys):
-    from test_ops import metrics
+    from opstest import metrics
     h = start(tmp_path, keys)
     try:
         t = uniq()
